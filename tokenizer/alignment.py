@@ -1,0 +1,133 @@
+"""Representation alignment of every scale with a frozen self-supervised vision encoder.
+
+The frozen teacher (DINOv2 by default, any `transformers` vision backbone with patch tokens) gives
+patch features, average-pooled into a pyramid at every scale side s_k. A small projection maps the
+tokenizer's accumulated latent after scale k to the teacher's width; a cosine loss with a margin
+pulls the two together at every scale (in the spirit of REPA, Yu et al. 2024, and VA-VAE, Yao et al.
+2025), so coarse scales carry layout and semantics and fine scales carry texture.
+
+The teacher is never saved in our checkpoints; the projections are training-only and live in the
+training state, not in the exported tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AlignmentConfig:
+    """Which teacher to align with and how strongly."""
+
+    teacher: str = "facebook/dinov2-base"
+    """Local directory or hub id of a `transformers` vision backbone; "none" disables alignment."""
+    weight: float = 0.5
+    """Weight of the alignment loss in the tokenizer's total loss."""
+    margin: float = 0.0
+    """Cosine similarities above 1 - margin are not penalised."""
+    scale_weights: tuple[float, ...] | None = None
+    """Per-scale weights (len = num_scales); None weighs every scale equally."""
+    teacher_resolution: int = 224
+    """Images are resized to this side before the teacher (a multiple of its patch size)."""
+    projection_width: int = 256
+    """Hidden width of the projection from the latent to the teacher's width."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.teacher.lower() != "none"
+
+
+class FrozenVisionTeacher(nn.Module):
+    """A frozen `transformers.AutoModel` vision backbone returning its patch-feature grid."""
+
+    def __init__(self, name_or_path: str | os.PathLike, resolution: int = 224) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        try:
+            self.backbone = AutoModel.from_pretrained(str(name_or_path))
+        except OSError as err:
+            raise OSError(
+                f"could not load the alignment teacher '{name_or_path}': {err}\n"
+                "Pass a local directory (e.g. a downloaded facebook/dinov2-base) with --alignment.teacher, "
+                "or disable alignment with --alignment.teacher none."
+            ) from err
+        self.backbone.eval().requires_grad_(False)
+        config = self.backbone.config
+        self.patch_size = int(getattr(config, "patch_size", 14))
+        self.width = int(config.hidden_size)
+        # CLS and register tokens precede the patch tokens (DINOv2 with registers has 4 of them).
+        self.num_prefix_tokens = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+        self.resolution = resolution - resolution % self.patch_size
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> FrozenVisionTeacher:
+        super().train(mode)
+        self.backbone.eval()  # frozen: dropout and norms stay in inference mode
+        return self
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images (b, 3, H, W) in [-1, 1] -> patch features (b, D, g, g)."""
+        x = F.interpolate(images.float(), size=(self.resolution, self.resolution), mode="bicubic")
+        x = ((x + 1) / 2 - self.mean) / self.std
+        hidden = self.backbone(pixel_values=x).last_hidden_state  # (b, prefix + g*g, D)
+        grid = self.resolution // self.patch_size
+        patches = hidden[:, self.num_prefix_tokens : self.num_prefix_tokens + grid * grid]
+        return rearrange(patches, "b (h w) d -> b d h w", h=grid, w=grid)
+
+
+def feature_pyramid(features: torch.Tensor, scale_sizes: Sequence[int]) -> list[torch.Tensor]:
+    """Average-pool a (b, D, g, g) feature grid to every scale side -> [(b, D, s_k, s_k), ...]."""
+    return [F.adaptive_avg_pool2d(features, size) for size in scale_sizes]
+
+
+def cosine_margin_loss(prediction: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
+    """mean over positions of relu(1 - margin - cos(prediction, target)); both (b, D, s, s)."""
+    cosine = F.cosine_similarity(prediction.float(), target.float(), dim=1)
+    return F.relu(1 - margin - cosine).mean()
+
+
+class AlignmentHead(nn.Module):
+    """Per-scale projections latent_dim -> teacher width, and the per-scale alignment loss."""
+
+    def __init__(self, config: AlignmentConfig, latent_dim: int, teacher_width: int, scale_sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.config = config
+        self.scale_sizes = tuple(scale_sizes)
+        weights = config.scale_weights or (1.0,) * len(self.scale_sizes)
+        if len(weights) != len(self.scale_sizes):
+            raise ValueError(
+                f"alignment scale_weights has {len(weights)} entries but there are {len(self.scale_sizes)} scales"
+            )
+        self.scale_weights = tuple(float(w) for w in weights)
+        hidden = config.projection_width
+        self.projections = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(latent_dim, hidden, 1), nn.SiLU(), nn.Conv2d(hidden, teacher_width, 1))
+            for _ in self.scale_sizes
+        )
+
+    def forward(
+        self, accumulated: Sequence[torch.Tensor], pyramid: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """accumulated: [(b, C, h, w)] after each scale; pyramid: [(b, D, s_k, s_k)] teacher features.
+
+        Returns the weighted total loss and the unweighted loss of each scale.
+        """
+        per_scale = []
+        for projection, latent, target, size in zip(self.projections, accumulated, pyramid, self.scale_sizes):
+            prediction = F.adaptive_avg_pool2d(projection(latent), size)  # (b, D, s, s)
+            per_scale.append(cosine_margin_loss(prediction, target, self.config.margin))
+        total = sum(w * loss for w, loss in zip(self.scale_weights, per_scale)) / sum(self.scale_weights)
+        return total, per_scale

@@ -1,0 +1,171 @@
+"""`save_pretrained` / `from_pretrained` for our models: `config.json` + `model.safetensors`.
+
+A model directory holds the frozen config dataclass as JSON and the weights as safetensors; it is
+written atomically (a temporary sibling directory renamed into place), so an interrupted save never
+leaves a half-written model where a good one was. Pickled weights (`.pt`, `.pth`, `.bin`) are refused:
+unpickling runs arbitrary code.
+
+Shared by the tokenizer and the transformer (the transformer imports this module, never the
+autoencoder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+T = TypeVar("T", bound="PretrainedMixin")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Dataclass -> JSON-ready dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Turn JSON lists back into the tuples a frozen config declares."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if arg is type(None) and value is None:
+                return None
+        return _coerce(value, next(a for a in typing.get_args(annotation) if a is not type(None)))
+    if origin is tuple and isinstance(value, list):
+        args = typing.get_args(annotation)
+        inner = args[0] if args else Any
+        return tuple(_coerce(v, inner) for v in value)
+    return value
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build the dataclass `cls` from a dict, naming unknown keys instead of failing obscurely."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(
+            f"config.json has fields {unknown} that {cls.__name__} does not know: the checkpoint was "
+            "written by a different version or is a different kind of model"
+        )
+    return cls(**{k: _coerce(v, hints[k]) for k, v in data.items()})
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """A local model directory, or a hub repo id downloaded (or found in the local cache)."""
+    path = Path(name_or_path)
+    if path.suffix in PICKLE_SUFFIXES:
+        raise ValueError(
+            f"{path} is a pickled checkpoint; nextscale loads only safetensors directories "
+            f"({CONFIG_NAME} + {WEIGHTS_NAME}). Convert it once in a trusted environment and save it "
+            "with save_pretrained."
+        )
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"{path} is a file; expected a model directory with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    looks_like_repo = str(name_or_path).count("/") == 1 and not str(name_or_path).startswith((".", "/"))
+    if not looks_like_repo:
+        raise FileNotFoundError(f"no model directory at {path}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path), allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+    except Exception as err:  # offline, missing repo, auth: say which and what to do
+        raise FileNotFoundError(
+            f"{name_or_path} is neither a local directory nor a reachable hub repo ({type(err).__name__}: "
+            f"{err}). Pass a directory that holds {CONFIG_NAME} and {WEIGHTS_NAME}."
+        ) from err
+
+
+def atomic_write_dir(target: Path, write: typing.Callable[[Path], None]) -> None:
+    """Call `write(tmp_dir)`, then swap `tmp_dir` into `target` (old contents kept until the swap)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+class PretrainedMixin:
+    """Adds `save_pretrained` / `from_pretrained` to an `nn.Module` with a dataclass `self.config`.
+
+    Subclasses set `config_class` and take the config as the only required constructor argument.
+    """
+
+    config_class: ClassVar[type]
+    config: Any
+
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write `config.json` + `model.safetensors` atomically; `dtype` optionally casts float weights."""
+        state = {}
+        for key, value in self.state_dict().items():  # type: ignore[attr-defined]
+            value = value.detach().cpu()
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
+            state[key] = value.contiguous()
+        payload = {"class": type(self).__name__, **config_to_dict(self.config)}
+
+        def write(tmp: Path) -> None:
+            (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+
+        atomic_write_dir(Path(directory), write)
+        return Path(directory)
+
+    @classmethod
+    def load_config(cls, name_or_path: str | os.PathLike) -> Any:
+        directory = resolve_model_dir(name_or_path)
+        config_file = directory / CONFIG_NAME
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}: not a nextscale model directory")
+        data = json.loads(config_file.read_text())
+        kind = data.pop("class", cls.__name__)
+        if kind != cls.__name__:
+            raise ValueError(f"{directory} holds a {kind}, not a {cls.__name__}")
+        return config_from_dict(cls.config_class, data)
+
+    @classmethod
+    def from_pretrained(
+        cls: type[T], name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu"
+    ) -> T:
+        """Load a model saved by `save_pretrained` from a local directory or a hub repo id."""
+        directory = resolve_model_dir(name_or_path)
+        config = cls.load_config(directory)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
+        model = cls(config)  # type: ignore[call-arg]
+        state = load_file(str(weights), device=str(map_location))
+        reference = model.state_dict()  # type: ignore[attr-defined]
+        state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)  # type: ignore[attr-defined]
+        if missing or unexpected:
+            raise ValueError(
+                f"{weights} does not match {cls.__name__}({config}): missing {list(missing)[:5]}, "
+                f"unexpected {list(unexpected)[:5]}"
+            )
+        return model.to(map_location).eval()  # type: ignore[attr-defined]

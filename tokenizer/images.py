@@ -1,0 +1,57 @@
+"""Conversions between image tensors in [-1, 1] and PIL images / PNG grids."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from PIL import Image
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(b, 3, H, W) in [-1, 1] -> uint8 array (b, H, W, 3)."""
+    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(pixels, "b c h w -> b h w c").cpu().numpy()
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(b, 3, H, W) in [-1, 1] -> list of RGB PIL images."""
+    return [Image.fromarray(array) for array in to_uint8(images)]
+
+
+def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> Image.Image:
+    """Tile (b, 3, H, W) images in [-1, 1] row-major into one RGB image with white padding."""
+    arrays = to_uint8(images)
+    count, height, width, _ = arrays.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    canvas = np.full(
+        (rows * (height + padding) + padding, columns * (width + padding) + padding, 3), 255, dtype=np.uint8
+    )
+    for i, array in enumerate(arrays):
+        top = padding + (i // columns) * (height + padding)
+        left = padding + (i % columns) * (width + padding)
+        canvas[top : top + height, left : left + width] = array
+    return Image.fromarray(canvas)
+
+
+def save_grid(images: torch.Tensor | Sequence[torch.Tensor], path: str | os.PathLike, columns: int | None = None) -> Path:
+    """Save a grid PNG; a sequence of equal-length batches becomes one row per batch."""
+    if not isinstance(images, torch.Tensor):
+        columns = columns or images[0].shape[0]
+        images = torch.cat(list(images), dim=0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, columns).save(path)
+    return path
+
+
+def psnr(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2): (b, 3, H, W) x2 -> (b,)."""
+    mse = (prediction.float().clamp(-1, 1) - target.float()).pow(2).flatten(1).mean(dim=1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))

@@ -1,0 +1,73 @@
+"""Training-state checkpoints: `accelerate` save_state/load_state with a JSON step record.
+
+Layout: `output_dir/checkpoints/step_<N>/` holds what `Accelerator.save_state` writes (model and
+optimizer states, RNG states) plus `trainer_state.json` with the step. The step is read from that
+file, never parsed from the folder name. A checkpoint is written under a temporary name and renamed
+when complete, so an interrupted save never shadows the previous good one. These files are our own
+training state (the optimizer state is pickled by torch): resume only from runs you made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+STATE_FILE = "trainer_state.json"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints under output_dir/checkpoints as (step, path), oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    found = []
+    if root.is_dir():
+        for path in root.iterdir():
+            state = path / STATE_FILE
+            if path.is_dir() and not path.name.startswith(".") and state.is_file():
+                found.append((int(json.loads(state.read_text())["step"]), path))
+    return sorted(found)
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int, keep: int) -> Path:
+    """Save the full training state at `step`; keep only the newest `keep` checkpoints."""
+    root = Path(output_dir) / "checkpoints"
+    final = root / f"step_{step}"
+    tmp = root / f".step_{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps({"step": step}) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for _, old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, resume: str | None) -> int:
+    """Load the state named by `resume` ("latest" or a checkpoint directory); return its step (0 if none)."""
+    if not resume:
+        return 0
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        if not found:
+            accelerator.print(f"--resume latest: no checkpoint under {output_dir}/checkpoints, starting fresh")
+            return 0
+        step, path = found[-1]
+    else:
+        path = Path(resume)
+        state = path / STATE_FILE
+        if not state.is_file():
+            raise FileNotFoundError(f"--resume {resume}: not a checkpoint directory (no {STATE_FILE})")
+        step = int(json.loads(state.read_text())["step"])
+    accelerator.load_state(str(path))
+    accelerator.print(f"resumed from {path} at step {step}")
+    return step
