@@ -101,7 +101,8 @@ def test_teacher_inputs_are_accumulated_latents_downsampled():
     expected = torch.nn.functional.interpolate(after_first, size=(2, 2), mode="area").flatten(2).transpose(1, 2)
     torch.testing.assert_close(inputs[:, :4], expected)
     # the finest input is the accumulated latent after the second-to-last scale at full latent size
-    torch.testing.assert_close(inputs[:, 4:], model.quantizer.codes_to_accumulated(codes[:2]).flatten(2).transpose(1, 2))
+    after_second = model.quantizer.codes_to_accumulated(codes[:2])
+    torch.testing.assert_close(inputs[:, 4:], after_second.flatten(2).transpose(1, 2))
 
 
 def test_decode_from_first_k_scales_and_bad_codes():

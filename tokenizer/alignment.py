@@ -102,7 +102,9 @@ def cosine_margin_loss(prediction: torch.Tensor, target: torch.Tensor, margin: f
 class AlignmentHead(nn.Module):
     """Per-scale projections latent_dim -> teacher width, and the per-scale alignment loss."""
 
-    def __init__(self, config: AlignmentConfig, latent_dim: int, teacher_width: int, scale_sizes: Sequence[int]) -> None:
+    def __init__(
+        self, config: AlignmentConfig, latent_dim: int, teacher_width: int, scale_sizes: Sequence[int]
+    ) -> None:
         super().__init__()
         self.config = config
         self.scale_sizes = tuple(scale_sizes)

@@ -95,7 +95,8 @@ class Decoder(nn.Module):
                 layers.append(ResBlock(channels, width, groups))
                 channels = width
             if level < len(widths) - 1:
-                layers.extend([nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1)])
+                layers.append(nn.Upsample(scale_factor=2.0, mode="nearest"))
+                layers.append(nn.Conv2d(channels, channels, 3, padding=1))
         self.body = nn.Sequential(*layers)
         self.out_norm = _norm(channels, groups)
         self.out = nn.Conv2d(channels, config.in_channels, 3, padding=1)

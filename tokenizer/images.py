@@ -40,7 +40,9 @@ def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2
     return Image.fromarray(canvas)
 
 
-def save_grid(images: torch.Tensor | Sequence[torch.Tensor], path: str | os.PathLike, columns: int | None = None) -> Path:
+def save_grid(
+    images: torch.Tensor | Sequence[torch.Tensor], path: str | os.PathLike, columns: int | None = None
+) -> Path:
     """Save a grid PNG; a sequence of equal-length batches becomes one row per batch."""
     if not isinstance(images, torch.Tensor):
         columns = columns or images[0].shape[0]
