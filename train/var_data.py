@@ -1,0 +1,129 @@
+"""Training data of the transformer: token codes + text embeddings, precomputed once or made on the fly.
+
+Encoding images with the frozen tokenizer and captions with the frozen text encoder is the same work
+every epoch, so by default both are computed once into a cache directory:
+
+    cache_dir/codes.safetensors   codes (n, L) int16 + a fingerprint of tokenizer and data
+    cache_dir/text.safetensors    text_tokens (n, t, d) fp16, text_mask, text_pooled + the captions
+
+A cache is reused only when its fingerprint matches (same tokenizer weights, data config and text
+encoder), so changing any of them rebuilds it instead of silently training on stale codes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from tokenizer import MultiScaleVQVAE
+from tokenizer.checkpoint import WEIGHTS_NAME, resolve_model_dir
+from tokenizer.scales import flatten_codes
+from train.data import DataConfig, make_dataloader
+from transformer.text import TextEncoder, load_text_cache, precompute_text_embeddings, save_text_cache
+
+CODES_FILE = "codes.safetensors"
+TEXT_FILE = "text.safetensors"
+
+
+def cache_fingerprint(tokenizer_path: str, data: DataConfig, text_encoder: str, max_length: int, count: int) -> str:
+    """Hash of everything the cached codes and embeddings depend on."""
+    weights = resolve_model_dir(tokenizer_path) / WEIGHTS_NAME
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    payload = {"tokenizer": digest.hexdigest(), "data": dataclasses.asdict(data), "text_encoder": text_encoder,
+               "max_length": max_length, "count": count}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_fingerprint(cache_dir: Path) -> str | None:
+    path = cache_dir / CODES_FILE
+    if not path.is_file() or not (cache_dir / TEXT_FILE).is_file():
+        return None
+    with safe_open(str(path), framework="pt") as handle:
+        return (handle.metadata() or {}).get("fingerprint")
+
+
+@torch.no_grad()
+def encode_dataset(
+    tokenizer: MultiScaleVQVAE, data: DataConfig, count: int, batch_size: int = 128, progress: bool = True
+) -> tuple[torch.Tensor, list[str]]:
+    """Codes (n, L) int16 and captions of the first `count` items of the data source (n <= count)."""
+    loader = make_dataloader(data, batch_size=batch_size, shuffle=False, num_workers=0, drop_last=False)
+    codes, captions = [], []
+    bar = tqdm(total=count, desc="encoding images", disable=not progress, unit="img")
+    for batch in loader:
+        take = min(batch_size, count - len(captions))
+        codes.append(flatten_codes(tokenizer.encode(batch["image"][:take])).to(torch.int16))
+        captions.extend(batch["caption"][:take])
+        bar.update(take)
+        if len(captions) >= count:
+            break
+    bar.close()
+    return torch.cat(codes), captions
+
+
+def build_cache(
+    cache_dir: str | os.PathLike,
+    tokenizer: MultiScaleVQVAE,
+    tokenizer_path: str,
+    text_encoder: TextEncoder,
+    data: DataConfig,
+    count: int,
+    progress: bool = True,
+) -> Path:
+    """Encode `count` images and their captions into `cache_dir` unless a matching cache is there."""
+    cache_dir = Path(cache_dir)
+    fingerprint = cache_fingerprint(tokenizer_path, data, text_encoder.config.name_or_path,
+                                    text_encoder.max_length, count)
+    if read_fingerprint(cache_dir) == fingerprint:
+        return cache_dir
+    if tokenizer.config.vocab_size > 2**15:
+        raise ValueError("codes are cached as int16: vocab_size must be <= 32768")
+    codes, captions = encode_dataset(tokenizer, data, count, progress=progress)
+    embeddings = precompute_text_embeddings(text_encoder, captions, batch_size=256)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    save_text_cache(cache_dir / TEXT_FILE, embeddings, captions)
+    temporary = cache_dir / f".{CODES_FILE}.tmp-{os.getpid()}"
+    save_file({"codes": codes.contiguous()}, str(temporary), metadata={"fingerprint": fingerprint})
+    os.replace(temporary, cache_dir / CODES_FILE)
+    return cache_dir
+
+
+class CachedCodesDataset(Dataset):
+    """Items {"codes": (L,) long, "text_tokens": (t, d), "text_mask": (t,), "text_pooled": (d,)}."""
+
+    def __init__(self, cache_dir: str | os.PathLike) -> None:
+        cache_dir = Path(cache_dir)
+        with safe_open(str(cache_dir / CODES_FILE), framework="pt") as handle:
+            self.codes = handle.get_tensor("codes")
+        # fp16 in memory (half the RAM); cast to fp32 per batch in the training step
+        self.text, self.captions = load_text_cache(cache_dir / TEXT_FILE, dtype=torch.float16)
+        if len(self.captions) != len(self.codes):
+            raise ValueError(f"{cache_dir}: {len(self.codes)} code rows but {len(self.captions)} captions")
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"codes": self.codes[index].long(), **{k: v[index] for k, v in self.text.items()}}
+
+
+def on_the_fly_batches(
+    loader, tokenizer: MultiScaleVQVAE, text_encoder: TextEncoder
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Encode image batches and captions as they come (for sources too large to cache)."""
+    for batch in loader:
+        codes = flatten_codes(tokenizer.encode(batch["image"].to(next(tokenizer.parameters()).device)))
+        yield {"codes": codes, **text_encoder.encode(batch["caption"]).as_dict()}
