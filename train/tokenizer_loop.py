@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
 import json
 import logging
 import math
@@ -16,7 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, broadcast, set_seed
+from accelerate.utils import broadcast, set_seed
 from tqdm.auto import tqdm
 
 from tokenizer import MultiScaleVQVAE, TokenizerConfig
@@ -24,6 +23,7 @@ from tokenizer.alignment import AlignmentConfig, AlignmentHead, FrozenVisionTeac
 from tokenizer.images import save_grid
 from train.data import DataConfig, make_dataloader
 from train.optim import parameter_groups, warmup_stable_decay
+from train.runtime import TrainResult, endless_batches, make_accelerator, resolve_tracker
 from train.state import resume_checkpoint, save_checkpoint
 from train.tokenizer_eval import evaluate_tokenizer, format_tokenizer_metrics
 
@@ -49,7 +49,7 @@ class TokenizerTrainConfig:
     alignment: AlignmentConfig = field(default_factory=lambda: AlignmentConfig(teacher="none"))
     """Representation alignment; the offline preset has no teacher weights, so it is off by default.
     Enable with --alignment.teacher facebook/dinov2-base (or a local directory)."""
-    steps: int = 2000
+    steps: int = 2500
     """Optimiser steps."""
     batch_size: int = 32
     """Images per process per step (before gradient accumulation)."""
@@ -105,32 +105,12 @@ class TokenizerTrainConfig:
             )
 
 
-def resolve_tracker(choice: str) -> str | None:
-    if choice == "none":
-        return None
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        if choice == "tensorboard":
-            raise ImportError("--tracker tensorboard needs `pip install tensorboard`") from None
-        return None
-    return "tensorboard"
-
-
 def held_out_data(config: TokenizerTrainConfig) -> DataConfig:
     if config.eval_data is not None:
         return config.eval_data
     if config.data.source == "synthetic":
         return dataclasses.replace(config.data, seed=config.data.seed + 1_000_003)
     return config.data
-
-
-def infinite(loader, accelerator: Accelerator, start_epoch: int = 0):
-    """Endless iterator over a prepared DataLoader, reshuffled every epoch."""
-    for epoch in itertools.count(start_epoch):
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        yield from loader
 
 
 class WeightEMA:
@@ -177,17 +157,11 @@ class TokenizerObjective(torch.nn.Module):
         return losses
 
 
-def train_tokenizer(config: TokenizerTrainConfig) -> dict:
-    """Train, export to `output_dir/model`, evaluate, write `metrics.json`; return the metrics."""
+def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
+    """Train, export to `output_dir/model`, evaluate, write `metrics.json`."""
     output_dir = Path(config.output_dir)
     tracker = resolve_tracker(config.tracker)
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation,
-        log_with=tracker,
-        project_dir=str(output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
+    accelerator = make_accelerator(config.mixed_precision, config.gradient_accumulation, tracker, output_dir)
     set_seed(config.seed)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -215,19 +189,11 @@ def train_tokenizer(config: TokenizerTrainConfig) -> dict:
     start_step = resume_checkpoint(accelerator, output_dir, config.resume)
     ema = WeightEMA(model, config.ema_decay) if config.ema_decay > 0 else None
 
-    batches_per_epoch = max(1, len(loader)) if hasattr(loader, "__len__") else None
-    micro_done = start_step * config.gradient_accumulation
-    start_epoch = micro_done // batches_per_epoch if batches_per_epoch else 0
-    skip = micro_done % batches_per_epoch if batches_per_epoch else 0
-    if skip:
-        loader_iter = infinite_after_skip(accelerator, loader, start_epoch, skip)
-    else:
-        loader_iter = infinite(loader, accelerator, start_epoch)
+    loader_iter = endless_batches(accelerator, loader, start_step * config.gradient_accumulation)
     sample_images = None
     progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
                     disable=not accelerator.is_main_process, desc="tokenizer", dynamic_ncols=True)
-    step, started = start_step, time.perf_counter()
-    images_seen = 0
+    started, images_seen, loss_curve = time.perf_counter(), 0, []
     for step in progress:
         objective.train()
         for _ in range(config.gradient_accumulation):
@@ -256,6 +222,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> dict:
                 "learning_rate": scheduler.get_last_lr()[0],
                 "images_per_s": images_seen / (time.perf_counter() - started),
             }
+            loss_curve.append([step + 1, logs["loss"]])
             progress.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{logs['psnr']:.1f}")
             accelerator.log(logs, step=step + 1)
         if accelerator.is_main_process and ((step + 1) % config.sample_every == 0 or step + 1 == config.steps):
@@ -272,19 +239,12 @@ def train_tokenizer(config: TokenizerTrainConfig) -> dict:
         metrics = evaluate_held_out(final, config)
         metrics["train_steps"] = config.steps
         metrics["train_minutes"] = (time.perf_counter() - started) / 60
+        metrics["loss_curve"] = loss_curve
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         accelerator.print(format_tokenizer_metrics(metrics))
         accelerator.print(f"exported {output_dir / 'model'}; metrics in {output_dir / 'metrics.json'}")
     accelerator.end_training()
-    return metrics
-
-
-def infinite_after_skip(accelerator: Accelerator, loader, epoch: int, skip: int):
-    """Resume mid-epoch: skip the batches already seen, then continue endlessly."""
-    if hasattr(loader, "set_epoch"):
-        loader.set_epoch(epoch)
-    yield from accelerator.skip_first_batches(loader, skip)
-    yield from infinite(loader, accelerator, epoch + 1)
+    return TrainResult(model=ema.shadow if ema is not None else model, metrics=metrics)
 
 
 def restart_dead_codes(accelerator: Accelerator, model: MultiScaleVQVAE, latent: torch.Tensor) -> None:

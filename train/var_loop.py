@@ -12,17 +12,16 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from tokenizer import MultiScaleVQVAE
 from sampling.pipeline import write_pipeline
+from tokenizer import MultiScaleVQVAE
 from tokenizer.scales import scale_offsets, unflatten_codes
 from train.data import DataConfig, make_dataloader
 from train.optim import parameter_groups, warmup_stable_decay
+from train.runtime import TrainResult, endless_batches, make_accelerator, resolve_tracker
 from train.state import resume_checkpoint, save_checkpoint
-from train.tokenizer_loop import infinite, infinite_after_skip, resolve_tracker
 from train.var_data import CachedCodesDataset, build_cache, on_the_fly_batches
 from transformer import NextScaleTransformer, TransformerConfig
 from transformer.text import OFFLINE_TEXT_ENCODER, TextEncoder
@@ -171,17 +170,11 @@ def _text_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, 
     }
 
 
-def train_var(config: VarTrainConfig) -> dict:
+def train_var(config: VarTrainConfig) -> TrainResult:
     """Train, export `output_dir/model` and a sampling pipeline `output_dir/pipeline`; return metrics."""
     output_dir = Path(config.output_dir)
     tracker = resolve_tracker(config.tracker)
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation,
-        log_with=tracker,
-        project_dir=str(output_dir),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
+    accelerator = make_accelerator(config.mixed_precision, config.gradient_accumulation, tracker, output_dir)
     set_seed(config.seed)
     device = accelerator.device
     tokenizer = MultiScaleVQVAE.from_pretrained(config.tokenizer, map_location=device)
@@ -219,18 +212,13 @@ def train_var(config: VarTrainConfig) -> dict:
     objective, optimizer, scheduler, loader = accelerator.prepare(objective, optimizer, scheduler, loader)
     start_step = resume_checkpoint(accelerator, output_dir, config.resume)
 
-    batches_per_epoch = len(loader) if hasattr(loader, "__len__") else 0
-    micro_done = start_step * config.gradient_accumulation
-    if batches_per_epoch and micro_done % batches_per_epoch:
-        raw = infinite_after_skip(accelerator, loader, micro_done // batches_per_epoch, micro_done % batches_per_epoch)
-    else:
-        raw = infinite(loader, accelerator, micro_done // batches_per_epoch if batches_per_epoch else 0)
+    raw = endless_batches(accelerator, loader, start_step * config.gradient_accumulation)
     batches: Iterator[dict] = raw if config.cache else on_the_fly_batches(raw, tokenizer, text_encoder)
     generator = torch.Generator(device="cpu").manual_seed(config.seed * 1000 + accelerator.process_index + start_step)
 
     progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
                     disable=not accelerator.is_main_process, desc="transformer", dynamic_ncols=True)
-    started, tokens_seen = time.perf_counter(), 0
+    started, tokens_seen, loss_curve = time.perf_counter(), 0, []
     for step in progress:
         objective.train()
         for _ in range(config.gradient_accumulation):
@@ -251,7 +239,8 @@ def train_var(config: VarTrainConfig) -> dict:
                     "learning_rate": scheduler.get_last_lr()[0],
                     "tokens_per_s": tokens_seen / (time.perf_counter() - started),
                     **per_scale_metrics(logits.detach(), codes, model_config.scale_sizes)}
-            progress.set_postfix(loss=f"{logs['loss']:.3f}", acc_last=f"{logs[f'accuracy_scale{model_config.num_scales - 1}']:.3f}")
+            loss_curve.append([step + 1, logs["loss"]])
+            progress.set_postfix(loss=f"{logs['loss']:.3f}")
             accelerator.log(logs, step=step + 1)
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
             save_checkpoint(accelerator, output_dir, step + 1, config.keep_checkpoints)
@@ -265,12 +254,12 @@ def train_var(config: VarTrainConfig) -> dict:
         metrics = evaluate_held_out(model, tokenizer, text_encoder, config)
         metrics.update(train_steps=config.steps, train_minutes=(time.perf_counter() - started) / 60,
                        tokens_per_s=tokens_seen / (time.perf_counter() - started),
-                       parameters=model.num_parameters())
+                       parameters=model.num_parameters(), loss_curve=loss_curve)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         accelerator.print(format_var_metrics(metrics, model_config.num_scales))
         accelerator.print(f"exported {output_dir / 'pipeline'}; metrics in {output_dir / 'metrics.json'}")
     accelerator.end_training()
-    return metrics
+    return TrainResult(model=model, metrics=metrics)
 
 
 @torch.no_grad()

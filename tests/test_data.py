@@ -1,0 +1,390 @@
+"""Data layer: synthetic portraits, the image folder (hostile files included) and WebDataset shards."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+import sys
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from train.data import (
+    DataConfig,
+    ImageFolderDataset,
+    TooManyBadFiles,
+    build_dataset,
+    collate,
+    decode_image,
+    make_dataloader,
+)
+from train.synthetic import (
+    ATTRIBUTES,
+    SyntheticConfig,
+    SyntheticPortraits,
+    caption_from_attributes,
+    render_portrait,
+    sample_attributes,
+    sample_caption,
+)
+
+# ---------------------------------------------------------------------------------------------- synthetic
+
+# Words a caption must contain for each (attribute, value), whatever the wording (any of them).
+KEYWORDS = {
+    ("gender", "man"): (r"\bman\b",), ("gender", "woman"): (r"\bwoman\b",),
+    ("beard", "yes"): ("beard",), ("beard", "no"): ("clean-shaven", "without a beard"),
+    ("glasses", "yes"): ("glasses", "bespectacled"), ("glasses", "no"): ("without glasses", "no glasses"),
+    ("smile", "yes"): ("smil",), ("smile", "no"): ("serious", "neutral expression", "closed mouth"),
+}
+
+
+def mentions(caption: str, key: str, value: str) -> bool:
+    patterns = KEYWORDS.get((key, value), (rf"\b{value}\b",))
+    return any(re.search(pattern, caption) for pattern in patterns)
+
+
+def test_synthetic_items_are_deterministic_per_seed_and_index():
+    first = SyntheticPortraits(SyntheticConfig(size=32, seed=0, length=8))
+    again = SyntheticPortraits(SyntheticConfig(size=32, seed=0, length=8))
+    other = SyntheticPortraits(SyntheticConfig(size=32, seed=1, length=8))
+    for index in (0, 5):
+        a, b = first[index], again[index]
+        assert torch.equal(a["image"], b["image"])
+        assert a["caption"] == b["caption"] and a["attributes"] == b["attributes"]
+    assert not torch.equal(first[0]["image"], first[1]["image"])
+    assert not any(torch.equal(first[i]["image"], other[i]["image"]) for i in range(8))
+    with pytest.raises(IndexError):
+        first[8]
+
+
+def test_synthetic_item_format():
+    item = SyntheticPortraits(SyntheticConfig(size=64, length=4))[2]
+    image = item["image"]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32
+    assert image.min() >= -1 and image.max() <= 1 and image.std() > 0.1
+    assert isinstance(item["caption"], str) and item["caption"]
+    assert item["attributes"].keys() == ATTRIBUTES.keys()
+    assert all(value in ATTRIBUTES[key] for key, value in item["attributes"].items())
+
+
+def test_sampled_attributes_respect_constraints_and_rates():
+    rng = np.random.default_rng(0)
+    draws = [sample_attributes(rng) for _ in range(4000)]
+    men = [d for d in draws if d["gender"] == "man"]
+    women = [d for d in draws if d["gender"] == "woman"]
+    assert all(d["beard"] == "no" for d in women)
+    assert 0.4 < np.mean([d["beard"] == "yes" for d in men]) < 0.6
+    assert 0.33 < np.mean([d["glasses"] == "yes" for d in draws]) < 0.47
+    assert np.mean([d["hair_length"] == "long" for d in women]) > 0.7
+    assert np.mean([d["hair_length"] == "short" for d in men]) > 0.7
+    for key, values in ATTRIBUTES.items():
+        assert {d[key] for d in draws} == set(values)
+
+
+@pytest.mark.parametrize("size", [48, 64, 128])
+def test_render_any_size(size):
+    attributes = sample_attributes(np.random.default_rng(3))
+    pixels = render_portrait(attributes, size, np.random.default_rng(4))
+    assert pixels.shape == (size, size, 3) and pixels.dtype == np.uint8
+
+
+@pytest.mark.parametrize(
+    ("key", "rows"), [("glasses", (0.3, 0.5)), ("smile", (0.45, 0.7)), ("beard", (0.3, 0.78))]
+)
+def test_attribute_edits_are_large_and_local(key, rows):
+    """Same seed, one attribute flipped: a clear change, and only in that feature's band of rows."""
+    base = {"gender": "man", "beard": "no", "glasses": "no", "hair_color": "brown", "hair_length": "short",
+            "skin": "light", "background": "blue", "smile": "no"}
+    before = render_portrait(base, 64, np.random.default_rng(7)).astype(np.float32)
+    after = render_portrait({**base, key: "yes"}, 64, np.random.default_rng(7)).astype(np.float32)
+    change = np.abs(after - before).max(axis=2)  # (H, W)
+    top, bottom = int(rows[0] * 64), int(rows[1] * 64)
+    assert (change[top:bottom] > 60).sum() >= 20, f"{key} barely visible"
+    assert change[:top - 3].max() < 1 and change[bottom + 3:].max() < 1, f"{key} changed pixels far away"
+
+
+def test_canonical_captions_of_partial_attributes():
+    assert caption_from_attributes({"beard": "yes"}) == "a man with a beard"
+    assert caption_from_attributes({"hair_color": "red"}) == "a person with red hair"
+    assert caption_from_attributes({"gender": "woman", "smile": "yes", "hair_color": "red"}) == (
+        "a smiling woman with red hair"
+    )
+    full = sample_attributes(np.random.default_rng(1))
+    assert caption_from_attributes(full) == caption_from_attributes(dict(full))  # deterministic
+    for key, values in ATTRIBUTES.items():
+        for value in values:
+            assert mentions(caption_from_attributes({key: value}), key, value), (key, value)
+    assert "beard" not in caption_from_attributes({"gender": "woman", "beard": "no"})
+    with pytest.raises(ValueError, match="unknown attribute"):
+        caption_from_attributes({"hat": "yes"})
+
+
+def test_varied_captions_mention_every_requested_attribute():
+    rng = np.random.default_rng(0)
+    keys = list(ATTRIBUTES)
+    for _ in range(300):
+        chosen = rng.choice(keys, size=3, replace=False)
+        attributes = {str(k): str(rng.choice(ATTRIBUTES[k])) for k in chosen}
+        if attributes.get("gender") == "woman" and attributes.get("beard") == "yes":
+            continue
+        caption = caption_from_attributes(attributes, rng)
+        for key, value in attributes.items():
+            if not (key == "beard" and value == "no" and attributes.get("gender") == "woman"):
+                assert mentions(caption, key, value), (attributes, caption)
+
+
+def test_training_captions_are_varied_and_partial():
+    rng = np.random.default_rng(0)
+    attributes = sample_attributes(rng)
+    captions = [sample_caption(attributes, rng) for _ in range(200)]
+    assert len(set(captions)) > 50
+    assert any(attributes["background"] not in c for c in captions)  # not always everything
+    assert np.mean([mentions(c, "gender", attributes["gender"]) for c in captions]) > 0.8
+
+
+# ----------------------------------------------------------------------------------------------- folder
+
+
+def encoded(image: Image.Image, format: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format, **kwargs)
+    return buffer.getvalue()
+
+
+def noise_image(width: int = 40, height: int = 30, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A few-byte PNG whose header claims width x height pixels (a decompression bomb's calling card)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+            + chunk(b"IEND", b""))
+
+
+def write_good_folder(root: Path) -> None:
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "a.jpg").write_bytes(encoded(noise_image(seed=1), "JPEG"))
+    (root / "sub" / "b.png").write_bytes(encoded(noise_image(seed=2), "PNG"))
+    (root / "sub" / "deeper" / "c.webp").write_bytes(encoded(noise_image(seed=3), "WEBP"))
+    (root / "sub" / "deeper" / "c.txt").write_text("  a sidecar caption \n")
+    (root / "UPPER.JPG").write_bytes(encoded(noise_image(seed=4), "JPEG"))
+    (root / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "a.jpg", "text": "caption of a"}) + "\n\n"
+        + json.dumps({"file_name": "sub/b.png", "text": "caption of b"}) + "\n"
+    )
+
+
+def folder_config(root: Path, **overrides) -> DataConfig:
+    return DataConfig(**{"source": "folder", "path": str(root), "image_size": 16, **overrides})
+
+
+def test_folder_captions_formats_and_nesting(tmp_path, caplog):
+    write_good_folder(tmp_path)
+    dataset = ImageFolderDataset(folder_config(tmp_path))
+    assert "1 of 4 images" in caplog.text  # UPPER.JPG has no caption
+    captions = {name: dataset[i]["caption"] for i, name in enumerate(dataset.files)}
+    assert captions == {"UPPER.JPG": "", "a.jpg": "caption of a", "sub/b.png": "caption of b",
+                        "sub/deeper/c.webp": "a sidecar caption"}
+    batch = collate([dataset[i] for i in range(len(dataset))])
+    assert batch["image"].shape == (4, 3, 16, 16) and batch["image"].dtype == torch.float32
+    assert batch["image"].min() >= -1 and batch["image"].max() <= 1
+    assert batch["attributes"] == [{}] * 4 and dataset.tracker.bad == 0
+
+
+def test_folder_metadata_errors_name_the_line(tmp_path):
+    write_good_folder(tmp_path)
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.jpg", "text": "ok"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"metadata.jsonl:2"):
+        ImageFolderDataset(folder_config(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("image", "format", "expected_rgb"),
+    [
+        (Image.new("L", (20, 20), 200), "PNG", (200, 200, 200)),
+        (Image.new("RGB", (20, 20), (30, 160, 90)).convert("P", palette=Image.Palette.ADAPTIVE), "PNG",
+         (30, 160, 90)),
+        (Image.new("RGBA", (20, 20), (0, 0, 0, 0)), "PNG", (255, 255, 255)),  # transparent -> white
+        (Image.new("CMYK", (20, 20), (0, 255, 255, 0)), "JPEG", (255, 0, 0)),
+        (Image.fromarray(np.full((20, 20), 32768, np.uint16)), "PNG", (128, 128, 128)),  # 16-bit, not clipped
+    ],
+    ids=["grey", "palette", "rgba", "cmyk", "16-bit"],
+)
+def test_any_mode_becomes_rgb(image, format, expected_rgb):
+    decoded = decode_image(encoded(image, format), 8)  # (3, 8, 8)
+    rgb = ((decoded.mean(dim=(1, 2)) + 1) * 127.5).tolist()
+    assert np.allclose(rgb, expected_rgb, atol=12), (rgb, expected_rgb)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # Stored 40x20, left half red, right half blue; orientation 6 shows it turned 90 degrees clockwise:
+    # 20 wide, 40 tall, red on top.
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = (255, 0, 0)
+    pixels[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "rotated.jpg").write_bytes(encoded(Image.fromarray(pixels), "JPEG", exif=exif, quality=95))
+    image = ImageFolderDataset(folder_config(tmp_path))[0]["image"]  # (3, 16, 16): rows 8..24 of 16x32
+    top, bottom = image[:, :4].mean(dim=(1, 2)), image[:, -4:].mean(dim=(1, 2))
+    assert top[0] > 0.7 and top[2] < -0.7, "top should be red"
+    assert bottom[2] > 0.7 and bottom[0] < -0.7, "bottom should be blue"
+
+
+def test_random_crop_moves_along_the_longer_side():
+    data = encoded(noise_image(width=64, height=16), "PNG")
+    centre = [decode_image(data, 16) for _ in range(2)]
+    assert torch.equal(centre[0], centre[1])
+    torch.manual_seed(0)
+    crops = [decode_image(data, 16, random_crop=True) for _ in range(8)]
+    assert len({tuple(crop.flatten()[:16].tolist()) for crop in crops}) > 2
+
+
+def write_hostile_files(root: Path) -> dict[str, int]:
+    """Bad files next to good ones; returns the expected count per reason."""
+    jpeg, png = encoded(noise_image(), "JPEG"), encoded(noise_image(), "PNG")
+    corrupt = bytearray(png)
+    middle = slice(len(png) // 3, len(png) // 3 + 50)
+    corrupt[middle] = bytes(b ^ 0xFF for b in corrupt[middle])  # valid header, broken compressed data
+    (root / "bad").mkdir()
+    (root / "bad" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (root / "bad" / "truncated.png").write_bytes(png[: len(png) // 2])
+    (root / "bad" / "corrupt.png").write_bytes(bytes(corrupt))
+    (root / "bad" / "random.jpg").write_bytes(np.random.default_rng(0).bytes(2000))
+    (root / "bad" / "notes.png").write_text("this is a text file, not an image\n")
+    (root / "bad" / "empty.webp").write_bytes(b"")
+    (root / "bad" / "bomb.png").write_bytes(png_declaring(100_000, 100_000))  # refused by PIL itself
+    (root / "bad" / "large.png").write_bytes(encoded(Image.new("L", (200, 200)), "PNG"))  # over our limit
+    return {"truncated": 2, "corrupt": 1, "not_an_image": 2, "empty": 1, "decompression_bomb": 2}
+
+
+def test_bad_files_are_skipped_and_counted(tmp_path, caplog):
+    write_good_folder(tmp_path)
+    expected = write_hostile_files(tmp_path)
+    dataset = ImageFolderDataset(folder_config(tmp_path, max_bad_fraction=1.0, max_image_pixels=10_000))
+    items = [dataset[i] for i in range(len(dataset))]  # every index yields a good item
+    assert all(item["image"].shape == (3, 16, 16) for item in items)
+    assert dict(dataset.tracker.counts) == expected
+    assert "truncated.png (truncated)" in caplog.text and "bomb.png (decompression_bomb)" in caplog.text
+    assert dataset.tracker.attempts == len(dataset)
+    caplog.clear()  # a second epoch: the same files, neither counted nor reported again
+    for i in range(len(dataset)):
+        dataset[i]
+    assert dict(dataset.tracker.counts) == expected and dataset.tracker.attempts == len(dataset)
+    assert "skipping" not in caplog.text
+    loader = make_dataloader(folder_config(tmp_path, max_bad_fraction=1.0, max_image_pixels=10_000),
+                             batch_size=4, shuffle=True, drop_last=False)
+    assert sum(len(batch["caption"]) for batch in loader) == len(dataset)  # batches keep their size
+
+
+def test_too_many_bad_files_abort_with_a_clear_message(tmp_path):
+    write_good_folder(tmp_path)
+    write_hostile_files(tmp_path)
+    loader = make_dataloader(folder_config(tmp_path, max_bad_fraction=0.25), batch_size=2, shuffle=False)
+    with pytest.raises(TooManyBadFiles, match=r"max_bad_fraction=0.25.*raise max_bad_fraction") as error:
+        for _ in loader:
+            pass
+    assert str(error.value).startswith(
+        "7 of 12 inputs skipped (corrupt: 1, decompression_bomb: 1, empty: 1, not_an_image: 2, truncated: 2)"
+    )
+
+
+def test_all_bad_folder_raises_instead_of_hanging(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("nope")
+    dataset = ImageFolderDataset(folder_config(tmp_path, max_bad_fraction=1.0))
+    with pytest.raises(TooManyBadFiles, match="no readable image"):
+        dataset[1]
+
+
+def test_abort_propagates_from_worker_processes(tmp_path):
+    for i in range(4):
+        (tmp_path / f"bad{i}.png").write_bytes(b"")
+    (tmp_path / "good.png").write_bytes(encoded(noise_image(), "PNG"))
+    batches = iter(make_dataloader(folder_config(tmp_path), batch_size=1, shuffle=False, num_workers=2))
+    with pytest.raises(TooManyBadFiles, match="empty: "):  # the same type, re-raised in the main process
+        for _ in batches:
+            pass
+    # The failed iterator sits in a reference cycle with its exception; left to the cyclic GC, its
+    # workers would be joined with a 5 s timeout each, stalling whichever test comes next.
+    batches._shutdown_workers()
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="needs a path"):
+        DataConfig(source="folder")
+    with pytest.raises(ValueError, match="source must be one of"):
+        DataConfig(source="folders", path="x")
+
+
+def test_synthetic_loader_batches():
+    config = DataConfig(image_size=32, synthetic_length=6)
+    batch = next(iter(make_dataloader(config, batch_size=4, shuffle=True)))
+    assert batch["image"].shape == (4, 3, 32, 32)
+    assert len(batch["caption"]) == 4 and batch["attributes"][0].keys() == ATTRIBUTES.keys()
+
+
+# ------------------------------------------------------------------------------------------ webdataset
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_shards(root: Path) -> str:
+    with tarfile.open(root / "shard-00000.tar", "w") as tar:
+        add_member(tar, "s000.jpg", encoded(noise_image(seed=0), "JPEG"))
+        add_member(tar, "s000.txt", b"first caption\n")
+        add_member(tar, "s001.png", encoded(noise_image(seed=1), "PNG"))
+        add_member(tar, "s001.txt", "caf\u00e9 caption".encode())
+    with tarfile.open(root / "shard-00001.tar", "w") as tar:
+        add_member(tar, "s002.webp", encoded(noise_image(seed=2), "WEBP"))
+        add_member(tar, "s002.json", json.dumps({"text": "json text"}).encode())
+        add_member(tar, "s003.jpg", encoded(noise_image(seed=3), "JPEG"))
+        add_member(tar, "s003.json", json.dumps({"caption": "json caption"}).encode())
+        add_member(tar, "s004.jpg", b"not a jpeg at all")
+        add_member(tar, "s004.txt", b"caption of a broken image")
+    return str(root / "shard-{00000..00001}.tar")
+
+
+WDS_CAPTIONS = ["caf\u00e9 caption", "first caption", "json caption", "json text"]
+
+
+@pytest.mark.parametrize(("shuffle", "num_workers"), [(False, 0), (True, 0), (True, 2)])
+def test_webdataset_shards(tmp_path, shuffle, num_workers):
+    pytest.importorskip("webdataset")
+    config = DataConfig(source="webdataset", path=write_shards(tmp_path), image_size=16, max_bad_fraction=0.5)
+    loader = make_dataloader(config, batch_size=2, shuffle=shuffle, num_workers=num_workers, drop_last=False)
+    batches = list(loader)
+    assert sorted(c for batch in batches for c in batch["caption"]) == WDS_CAPTIONS  # no loss, no repeats
+    assert all(batch["image"].shape[1:] == (3, 16, 16) for batch in batches)
+    if num_workers == 0:
+        assert dict(loader.dataset.tracker.counts) == {"not_an_image": 1}
+
+
+def test_webdataset_with_more_readers_than_shards(tmp_path):
+    pytest.importorskip("webdataset")
+    path = write_shards(tmp_path)
+    config = DataConfig(source="webdataset", path=path.replace("{00000..00001}", "00001"), image_size=16,
+                        max_bad_fraction=0.5)
+    loader = make_dataloader(config, batch_size=1, shuffle=False, num_workers=2, drop_last=False)
+    assert sorted(c for batch in loader for c in batch["caption"]) == ["json caption", "json text"]
+
+
+def test_webdataset_missing_package_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "webdataset", None)  # makes `import webdataset` fail
+    with pytest.raises(ImportError, match=r"pip install 'nextscale\[data\]'"):
+        build_dataset(DataConfig(source="webdataset", path=str(tmp_path / "{0..1}.tar")))

@@ -1,0 +1,186 @@
+"""Training loops end to end on tiny models: losses fall, exports load, resume continues exactly, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_TEXT_MAX_LENGTH, tiny_tokenizer_config
+from safetensors.torch import load_file
+
+from sampling.pipeline import load_pipeline
+from tokenizer import MultiScaleVQVAE
+from train.data import DataConfig
+from train.optim import parameter_groups, warmup_stable_decay
+from train.tokenizer_loop import TokenizerTrainConfig, train_tokenizer
+from train.var_loop import VarTrainConfig, drop_condition, per_scale_metrics, train_var
+from transformer import TransformerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tokenizer_run(output_dir: Path, **overrides) -> TokenizerTrainConfig:
+    settings = dict(
+        output_dir=str(output_dir),
+        model=tiny_tokenizer_config(),
+        data=DataConfig(image_size=16, synthetic_length=256),
+        steps=40,
+        batch_size=8,
+        learning_rate=2e-3,
+        warmup_steps=5,
+        mixed_precision="no",
+        log_every=5,
+        sample_every=20,
+        checkpoint_every=20,
+        eval_images=32,
+        tracker="none",
+    )
+    settings.update(overrides)
+    return TokenizerTrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def trained_tokenizer(tmp_path_factory) -> tuple[Path, dict]:
+    output = tmp_path_factory.mktemp("tokenizer-run")
+    result = train_tokenizer(tokenizer_run(output))
+    return output, result.metrics
+
+
+def test_tokenizer_training_loss_falls_and_exports(trained_tokenizer):
+    output, metrics = trained_tokenizer
+    curve = [loss for _, loss in metrics["loss_curve"]]
+    assert curve[-1] < 0.6 * curve[0], curve
+    saved = json.loads((output / "metrics.json").read_text())
+    assert saved["held_out"] is True and saved["num_images"] == 32
+    assert len(saved["psnr_first_k"]) == 3 and len(saved["per_scale"]) == 3
+    assert (output / "samples" / "step_000040.png").is_file()
+    model = MultiScaleVQVAE.from_pretrained(output / "model")
+    assert model.config.scale_sizes == (1, 2, 4)
+
+
+def test_tokenizer_resume_reproduces_the_loss_curve(trained_tokenizer, tmp_path):
+    output, metrics = trained_tokenizer
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(output / "checkpoints", resumed_dir / "checkpoints")
+    result = train_tokenizer(tokenizer_run(resumed_dir, resume="latest"))
+    original = {step: loss for step, loss in metrics["loss_curve"]}
+    resumed = dict(result.metrics["loss_curve"])
+    assert min(resumed) == 25  # continued from the step-20 checkpoint
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(original[step], rel=1e-4, abs=1e-6), (step, loss, original[step])
+
+
+def test_resume_names_a_bad_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
+        train_tokenizer(tokenizer_run(tmp_path / "run", resume=str(tmp_path)))
+
+
+def test_warmup_stable_decay_schedule():
+    values = [warmup_stable_decay(step, 100, 10, 0.2) for step in range(100)]
+    assert values[0] == pytest.approx(0.1) and values[9] == 1.0
+    assert all(v == 1.0 for v in values[10:80])
+    assert all(b <= a for a, b in zip(values[80:], values[81:])) and values[-1] < 0.01
+
+
+def test_parameter_groups_skip_norms_biases_and_embeddings():
+    model = torch.nn.Sequential(torch.nn.Embedding(4, 8), torch.nn.Linear(8, 8), torch.nn.LayerNorm(8))
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert [p.shape for p in decay["params"]] == [(8, 8)]
+    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
+
+
+def test_drop_condition_rate_and_content():
+    batch = 4000
+    text = {"text_tokens": torch.ones(batch, 3, 2), "text_mask": torch.ones(batch, 3, dtype=torch.bool),
+            "text_pooled": torch.ones(batch, 2)}
+    null = {"text_tokens": torch.zeros(1, 3, 2), "text_mask": torch.tensor([[True, True, False]]),
+            "text_pooled": torch.zeros(1, 2)}
+    out, dropped = drop_condition(text, null, 0.1, torch.Generator().manual_seed(0))
+    assert 0.08 < dropped.float().mean().item() < 0.12
+    assert torch.equal(out["text_pooled"][dropped], torch.zeros(int(dropped.sum()), 2))
+    assert torch.equal(out["text_pooled"][~dropped], torch.ones(int((~dropped).sum()), 2))
+    assert not out["text_mask"][dropped][:, 2].any() and out["text_mask"][~dropped].all()
+    _, none_dropped = drop_condition(text, null, 0.0, torch.Generator().manual_seed(0))
+    assert not none_dropped.any()
+
+
+def test_per_scale_metrics():
+    targets = torch.tensor([[1, 2, 2, 2, 2]])
+    logits = torch.nn.functional.one_hot(torch.tensor([[1, 2, 2, 0, 0]]), 4).float() * 10
+    metrics = per_scale_metrics(logits, targets, (1, 2))
+    assert metrics["accuracy_scale0"] == 1.0 and metrics["accuracy_scale1"] == 0.5
+    assert metrics["loss_scale0"] < metrics["loss_scale1"]
+
+
+def test_var_training_loss_falls_and_exports_a_pipeline(trained_tokenizer, tiny_bert_dir, tmp_path):
+    output, _ = trained_tokenizer
+    config = VarTrainConfig(
+        output_dir=str(tmp_path / "var"),
+        tokenizer=str(output / "model"),
+        text_encoder=str(tiny_bert_dir),
+        text_max_length=TINY_TEXT_MAX_LENGTH,
+        model=TransformerConfig.preset("tiny"),
+        data=DataConfig(image_size=16, synthetic_length=128),
+        cache_images=128,
+        steps=60,
+        batch_size=16,
+        learning_rate=3e-3,
+        warmup_steps=5,
+        mixed_precision="no",
+        log_every=10,
+        checkpoint_every=1000,
+        eval_images=32,
+        tracker="none",
+    )
+    result = train_var(config)
+    curve = [loss for _, loss in result.metrics["loss_curve"]]
+    assert curve[-1] < curve[0] - 0.3, curve
+    assert {"accuracy_scale0", "accuracy_scale2", "held_out_loss"} <= set(result.metrics)
+    pipeline = load_pipeline(tmp_path / "var" / "pipeline")
+    assert pipeline.transformer.config.vocab_size == 64 and pipeline.text_encoder.width == 32
+    # a second run reuses the cache (same fingerprint) instead of re-encoding
+    cache = tmp_path / "var" / "cache" / "codes.safetensors"
+    stamp = cache.stat().st_mtime_ns
+    train_var(config)
+    assert cache.stat().st_mtime_ns == stamp
+
+
+DISTRIBUTED_SCRIPT = """
+import hashlib, json, sys
+import torch
+from accelerate import PartialState
+from tests.test_training import tokenizer_run
+from train.tokenizer_loop import train_tokenizer
+from pathlib import Path
+out = Path(sys.argv[1])
+result = train_tokenizer(tokenizer_run(out, steps=6, checkpoint_every=1000, sample_every=1000, eval_images=8))
+digest = hashlib.sha256()
+for value in result.model.state_dict().values():
+    digest.update(value.detach().float().numpy().tobytes())
+state = PartialState()
+(out / f"rank{state.process_index}.json").write_text(json.dumps({"digest": digest.hexdigest(),
+                                                              "world": state.num_processes}))
+"""
+
+
+def test_two_cpu_processes_stay_synchronised(tmp_path):
+    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2` trains two synchronised ranks."""
+    script = tmp_path / "run.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(script), str(tmp_path / "out")]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "out" / f"rank{i}.json").read_text()) for i in range(2)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    weights = load_file(str(tmp_path / "out" / "model" / "model.safetensors"))
+    assert weights  # the main process exported the model

@@ -1,0 +1,1 @@
+"""Training: data, training loops, checkpoints and evaluation helpers."""

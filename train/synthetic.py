@@ -1,0 +1,439 @@
+"""Built-in synthetic captioned portraits: the offline default data of the whole project.
+
+Every image is drawn procedurally from a seed and a set of known attributes (gender, beard, glasses,
+hair colour and length, skin, background, smile), so that a tokenizer and a text-conditional
+transformer train on a CPU in minutes and a judge classifier can later score prompt adherence against
+the attributes that were asked for.
+
+The renderer draws soft-edged shapes in normalised coordinates ([0, 1] across the image, y down), so
+any size works; every attribute is a large, high-contrast region (bold glasses rims, a beard over the
+whole jaw, an open toothy smile against a closed flat mouth) so that it survives a lossy 8x8-latent
+autoencoder at 64 px. Textures are deliberately smooth (no per-pixel noise, smooth lighting, 1-2 px
+anti-aliased edges): the tokenizer must reconstruct these images at >= 28 dB PSNR.
+
+    python -m train.synthetic --out grid.png --num 64      # look at samples, captions printed
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "gender": ("man", "woman"),
+    "beard": ("yes", "no"),
+    "glasses": ("yes", "no"),
+    "hair_color": ("black", "brown", "blond", "red", "grey"),
+    "hair_length": ("short", "long"),
+    "skin": ("light", "medium", "dark"),
+    "background": ("blue", "green", "red", "yellow", "purple", "grey"),
+    "smile": ("yes", "no"),
+}
+
+# Named colours (RGB 0-255). Pairs that could meet (red hair on a red background, blond on yellow,
+# grey on grey) are pushed apart in hue or brightness, and a soft shadow behind the head adds contrast.
+_HAIR = {
+    "black": (30, 26, 24),
+    "brown": (110, 68, 38),
+    "blond": (222, 186, 112),
+    "red": (196, 88, 34),
+    "grey": (186, 186, 190),
+}
+_SKIN = {"light": (240, 206, 180), "medium": (196, 144, 104), "dark": (112, 72, 48)}
+_BACKGROUND = {
+    "blue": (58, 108, 204),
+    "green": (66, 158, 80),
+    "red": (204, 46, 70),
+    "yellow": (242, 218, 62),
+    "purple": (132, 78, 176),
+    "grey": (108, 110, 114),
+}
+_CLOTHES = ((40, 52, 90), (60, 60, 64), (225, 225, 220), (120, 36, 44), (96, 104, 52), (32, 112, 116),
+            (196, 170, 130), (28, 28, 30), (170, 90, 150), (210, 120, 60))
+_IRIS = ((82, 52, 30), (60, 100, 150), (70, 110, 70), (36, 28, 24))
+
+
+def _rgb(red: int, green: int, blue: int) -> np.ndarray:
+    return np.array([red, green, blue], np.float32) / 255
+
+
+_LIPSTICK, _MOUTH, _TEETH = _rgb(200, 56, 72), _rgb(84, 20, 26), _rgb(242, 240, 230)
+_SCLERA, _PUPIL, _LENS, _BLUSH = _rgb(242, 242, 236), _rgb(0, 0, 0), _rgb(190, 216, 242), _rgb(230, 115, 115)
+
+
+def sample_attributes(rng: np.random.Generator) -> dict[str, str]:
+    """Draw one portrait's attributes; beards only on men, long hair mostly on women."""
+    gender = "man" if rng.random() < 0.5 else "woman"
+    long_hair_probability = 0.8 if gender == "woman" else 0.2
+    return {
+        "gender": gender,
+        "beard": "yes" if gender == "man" and rng.random() < 0.5 else "no",
+        "glasses": "yes" if rng.random() < 0.4 else "no",
+        "hair_color": str(rng.choice(ATTRIBUTES["hair_color"])),
+        "hair_length": "long" if rng.random() < long_hair_probability else "short",
+        "skin": str(rng.choice(ATTRIBUTES["skin"])),
+        "background": str(rng.choice(ATTRIBUTES["background"])),
+        "smile": "yes" if rng.random() < 0.5 else "no",
+    }
+
+
+def _jitter(rgb: tuple[int, ...], rng: np.random.Generator, brightness: float, tint: float) -> np.ndarray:
+    """A named colour jittered a little in brightness and per channel, so the name stays right: (3,)."""
+    colour = np.asarray(rgb, np.float32) * rng.uniform(1 - brightness, 1 + brightness)
+    return np.clip((colour + rng.normal(0, tint, 3)) / 255, 0, 1).astype(np.float32)
+
+
+def _luminance(rgb: np.ndarray) -> float:
+    return float(rgb @ np.array([0.299, 0.587, 0.114], np.float32))
+
+
+def _beard_colour(hair: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """Hair colour, moved in brightness until it stands out from the skin (darker where there is room)."""
+    beard, gap = hair * 0.8, 0.28
+    skin_luminance, beard_luminance = _luminance(skin), _luminance(beard)
+    if abs(beard_luminance - skin_luminance) >= gap:
+        return beard
+    if skin_luminance - gap >= 0.12 or beard_luminance < 0.45:
+        target = max(skin_luminance - gap, 0.12)
+    else:  # grey or blond on dark skin: lighter
+        target = skin_luminance + gap
+    return np.clip(beard * target / beard_luminance, 0, 1)
+
+
+def _ellipse_sdf(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float | np.ndarray,
+                 ry: float) -> np.ndarray:
+    """Signed distance to an ellipse (negative inside), exact for circles.
+
+    Elongated ellipses are measured on their short axis's scale, so their edges are a little softer at
+    the ends of the long axis: cheaper than the exact distance, and soft edges are what we want anyway.
+    """
+    return (np.hypot((x - cx) / rx, (y - cy) / ry) - 1) * np.minimum(rx, ry)
+
+
+class _Canvas:
+    """Float RGB image in [0, 1] with soft-edged painting restricted to each shape's bounding box."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        centres = (np.arange(size, dtype=np.float32) + 0.5) / size
+        self.x = centres[None, :]  # (1, W)
+        self.y = centres[:, None]  # (H, 1)
+        self.rgb = np.zeros((size, size, 3), np.float32)
+
+    def window(self, x0: float, x1: float, y0: float, y1: float) -> tuple[np.ndarray, np.ndarray, tuple]:
+        """Pixel coordinates of a normalised box (padded by 2 px): x (1, w), y (h, 1), index."""
+        cols = slice(max(int(x0 * self.size) - 2, 0), min(int(x1 * self.size) + 3, self.size))
+        rows = slice(max(int(y0 * self.size) - 2, 0), min(int(y1 * self.size) + 3, self.size))
+        return self.x[:, cols], self.y[rows], (rows, cols)
+
+    def coverage(self, sdf: np.ndarray, soft: float = 1.2) -> np.ndarray:
+        """Anti-aliased inside-ness from a signed distance: a linear ramp `soft` pixels wide."""
+        ramp = 0.5 - sdf * (self.size / soft)
+        return np.minimum(np.maximum(ramp, 0, out=ramp), 1, out=ramp)
+
+    def paint(self, index: tuple, coverage: np.ndarray, colour: np.ndarray, alpha: float = 1.0) -> None:
+        """Blend `colour` (3,) or (h, w, 3) over the window `index` with `coverage` (h, w) times `alpha`."""
+        if alpha != 1.0:
+            coverage = alpha * coverage
+        region = self.rgb[index]
+        region += coverage[..., None] * (colour - region)
+
+    def ellipse(self, cx: float, cy: float, rx: float, ry: float, colour: np.ndarray,
+                alpha: float = 1.0, soft: float = 1.2) -> None:
+        x, y, index = self.window(cx - rx, cx + rx, cy - ry, cy + ry)
+        self.paint(index, self.coverage(_ellipse_sdf(x, y, cx, cy, rx, ry), soft), colour, alpha)
+
+    def box(self, x0: float, x1: float, y0: float, y1: float, colour: np.ndarray, alpha: float = 1.0) -> None:
+        x, y, index = self.window(x0, x1, y0, y1)
+        inside = self.coverage(np.maximum(x0 - x, x - x1)) * self.coverage(np.maximum(y0 - y, y - y1))
+        self.paint(index, inside, colour, alpha)
+
+
+def render_portrait(attributes: Mapping[str, str], size: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw one portrait with the given (complete) attributes: uint8 (size, size, 3).
+
+    Layers back to front: background and head shadow, long hair, clothes, neck, ears, face, beard,
+    mouth, nose, eyes, brows, top hair, glasses, then one smooth lighting gradient over everything.
+    """
+    man = attributes["gender"] == "man"
+    long_hair = attributes["hair_length"] == "long"
+    canvas = _Canvas(size)
+    x, y = canvas.x, canvas.y
+
+    scale = rng.uniform(0.94, 1.06)
+    cx, cy = 0.5 + rng.uniform(-0.03, 0.03), 0.44 + rng.uniform(-0.025, 0.025)
+    rx = 0.175 * scale * (1.05 if man else 0.96) * rng.uniform(0.96, 1.04)  # face half-width
+    ry = 0.235 * scale * rng.uniform(0.97, 1.03)  # face half-height
+    skin = _jitter(_SKIN[attributes["skin"]], rng, 0.05, 5)
+    hair = _jitter(_HAIR[attributes["hair_color"]], rng, 0.08, 5 if attributes["hair_color"] != "grey" else 1)
+    background = _jitter(_BACKGROUND[attributes["background"]], rng, 0.07, 7)
+    clothes = _jitter(_CLOTHES[rng.integers(len(_CLOTHES))], rng, 0.1, 10)
+    iris = _jitter(_IRIS[rng.integers(len(_IRIS))], rng, 0.05, 4)
+    frame = _jitter((26, 24, 28), rng, 0.1, 3)
+    # Every draw happens up here whatever the attributes, so that with the same rng, changing one
+    # attribute changes only its own feature (glasses, smile and beard edits are local).
+    jitter = rng.uniform(-1, 1, 5) * (0.006, 0.012, 0.05, 0.015, 0.03)
+    gaze, beard_shift, hair_shift, hairline_shift, parting = jitter if long_hair else (*jitter[:4], 0.0)
+    light_x, light_y = rng.uniform(-0.18, 0.18, 2)
+
+    # Background: vertical gradient plus a soft shadow of the head cast behind it.
+    shadow = np.clip(1 - _ellipse_sdf(x, y, cx + 0.02, cy + 0.02, rx * 1.6, ry * 1.4) / 0.12, 0, 1)
+    canvas.rgb[:] = background * ((1.08 - 0.16 * y) * (1 - 0.3 * shadow))[..., None]
+
+    if long_hair:  # falls behind the face down to the shoulders
+        hx0, hx1, top = cx - rx * 1.32, cx + rx * 1.32, cy - ry * 1.1
+        bottom = cy + ry * 1.6 * (1 + hair_shift)
+        wx, wy, index = canvas.window(hx0, hx1, top, bottom)
+        crown = canvas.coverage(_ellipse_sdf(wx, wy, cx, cy - 0.02, rx * 1.32, ry * 1.1))
+        fall = canvas.coverage(np.maximum(np.maximum(hx0 - wx, wx - hx1), np.maximum(cy - wy, wy - bottom)))
+        canvas.paint(index, np.maximum(crown, fall), hair * 0.85)
+
+    shoulders = (0.40 if man else 0.34) * scale
+    canvas.ellipse(cx, 1.12, shoulders, 0.30, clothes)
+    neck = skin * 0.82
+    canvas.box(cx - 0.07 * scale, cx + 0.07 * scale, cy + 0.1, 0.86, neck)
+    if not man:  # scoop neckline
+        canvas.ellipse(cx, 0.83, 0.09 * scale, 0.055, neck)
+    for side in (-1, 1):
+        canvas.ellipse(cx + side * rx * 0.97, cy + 0.005, 0.032 * scale, 0.05 * scale, skin * 0.9)
+
+    # Face: an ellipse whose lower half narrows (a pointier chin for women), shaded darker at the rim.
+    taper = 0.12 if man else 0.24
+    wx, wy, index = canvas.window(cx - rx, cx + rx, cy - ry, cy + ry)
+    below = np.clip((wy - cy) / ry, 0, 1)
+    face_sdf = _ellipse_sdf(wx, wy, cx, cy, rx * (1 - taper * below * below), ry)
+    rim = np.clip(((wx - cx) / rx) ** 2 + ((wy - cy) / ry) ** 2, 0, 1)
+    canvas.paint(index, canvas.coverage(face_sdf), skin * (1.04 - 0.12 * rim)[..., None])
+    if not man:  # blush
+        for side in (-1, 1):
+            canvas.ellipse(cx + side * rx * 0.55, cy + 0.06, 0.04, 0.025, _BLUSH, 0.25, 3)
+
+    mouth_y = cy + 0.125 * scale
+    if attributes["beard"] == "yes":  # over jaw and chin, up the cheeks to sideburns, moustache included
+        top = cy + 0.055 * scale + beard_shift
+        wx, wy, index = canvas.window(cx - rx * 1.08, cx + rx * 1.08, cy - ry, cy + ry * 1.12)
+        chin = canvas.coverage(_ellipse_sdf(wx, wy, cx, cy + 0.012, rx * 1.07, ry * 1.06), 1.6)
+        line = canvas.coverage(top - 0.11 * ((wx - cx) / rx) ** 2 - wy, 1.6)
+        canvas.paint(index, chin * line, _beard_colour(hair, skin))
+
+    lips = _LIPSTICK if not man else skin * _rgb(200, 148, 148)
+    half = 0.08 * scale
+    wx, wy, index = canvas.window(cx - half - 0.01, cx + half + 0.01, mouth_y - 0.05, mouth_y + 0.06)
+    t2 = ((wx - cx) / half) ** 2
+    across = canvas.coverage(np.abs(wx - cx) - half)
+    if attributes["smile"] == "yes":  # open crescent: corners up, teeth along the top, dark below
+        upper = mouth_y - 0.008 - 0.03 * t2
+        lower = mouth_y + 0.056 * (1 - t2) - 0.03 * t2
+        canvas.paint(index, canvas.coverage(upper - 0.008 - wy) * canvas.coverage(wy - lower - 0.008)
+                     * canvas.coverage(np.abs(wx - cx) - half - 0.008), lips)
+        inside = across * canvas.coverage(upper - wy) * canvas.coverage(wy - lower)
+        canvas.paint(index, inside, _MOUTH)
+        canvas.paint(index, inside * canvas.coverage(wy - upper - 0.02), _TEETH)
+    else:  # closed, flat: lips then a dark parting line
+        canvas.ellipse(cx, mouth_y, half * 0.75, 0.016 if man else 0.022, lips)
+        canvas.box(cx - half * 0.72, cx + half * 0.72, mouth_y - 0.006, mouth_y + 0.006, lips * 0.55)
+
+    canvas.ellipse(cx + 0.004, cy + 0.05 * scale, 0.02 * scale, 0.045 * scale, skin * 0.75, 0.35, 2.5)
+    canvas.ellipse(cx, cy + 0.083 * scale, 0.026 * scale, 0.011 * scale, skin * 0.6, 0.6, 1.5)
+
+    eye_y, eye_dx = cy - 0.03 * scale, 0.075 * scale
+    brow = hair * 0.7 if attributes["hair_color"] != "black" else hair
+    for side in (-1, 1):
+        ex = cx + side * eye_dx
+        lid = 0.006 if man else 0.012  # eyeliner: a thicker dark upper lid on women
+        canvas.ellipse(ex, eye_y - lid / 2, 0.034 * scale + lid / 2, 0.019 * scale + lid / 2, skin * 0.3)
+        canvas.ellipse(ex, eye_y, 0.032 * scale, 0.018 * scale, _SCLERA)
+        canvas.ellipse(ex + gaze, eye_y, 0.015 * scale, 0.015 * scale, iris)
+        canvas.ellipse(ex + gaze, eye_y, 0.007 * scale, 0.007 * scale, _PUPIL)
+        # Arched brow: a bar whose centre line bends up in the middle.
+        brow_w, brow_h = 0.042 * scale, (0.012 if man else 0.008) * scale
+        brow_y = eye_y - 0.048 * scale
+        wx, wy, index = canvas.window(ex - brow_w, ex + brow_w, brow_y - 0.02, brow_y + 0.03)
+        bend = brow_y + 0.012 * ((wx - ex) / brow_w) ** 2
+        bar = canvas.coverage(np.abs(wx - ex) - brow_w) * canvas.coverage(np.abs(wy - bend) - brow_h)
+        canvas.paint(index, bar, brow)
+
+    # Top hair: a cap over the head down to a hairline that dips towards the temples.
+    hairline = cy - ry * (0.52 if long_hair else 0.56) + hairline_shift
+    wx, wy, index = canvas.window(cx - rx * 1.14, cx + rx * 1.14, cy - ry * 1.2, cy + 0.02)
+    side = (wx - cx) / rx
+    cap = canvas.coverage(_ellipse_sdf(wx, wy, cx, cy - 0.02 * scale, rx * 1.12, ry * 1.07))
+    edge = canvas.coverage(wy - (hairline + 0.075 * side * side + parting * side), 1.5)
+    canvas.paint(index, cap * edge, hair)
+
+    if attributes["glasses"] == "yes":  # bold dark rims (~2.5 px at 64), bridge and temples
+        rim_x, rim_y, thick = 0.056 * scale, 0.042 * scale, 0.034 * scale
+        for side in (-1, 1):
+            ex = cx + side * eye_dx
+            wx, wy, index = canvas.window(ex - rim_x - thick, ex + rim_x + thick, eye_y - rim_y - thick,
+                                          eye_y + rim_y + thick)
+            sdf = _ellipse_sdf(wx, wy, ex, eye_y + 0.003, rim_x, rim_y)
+            canvas.paint(index, canvas.coverage(sdf), _LENS, 0.2)
+            canvas.paint(index, canvas.coverage(np.abs(sdf) - thick / 2), frame)
+            rim_edge, face_edge = ex + side * rim_x, cx + side * rx  # the temple arm between them
+            left, right = sorted((rim_edge, face_edge))
+            canvas.box(left, right, eye_y - 0.026, eye_y - 0.008, frame)
+        canvas.box(cx - eye_dx + rim_x, cx + eye_dx - rim_x, eye_y - 0.022, eye_y - 0.002, frame)
+
+    canvas.rgb *= (255 * (1 + light_x * (x - 0.5) + light_y * (y - 0.5)))[..., None]
+    canvas.rgb += 0.5  # round, not truncate, below
+    return np.clip(canvas.rgb, 0, 255, out=canvas.rgb).astype(np.uint8)
+
+
+_BACKGROUND_PHRASES = ("on a {} background", "against a {} background", "in front of a {} wall",
+                       ", {} background")
+_PREFIXES = ("", "a photo of ", "a portrait of ", "portrait of ", "a picture of ", "a headshot of ",
+             "close-up photo of ")
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def caption_from_attributes(attributes: Mapping[str, str], rng: np.random.Generator | None = None) -> str:
+    """Describe exactly the given (possibly partial) attributes in English.
+
+    With `rng=None` the wording is one fixed canonical template (deterministic: what evaluation prompts
+    use), e.g. {"beard": "yes"} -> "a man with a beard", {"hair_color": "red"} -> "a person with red
+    hair". With an rng the wording, the order and the prefix vary. A woman's absent beard is never
+    mentioned (it is implied).
+    """
+    for key, value in attributes.items():
+        if value not in ATTRIBUTES.get(key, ()):
+            raise ValueError(f"unknown attribute {key}={value!r}; known: {ATTRIBUTES}")
+
+    def pick(*options: str) -> str:
+        return options[int(rng.integers(len(options)))] if rng is not None else options[0]
+
+    def sometimes(probability: float) -> bool:  # canonical wording: never
+        return rng is not None and rng.random() < probability
+
+    gender = attributes.get("gender")
+    adjectives: list[str] = []  # before the noun
+    with_items: list[str] = []  # "with a, b and c"
+    without_items: list[str] = []
+
+    def describe(adjective: str | None, phrases: tuple[str, ...], adjective_chance: float,
+                 canonical_adjective: bool = False, negative: bool = False) -> None:
+        """Add one attribute, as an adjective before the noun or as a phrase after it."""
+        if adjective and (sometimes(adjective_chance) if rng is not None else canonical_adjective):
+            adjectives.append(adjective)
+        else:
+            (without_items if negative else with_items).append(pick(*phrases))
+
+    smile, beard, glasses = attributes.get("smile"), attributes.get("beard"), attributes.get("glasses")
+    if smile == "yes":
+        describe("smiling", ("a big smile", "a wide smile"), 0.6, canonical_adjective=True)
+    elif smile == "no":
+        describe("serious", ("a neutral expression", "a closed mouth"), 0.5, canonical_adjective=True)
+    if beard == "yes":
+        describe("bearded", ("a beard", "a full beard"), 0.4)
+    elif beard == "no" and gender != "woman":
+        describe("clean-shaven", ("without a beard",), 0.5, canonical_adjective=True, negative=True)
+    if glasses == "yes":
+        describe("bespectacled", ("glasses", "eyeglasses"), 0.15)
+    elif glasses == "no":
+        describe(None, ("without glasses", "with no glasses"), 0.0, negative=True)
+    hair = " ".join(attributes[k] for k in ("hair_length", "hair_color") if k in attributes)
+    if hair:  # "red-haired", never "long red-haired"
+        describe(None if " " in hair else f"{hair}-haired", (f"{hair} hair",), 0.25)
+    if "skin" in attributes:
+        skin = attributes["skin"]
+        describe(None if skin == "medium" else f"{skin}-skinned", (f"{skin} skin",), 0.3)
+
+    if rng is not None:
+        with_items = [with_items[i] for i in rng.permutation(len(with_items))]
+    noun = gender or ("man" if beard == "yes" else "person")
+    words = " ".join([*adjectives, noun])
+    caption = ("an " if words[0] in "aeiou" else "a ") + words
+    if with_items:
+        caption += " with " + _join(with_items)
+    if without_items:
+        caption += (", " if with_items and sometimes(0.5) else " ") + " and ".join(without_items)
+    if "background" in attributes:
+        template = pick(*_BACKGROUND_PHRASES)
+        caption += ("" if template.startswith(",") else " ") + template.format(attributes["background"])
+    return pick(*_PREFIXES) + caption
+
+
+# Probability that a training caption mentions an attribute, by (attribute, value) or attribute: the
+# most visible attributes often, absences rarely, so the model learns from partial descriptions.
+_MENTION = {("gender", "man"): 0.9, ("gender", "woman"): 0.9, ("beard", "yes"): 0.85, ("beard", "no"): 0.15,
+            ("glasses", "yes"): 0.8, ("glasses", "no"): 0.2, ("smile", "yes"): 0.6, ("smile", "no"): 0.25,
+            "hair_color": 0.6, "hair_length": 0.45, "skin": 0.45, "background": 0.6}
+
+
+def sample_caption(attributes: Mapping[str, str], rng: np.random.Generator) -> str:
+    """A training caption: a random subset of the attributes (all of them 10% of the time), varied wording."""
+    if rng.random() < 0.1:
+        return caption_from_attributes(attributes, rng)
+    mentioned = {k: v for k, v in attributes.items() if rng.random() < _MENTION.get((k, v), _MENTION.get(k))}
+    return caption_from_attributes(mentioned, rng)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """The synthetic portrait dataset."""
+
+    size: int = 64
+    """Image side in pixels (the renderer works at any size)."""
+    seed: int = 0
+    """Data seed: 0 for training, 1 (or any other) for held-out evaluation; distinct seeds, distinct data."""
+    length: int = 50_000
+    """Number of items (each rendered on the fly from (seed, index))."""
+
+
+class SyntheticPortraits(Dataset):
+    """Map-style dataset of rendered portraits; item i is a pure function of (seed, i)."""
+
+    def __init__(self, config: SyntheticConfig = SyntheticConfig()) -> None:
+        self.config = config
+
+    def __len__(self) -> int:
+        return self.config.length
+
+    def __getitem__(self, index: int) -> dict:
+        """{"image": (3, H, W) float in [-1, 1], "caption": str, "attributes": dict[str, str]}."""
+        if not 0 <= index < self.config.length:
+            raise IndexError(f"index {index} out of range for {self.config.length} synthetic portraits")
+        rng = np.random.default_rng([self.config.seed, index])
+        attributes = sample_attributes(rng)
+        pixels = render_portrait(attributes, self.config.size, rng)  # (H, W, 3) uint8
+        image = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
+        return {"image": image, "caption": sample_caption(attributes, rng), "attributes": attributes}
+
+
+@dataclass(frozen=True)
+class GridArgs:
+    """Save a grid of synthetic portraits and print their captions."""
+
+    out: str = "synthetic_grid.png"
+    """Output PNG path."""
+    num: int = 64
+    """Number of portraits."""
+    size: int = 64
+    """Image side in pixels."""
+    seed: int = 0
+    """Data seed."""
+
+
+def main(args: GridArgs) -> None:
+    from tokenizer.images import make_grid  # only this preview needs the tokenizer package
+
+
+    dataset = SyntheticPortraits(SyntheticConfig(size=args.size, seed=args.seed, length=args.num))
+    items = [dataset[i] for i in range(args.num)]
+    for i, item in enumerate(items):
+        print(f"{i:3d}  {item['caption']}")
+    make_grid(torch.stack([item["image"] for item in items])).save(args.out)
+    print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(GridArgs))
