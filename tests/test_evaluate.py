@@ -1,0 +1,61 @@
+"""The evaluation on a tiny budget: real-pipeline loading, judge scoring, baselines, reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from train.evaluate import EvaluationConfig, adherence, diversity, evaluate, frechet_distance, prompt_set
+from train.judge import AttributeJudge, JudgeConfig
+
+
+def test_frechet_distance_zero_for_identical_and_grows_with_shift():
+    features = torch.randn(500, 8, generator=torch.Generator().manual_seed(0))
+    assert frechet_distance(features, features) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(features, features + 1.0) == pytest.approx(8.0, rel=1e-3)
+
+
+def test_diversity_zero_for_copies():
+    images = torch.rand(1, 3, 4, 4).repeat(4, 1, 1, 1)
+    assert diversity(images, 4) == pytest.approx(0.0, abs=1e-6)
+    assert diversity(torch.rand(8, 3, 4, 4), 4) > 0.1
+
+
+def test_prompt_set_covers_every_value_and_is_deterministic():
+    singles, triples = prompt_set(5, seed=0)
+    assert len(singles) == sum(len(v) for v in JudgeConfig().attribute_values)
+    assert [t.text for t in triples] == [t.text for t in prompt_set(5, seed=0)[1]]
+    assert all(len(t.attributes) == 3 and "gender" in t.attributes for t in triples)
+    assert all(not (t.attributes.get("gender") == "woman" and t.attributes.get("beard") == "yes") for t in triples)
+
+
+def test_adherence_counts_only_asked_attributes():
+    judge = AttributeJudge(JudgeConfig(image_size=16, channels=(8, 8), pooled_size=2, feature_dim=8))
+    singles, _ = prompt_set(1, 0)
+    spec = next(s for s in singles if s.attributes == {"glasses": "yes"})
+    glasses = judge.config.attribute_names.index("glasses")
+    predicted = torch.zeros(4, len(judge.config.attribute_names), dtype=torch.long)
+    yes = judge.config.attribute_values[glasses].index("yes")
+    predicted[:3, glasses] = yes
+    predicted[3, glasses] = 1 - yes
+    scores = adherence(predicted, [spec], 4, judge)
+    assert scores["per_attribute"] == {"glasses": 0.75} and scores["all_correct"] == 0.75
+
+
+def test_evaluation_end_to_end_on_a_tiny_budget(tiny_pipeline_dir, tmp_path):
+    torch.manual_seed(0)
+    judge = AttributeJudge(JudgeConfig(image_size=16, channels=(8, 8), pooled_size=2, feature_dim=8))
+    judge.save_pretrained(tmp_path / "judge")
+    config = EvaluationConfig(checkpoint=str(tiny_pipeline_dir), judge=str(tmp_path / "judge"), out=tmp_path / "eval",
+                              images_per_prompt=2, num_triples=2, cfg_scales=(0.0, 3.0), batch_size=32)
+    report = evaluate(config)
+    saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert saved["best_cfg_scale"] in (0.0, 3.0) and len(saved["sweep"]) == 2
+    for entry in (saved["real"], saved["unconditional"], *saved["sweep"]):
+        assert 0.0 <= entry["single"]["mean"] <= 1.0 and 0.0 <= entry["triple"]["all_correct"] <= 1.0
+    assert report["seconds_per_image"] > 0
+    table = (tmp_path / "eval" / "evaluation.md").read_text()
+    assert "real renders" in table and "cfg 3" in table
+    assert (tmp_path / "eval" / "progression.png").is_file()

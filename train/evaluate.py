@@ -1,0 +1,275 @@
+"""Measured prompt adherence, fidelity and diversity of a pipeline trained on the synthetic portraits.
+
+    python -m train.evaluate                               # the bundled demo model and its judge
+    python -m train.evaluate --checkpoint runs/var/pipeline --judge runs/judge --images-per-prompt 32
+
+A judge (`train.judge`, an attribute classifier validated on held-out renders) reads the attributes of
+generated images. For a fixed prompt set (every single attribute value, and fixed 3-attribute
+combinations) it reports, for each guidance scale of a sweep:
+- per-attribute adherence (fraction of images whose judged value is the prompted one) and the rate of
+  3-attribute prompts with all three right, beside two baselines: real renders of the same prompts
+  (the upper bound: the judge's own error) and unconditional samples (chance);
+- the Fréchet distance between judge features of generated and real images, beside real-vs-real;
+- diversity: mean pairwise RMS pixel distance between images of the same prompt (real: same measure).
+Writes `evaluation.json`, `evaluation.md` and `progression.png` (coarse-to-fine for four prompts).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+from tqdm.auto import tqdm
+
+from sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline
+from sampling.sampler import SamplingConfig, generate
+from tokenizer.images import save_grid
+from train.judge import AttributeJudge, attribute_indices
+from train.synthetic import ATTRIBUTES, caption_from_attributes, render_portrait, sample_attributes
+
+PROGRESSION_PROMPTS = (
+    "a man with a beard and glasses on a blue background",
+    "a smiling woman with long red hair",
+    "a man with short grey hair and dark skin on a yellow background",
+    "a woman with blond hair and glasses on a green background",
+)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Evaluate prompt adherence, fidelity and diversity of a pipeline with an attribute judge."""
+
+    checkpoint: str | None = None
+    """Pipeline directory (default: the bundled demo model)."""
+    judge: str | None = None
+    """Judge directory (default: the judge bundled beside the demo model)."""
+    out: Path = Path("outputs/evaluation")
+    """Where evaluation.json, evaluation.md and progression.png go."""
+    images_per_prompt: int = 16
+    """Generated (and real) images per prompt."""
+    num_triples: int = 12
+    """How many fixed 3-attribute prompts."""
+    cfg_scales: tuple[float, ...] = (0.0, 2.0, 4.0, 6.0)
+    """Guidance scales of the sweep."""
+    top_k: int | None = None
+    """Top-k of sampling (None: all codes)."""
+    top_p: float = 1.0
+    """Top-p of sampling (1: all codes)."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    batch_size: int = 64
+    """Images per sampling batch."""
+    seed: int = 0
+    """Seed of generated images, real renders and the 3-attribute prompt set."""
+    progression: bool = True
+    """Also save the coarse-to-fine progression of four prompts."""
+
+    def sampling(self, cfg_scale: float) -> SamplingConfig:
+        return SamplingConfig(cfg_scale=cfg_scale, top_k=self.top_k, top_p=self.top_p, temperature=self.temperature)
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """A prompt and the attributes it asks for."""
+
+    text: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+def prompt_set(num_triples: int, seed: int) -> tuple[list[PromptSpec], list[PromptSpec]]:
+    """Single-attribute prompts (every value of every attribute) and fixed 3-attribute prompts."""
+    singles = [PromptSpec(caption_from_attributes({name: value}), {name: value})
+               for name, values in ATTRIBUTES.items() for value in values]
+    rng = np.random.default_rng([seed, 3])
+    names = [name for name in ATTRIBUTES if name != "gender"]
+    triples, seen = [], set()
+    while len(triples) < num_triples:
+        full = sample_attributes(rng)
+        chosen = ["gender", *rng.choice(names, size=2, replace=False)]
+        attributes = {name: full[name] for name in chosen}
+        key = tuple(sorted(attributes.items()))
+        if key not in seen:
+            seen.add(key)
+            triples.append(PromptSpec(caption_from_attributes(attributes), attributes))
+    return singles, triples
+
+
+def consistent_attributes(requested: Mapping[str, str], rng: np.random.Generator) -> dict[str, str]:
+    """A full attribute set that satisfies `requested` (beards only on men), the rest random."""
+    for _ in range(1000):
+        full = {**sample_attributes(rng), **requested}
+        if full["gender"] == "man" or full["beard"] == "no":
+            return full
+    raise ValueError(f"no portrait satisfies {dict(requested)}")
+
+
+def render_real(specs: Sequence[PromptSpec], per_prompt: int, size: int, seed: int) -> torch.Tensor:
+    """Real renders satisfying each prompt: (len(specs) * per_prompt, 3, size, size) in [-1, 1]."""
+    images = []
+    for index, spec in enumerate(specs):
+        for item in range(per_prompt):
+            rng = np.random.default_rng([seed, index, item])
+            pixels = render_portrait(consistent_attributes(spec.attributes, rng), size, rng)
+            images.append(torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1)
+    return torch.stack(images)
+
+
+def sample_prompts(pipeline: Pipeline, prompts: Sequence[str], config: EvaluationConfig, cfg_scale: float,
+                   seed: int) -> torch.Tensor:
+    """Generate one image per entry of `prompts` (seeds seed, seed + 1, ...), in batches."""
+    out = []
+    for start in range(0, len(prompts), config.batch_size):
+        chunk = list(prompts[start : start + config.batch_size])
+        seeds = list(range(seed + start, seed + start + len(chunk)))
+        out.append(generate(pipeline, chunk, seeds, config.sampling(cfg_scale)).images)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def judge_images(judge: AttributeJudge, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted value indices (n, A) and features (n, D) of images (n, 3, H, W)."""
+    size = judge.config.image_size
+    if images.shape[-1] != size:
+        images = torch.nn.functional.interpolate(images, size=(size, size), mode="area")
+    chunks = [(judge.predict_indices(c), judge.features(c)) for c in images.split(256)]
+    return torch.cat([p for p, _ in chunks]), torch.cat([f for _, f in chunks])
+
+
+def adherence(predicted: torch.Tensor, specs: Sequence[PromptSpec], per_prompt: int,
+              judge: AttributeJudge) -> dict:
+    """Per-attribute accuracy over the prompts that ask for it, and the all-attributes-correct rate."""
+    targets = attribute_indices([spec.attributes for spec in specs], judge.config)  # (p, A), -1 = not asked
+    targets = targets.repeat_interleave(per_prompt, dim=0)  # (p * per_prompt, A)
+    asked = targets >= 0
+    hits = (predicted == targets) & asked
+    per_attribute = {name: float(hits[:, a].sum() / asked[:, a].sum())
+                     for a, name in enumerate(judge.config.attribute_names) if asked[:, a].any()}
+    all_correct = float((hits | ~asked).all(dim=1).float().mean())
+    return {"per_attribute": per_attribute, "mean": statistics.fmean(per_attribute.values()),
+            "all_correct": all_correct}
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets (n, D) and (m, D) (Heusel et al. 2017)."""
+    a, b = a.double(), b.double()
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    # trace of sqrt(cov_a cov_b) from the eigenvalues of sqrt(cov_a) cov_b sqrt(cov_a) (symmetric PSD)
+    values, vectors = torch.linalg.eigh(cov_a)
+    root_a = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
+    return float((mean_a - mean_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * cross)
+
+
+def diversity(images: torch.Tensor, per_prompt: int) -> float:
+    """Mean pairwise RMS pixel distance between images of the same prompt (images grouped by prompt)."""
+    groups = images.flatten(1).split(per_prompt)
+    distances = []
+    for group in groups:
+        pairwise = torch.cdist(group, group) / group.shape[1] ** 0.5  # (n, n) RMS distances
+        n = group.shape[0]
+        distances.append(float(pairwise.sum() / (n * (n - 1))))
+    return statistics.fmean(distances)
+
+
+def seconds_per_image(pipeline: Pipeline, cfg_scale: float, repeats: int = 5) -> float:
+    """Median wall time of sampling one image (batch 1) with guidance."""
+    times = []
+    for seed in range(repeats + 1):
+        start = time.perf_counter()
+        generate(pipeline, ["a man with a beard"], seed, SamplingConfig(cfg_scale=cfg_scale))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])  # the first call warms up
+
+
+def evaluate(config: EvaluationConfig) -> dict:
+    """Run the whole evaluation; write the JSON, the markdown table and the progression figure."""
+    pipeline = load_pipeline(config.checkpoint)
+    judge_path = config.judge or str((Path(config.checkpoint) if config.checkpoint else DEMO_PIPELINE) / "judge")
+    judge = AttributeJudge.from_pretrained(judge_path)
+    size = pipeline.tokenizer.config.image_size
+    per = config.images_per_prompt
+    singles, triples = prompt_set(config.num_triples, config.seed)
+    specs = singles + triples
+    prompts = [spec.text for spec in specs for _ in range(per)]
+
+    real = render_real(specs, per, size, config.seed + 1)
+    real_again = render_real(specs, per, size, config.seed + 2)
+    real_pred, real_features = judge_images(judge, real)
+    _, real_again_features = judge_images(judge, real_again)
+    unconditional = sample_prompts(pipeline, [""] * len(prompts), config, 0.0, config.seed)
+    uncond_pred, _ = judge_images(judge, unconditional)
+
+    def score(predicted: torch.Tensor) -> dict:
+        n_single = len(singles) * per
+        return {"single": adherence(predicted[:n_single], singles, per, judge),
+                "triple": adherence(predicted[n_single:], triples, per, judge)}
+
+    report: dict = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "prompts": {"single": [s.text for s in singles], "triple": [s.text for s in triples]},
+        "real": {**score(real_pred), "diversity": diversity(real, per),
+                 "frechet_distance_real_vs_real": frechet_distance(real_features, real_again_features)},
+        "unconditional": score(uncond_pred),
+        "sweep": [],
+    }
+    for cfg_scale in tqdm(config.cfg_scales, desc="guidance sweep"):
+        images = sample_prompts(pipeline, prompts, config, cfg_scale, config.seed)
+        predicted, features = judge_images(judge, images)
+        report["sweep"].append({"cfg_scale": cfg_scale, **score(predicted), "diversity": diversity(images, per),
+                                "frechet_distance": frechet_distance(features, real_features)})
+    best = max(report["sweep"], key=lambda row: row["single"]["mean"])
+    report["best_cfg_scale"] = best["cfg_scale"]
+    report["seconds_per_image"] = seconds_per_image(pipeline, best["cfg_scale"])
+
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    (config.out / "evaluation.md").write_text(markdown_report(report))
+    if config.progression:
+        save_progression_figure(pipeline, config.out / "progression.png", best["cfg_scale"], config)
+    return report
+
+
+def save_progression_figure(pipeline: Pipeline, path: Path, cfg_scale: float, config: EvaluationConfig) -> None:
+    """One row per prompt: the decoded image after each scale, nearest-upsampled to full size."""
+    result = generate(pipeline, list(PROGRESSION_PROMPTS), config.seed, config.sampling(cfg_scale),
+                      return_progression=True)
+    assert result.progression is not None
+    rows = torch.stack(result.progression, dim=1)  # (prompts, scales, 3, H, W)
+    save_grid(rows.flatten(0, 1), path, columns=rows.shape[1])
+
+
+def markdown_report(report: dict) -> str:
+    """The evaluation as markdown tables (README-ready)."""
+    names = list(report["real"]["single"]["per_attribute"])
+    header = "| | " + " | ".join(names) + " | mean | 3-attr all correct | FD | diversity |"
+    lines = [header, "|" + "---|" * (len(names) + 5)]
+
+    def row(label: str, scores: dict, fd: str, div: str) -> str:
+        cells = [f"{scores['single']['per_attribute'][n]:.2f}" for n in names]
+        return (f"| {label} | " + " | ".join(cells) + f" | {scores['single']['mean']:.3f} | "
+                f"{scores['triple']['all_correct']:.3f} | {fd} | {div} |")
+
+    real = report["real"]
+    lines.append(row("real renders", real, f"{real['frechet_distance_real_vs_real']:.2f} (real vs real)",
+                     f"{real['diversity']:.3f}"))
+    lines.append(row("unconditional", report["unconditional"], "", ""))
+    for entry in report["sweep"]:
+        lines.append(row(f"cfg {entry['cfg_scale']:g}", entry, f"{entry['frechet_distance']:.2f}",
+                         f"{entry['diversity']:.3f}"))
+    lines.append("")
+    lines.append(f"Best guidance scale: {report['best_cfg_scale']:g}; sampling one image (batch 1, guided): "
+                 f"{report['seconds_per_image'] * 1000:.0f} ms.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    result = evaluate(tyro.cli(EvaluationConfig))
+    print(markdown_report(result))
