@@ -1,0 +1,262 @@
+"""Invariants of the next-scale transformer: mask, causality, cache parity, text conditioning, I/O."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tokenizer.scales import block_causal_mask, scale_offsets, split_scales
+from transformer import (
+    KVCache,
+    NextScaleTransformer,
+    TransformerConfig,
+    attention,
+    key_padding_mask,
+    naive_attention,
+)
+
+SCALE_SIZES = (1, 2, 3)  # 14 tokens: every invariant shows up, and tests stay fast
+TEXT_WIDTH = 12
+TEXT_LENGTH = 6
+
+
+def tiny_config(**overrides: object) -> TransformerConfig:
+    settings: dict[str, object] = dict(
+        depth=2, width=32, num_heads=4, scale_sizes=SCALE_SIZES, vocab_size=16, latent_dim=8, text_width=TEXT_WIDTH
+    )
+    settings.update(overrides)
+    return TransformerConfig(**settings)  # type: ignore[arg-type]
+
+
+def trained_like(config: TransformerConfig, seed: int = 0) -> NextScaleTransformer:
+    """A model whose zero-initialised AdaLN gates are non-zero, so every path carries signal."""
+    torch.manual_seed(seed)
+    model = NextScaleTransformer(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model.eval()
+
+
+def make_inputs(config: TransformerConfig, batch: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    text_mask = torch.ones(batch, TEXT_LENGTH, dtype=torch.bool)
+    text_mask[0, 4:] = False  # row 0 has two padding positions
+    return {
+        "teacher_inputs": torch.randn(batch, config.num_tokens - 1, config.latent_dim, generator=generator),
+        "text_tokens": torch.randn(batch, TEXT_LENGTH, TEXT_WIDTH, generator=generator),
+        "text_mask": text_mask,
+        "text_pooled": torch.randn(batch, TEXT_WIDTH, generator=generator),
+    }
+
+
+def per_scale(logits: torch.Tensor) -> list[torch.Tensor]:
+    return split_scales(logits, SCALE_SIZES)
+
+
+def test_block_causal_mask_small_case() -> None:
+    expected = torch.tensor(
+        [
+            [1, 0, 0, 0, 0],
+            [1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(block_causal_mask((1, 2)), expected)
+    model = NextScaleTransformer(tiny_config(scale_sizes=(1, 2)))
+    assert torch.equal(model.attention_mask, expected)
+
+
+def test_key_padding_mask_broadcasts_over_heads_and_queries() -> None:
+    text_mask = torch.tensor([[True, True, False], [True, False, False]])
+    mask = key_padding_mask(text_mask)
+    assert mask.shape == (2, 1, 1, 3)
+    assert torch.equal(mask.expand(2, 4, 5, 3)[1, 3, 4], torch.tensor([True, False, False]))
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_sdpa_matches_naive_attention(qk_norm: bool) -> None:
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 4, 14, 8, generator=generator) for _ in range(3))
+    mask = block_causal_mask(SCALE_SIZES)
+    scale = 1.0 if qk_norm else None
+    expected = naive_attention(query, key, value, mask, scale)
+    torch.testing.assert_close(attention(query, key, value, mask, scale, backend="sdpa"), expected)
+    config = tiny_config(qk_norm=qk_norm)
+    model, inputs = trained_like(config), make_inputs(config)
+    naive = NextScaleTransformer(dataclasses.replace(config, attention_backend="naive")).eval()
+    naive.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs), naive(**inputs), atol=1e-5, rtol=1e-5)
+
+
+def test_causality_by_perturbation() -> None:
+    config = tiny_config()
+    model, inputs = trained_like(config), make_inputs(config)
+    with torch.no_grad():
+        reference = per_scale(model(**inputs))
+        # teacher_inputs hold the inputs of scales 1..K-1; chunk k - 1 produces scale k's tokens
+        for scale in range(1, config.num_scales):
+            perturbed = dict(inputs)
+            chunks = [chunk.clone() for chunk in split_scales(inputs["teacher_inputs"], SCALE_SIZES[1:])]
+            chunks[scale - 1] += 1.0
+            perturbed["teacher_inputs"] = torch.cat(chunks, dim=1)
+            logits = per_scale(model(**perturbed))
+            for earlier in range(scale):
+                torch.testing.assert_close(logits[earlier], reference[earlier], atol=1e-6, rtol=0)
+            assert (logits[scale] - reference[scale]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"qk_norm": True}, {"cross_attention": False}, {"scale_sizes": (2, 3, 5), "attention_backend": "naive"}],
+    ids=["default", "qk_norm", "no_cross_attention", "first_scale_2x2_naive"],
+)
+def test_cached_incremental_logits_equal_teacher_forced(overrides: dict[str, object]) -> None:
+    config = tiny_config(**overrides)
+    model = trained_like(config)
+    generator = torch.Generator().manual_seed(3)
+    inputs = make_inputs(config)
+    first = scale_offsets(config.scale_sizes)[1]
+    inputs["teacher_inputs"] = torch.randn(2, config.num_tokens - first, config.latent_dim, generator=generator)
+    with torch.no_grad():
+        teacher_forced = split_scales(model(**inputs), config.scale_sizes)
+        state = model.start(inputs["text_tokens"], inputs["text_mask"], inputs["text_pooled"])
+        scale_inputs = [None, *split_scales(inputs["teacher_inputs"], config.scale_sizes[1:])]
+        for scale, chunk in enumerate(scale_inputs):
+            torch.testing.assert_close(
+                model.forward_scale(state, scale, chunk), teacher_forced[scale], atol=1e-5, rtol=1e-5
+            )
+    # the documented memory formula: 2 * depth * b * L * width * bytes for the self-attention cache
+    cache_bytes = sum(cache.num_bytes for cache in state.caches)
+    assert cache_bytes == 2 * config.depth * 2 * config.num_tokens * config.width * 4
+
+
+def test_forward_scale_rejects_out_of_order_and_bad_inputs() -> None:
+    config = tiny_config()
+    model, inputs = trained_like(config), make_inputs(config)
+    state = model.start(inputs["text_tokens"], inputs["text_mask"], inputs["text_pooled"])
+    with pytest.raises(ValueError, match="in order"):
+        model.forward_scale(state, 1, torch.zeros(2, 4, config.latent_dim))
+    with pytest.raises(ValueError, match="scale_inputs=None"):
+        model.forward_scale(state, 0, torch.zeros(2, 1, config.latent_dim))
+    model.forward_scale(state, 0)
+    with pytest.raises(ValueError, match=r"\(2, 4, 8\)"):
+        model.forward_scale(state, 1, torch.zeros(2, 9, config.latent_dim))
+    with pytest.raises(ValueError, match="appending"):
+        KVCache(max_length=3).append(torch.zeros(1, 1, 4, 2), torch.zeros(1, 1, 4, 2))
+
+
+def test_text_changes_the_output() -> None:
+    config = tiny_config()
+    model, inputs = trained_like(config), make_inputs(config)
+    with torch.no_grad():
+        reference = model(**inputs)
+        other_tokens = model(**{**inputs, "text_tokens": inputs["text_tokens"].flip(0)})
+        other_pooled = model(**{**inputs, "text_pooled": inputs["text_pooled"] + 1.0})
+    assert (other_tokens - reference).abs().max() > 1e-3
+    assert (other_pooled - reference).abs().max() > 1e-3
+
+
+def test_padded_text_positions_are_ignored() -> None:
+    config = tiny_config()
+    model, inputs = trained_like(config), make_inputs(config)
+    padding = ~inputs["text_mask"]
+    assert padding.any()
+    perturbed = inputs["text_tokens"] + 100.0 * padding.unsqueeze(-1)  # change only masked positions
+    with torch.no_grad():
+        reference = model(**inputs)
+        changed = model(**{**inputs, "text_tokens": perturbed})
+        state = model.start(perturbed, inputs["text_mask"], inputs["text_pooled"])
+        first_scale = model.forward_scale(state, 0)
+    torch.testing.assert_close(changed, reference, atol=1e-6, rtol=0)
+    torch.testing.assert_close(first_scale, reference[:, :1], atol=1e-5, rtol=1e-5)
+
+
+def test_input_errors_are_helpful() -> None:
+    config = tiny_config()
+    model, inputs = trained_like(config), make_inputs(config)
+    with pytest.raises(ValueError, match="teacher_inputs must be"):
+        model(**{**inputs, "teacher_inputs": inputs["teacher_inputs"][:, :-1]})
+    with pytest.raises(TypeError, match="bool"):
+        model(**{**inputs, "text_mask": inputs["text_mask"].long()})
+    with pytest.raises(ValueError, match="text_pooled must be"):
+        model(**{**inputs, "text_pooled": inputs["text_pooled"][:, :5]})
+    no_text = inputs["text_mask"].clone()
+    no_text[1] = False
+    with pytest.raises(ValueError, match="real token"):
+        model(**{**inputs, "text_mask": no_text})
+
+
+def test_overfits_one_batch() -> None:
+    torch.manual_seed(0)
+    config = tiny_config(width=64, vocab_size=32)
+    model = NextScaleTransformer(config).train()
+    inputs = make_inputs(config, batch=4)
+    codes = torch.randint(0, config.vocab_size, (4, config.num_tokens))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(300):
+        loss = F.cross_entropy(model(**inputs).flatten(0, 1), codes.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.05:
+            break
+    assert loss.item() < 0.05
+
+
+def test_training_mode_with_dropout_and_drop_path_backpropagates() -> None:
+    config = tiny_config(dropout=0.1, attention_dropout=0.1, drop_path=0.2, qk_norm=True)
+    model = NextScaleTransformer(config).train()
+    logits = model(**make_inputs(config))
+    logits.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_save_load_is_bit_exact(tmp_path) -> None:
+    config = tiny_config(qk_norm=True)
+    model, inputs = trained_like(config), make_inputs(config)
+    model.save_pretrained(tmp_path / "transformer")
+    loaded = NextScaleTransformer.from_pretrained(tmp_path / "transformer")
+    assert loaded.config == config
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs), model(**inputs))
+
+
+def test_init_starts_blocks_as_identity_and_head_small() -> None:
+    model = NextScaleTransformer(tiny_config())
+    for block in model.blocks:
+        assert not block.modulation[-1].weight.any() and not block.modulation[-1].bias.any()
+    assert model.head.weight.std() < 0.01
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"width": 30, "num_heads": 4}, "not divisible by num_heads"),
+        ({"scale_sizes": (1, 3, 2)}, "strictly increasing"),
+        ({"dropout": 1.5}, "probability"),
+        ({"attention_backend": "flash"}, "attention_backend"),
+        ({"depth": 0}, "depth must be a positive"),
+    ],
+)
+def test_bad_config_raises_helpful_errors(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_presets() -> None:
+    var16 = TransformerConfig.var(16)
+    assert (var16.width, var16.num_heads, var16.head_dim) == (1024, 16, 64)
+    demo = TransformerConfig.preset("demo")
+    assert (demo.width, demo.depth, demo.num_heads, demo.num_tokens) == (256, 6, 4, 130)
+    assert TransformerConfig.preset("tiny", vocab_size=64).vocab_size == 64
+    with pytest.raises(ValueError, match="unknown preset"):
+        TransformerConfig.preset("huge")
+    assert NextScaleTransformer(TransformerConfig.preset("tiny")).num_parameters() > 0

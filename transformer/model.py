@@ -1,0 +1,321 @@
+"""The next-scale transformer (VAR: Tian et al. 2024, "Visual Autoregressive Modeling"), text-conditioned.
+
+All token maps of an image form one sequence of L tokens, coarse to fine. Position i of scale k
+predicts the code of token i of scale k; its input is the start token (scale 0) or the tokenizer's
+teacher-forcing input for scale k (the accumulated reconstruction of scales < k, area-downsampled to
+scale k's size). Training sees every scale in one pass under the block-causal mask; sampling runs scale
+by scale with a KV cache (`start` + `forward_scale`), and both paths give the same logits.
+
+Conditioning: the pooled text embedding is projected to the condition vector, which (a) is the start
+token and (b) modulates every block by adaptive LayerNorm (shift, scale, gate; DiT's adaLN-Zero,
+Peebles & Xie 2023, as VAR's AdaLNSelfAttn). The text tokens enter by cross-attention in every block.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from einops import repeat
+from torch import nn
+
+from tokenizer.checkpoint import PretrainedMixin
+from tokenizer.scales import block_causal_mask, scale_index, scale_offsets
+from transformer.attention import CrossAttention, KVCache, QKNorm, SelfAttention
+from transformer.config import TransformerConfig
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """AdaLN: x (b, l, width) * (1 + scale) + shift, with shift and scale (b, 1, width)."""
+    return x * (1 + scale) + shift
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop a residual branch for whole samples while training."""
+
+    def __init__(self, probability: float) -> None:
+        super().__init__()
+        self.probability = probability
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.probability == 0.0:
+            return x
+        keep = 1.0 - self.probability
+        return x * x.new_empty(x.shape[0], 1, 1).bernoulli_(keep) / keep  # (b, 1, 1) per-sample mask
+
+
+class MLP(nn.Module):
+    """Two-layer feed-forward network with tanh-GELU, as GPT-2 and VAR."""
+
+    def __init__(self, width: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.activation = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.fc2(self.activation(self.fc1(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm block: AdaLN-modulated self-attention, cross-attention to text, AdaLN-modulated MLP."""
+
+    def __init__(self, config: TransformerConfig, drop_path: float) -> None:
+        super().__init__()
+        width = config.width
+        self.norm_attention = nn.LayerNorm(width, elementwise_affine=False, eps=config.norm_eps)
+        self.self_attention = SelfAttention(
+            width=width,
+            num_heads=config.num_heads,
+            qk_norm=config.qk_norm,
+            attention_dropout=config.attention_dropout,
+            dropout=config.dropout,
+            backend=config.attention_backend,
+        )
+        self.norm_cross: nn.LayerNorm | None = None
+        self.cross_attention: CrossAttention | None = None
+        if config.cross_attention:
+            self.norm_cross = nn.LayerNorm(width, eps=config.norm_eps)
+            self.cross_attention = CrossAttention(
+                width=width,
+                text_width=config.text_width,
+                num_heads=config.num_heads,
+                qk_norm=config.qk_norm,
+                attention_dropout=config.attention_dropout,
+                dropout=config.dropout,
+                backend=config.attention_backend,
+            )
+        self.norm_mlp = nn.LayerNorm(width, elementwise_affine=False, eps=config.norm_eps)
+        self.mlp = MLP(width, round(width * config.mlp_ratio), config.dropout)
+        # shift, scale, gate for the attention and for the MLP branch, from the condition vector
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        self.drop_path = DropPath(drop_path)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        condition: torch.Tensor,
+        text_keys: torch.Tensor | None,
+        text_values: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+        mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x (b, l, width), condition (b, width) -> (b, l, width)."""
+        shift_attention, scale_attention, gate_attention, shift_mlp, scale_mlp, gate_mlp = (
+            self.modulation(condition).unsqueeze(1).chunk(6, dim=-1)  # 6 x (b, 1, width)
+        )
+        attended = self.self_attention(modulate(self.norm_attention(x), shift_attention, scale_attention), mask, cache)
+        x = x + self.drop_path(gate_attention * attended)
+        if self.cross_attention is not None and self.norm_cross is not None:
+            assert text_keys is not None and text_values is not None and text_mask is not None
+            x = x + self.drop_path(self.cross_attention(self.norm_cross(x), text_keys, text_values, text_mask))
+        x = x + self.drop_path(gate_mlp * self.mlp(modulate(self.norm_mlp(x), shift_mlp, scale_mlp)))
+        return x
+
+
+@dataclass
+class InferenceState:
+    """Per-prompt state of scale-by-scale inference, made by `NextScaleTransformer.start`.
+
+    Holds the condition vector, the text keys/values of every block (computed once per prompt) and one
+    self-attention `KVCache` per block; `next_scale` is the scale `forward_scale` expects next.
+    Memory: self-attention 2 * depth * b * L * width * bytes, text 2 * depth * b * t * width * bytes.
+    """
+
+    condition: torch.Tensor  # (b, width)
+    text_mask: torch.Tensor | None  # (b, t) bool, None without cross-attention
+    text_keys: list[torch.Tensor | None]  # per block (b, heads, t, head_dim)
+    text_values: list[torch.Tensor | None]
+    caches: list[KVCache]
+    next_scale: int = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.condition.shape[0]
+
+    @property
+    def num_bytes(self) -> int:
+        """Bytes held by the self-attention caches and the text keys/values."""
+        text = sum(t.nbytes for t in (*self.text_keys, *self.text_values) if t is not None)
+        return text + sum(cache.num_bytes for cache in self.caches)
+
+
+class NextScaleTransformer(nn.Module, PretrainedMixin):
+    """Predicts the codes of every scale from coarser scales and the text (VAR with text conditioning)."""
+
+    config_class = TransformerConfig
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        width, length = config.width, config.num_tokens
+        self.condition = nn.Linear(config.text_width, width)  # text_pooled -> AdaLN condition and start token
+        self.text_norm = nn.LayerNorm(config.text_width, eps=config.norm_eps) if config.cross_attention else None
+        self.input_embed = nn.Linear(config.latent_dim, width)  # teacher-forcing inputs of scales 1..K-1
+        self.position_embed = nn.Parameter(torch.empty(1, length, width))
+        self.level_embed = nn.Embedding(config.num_scales, width)
+        self.blocks = nn.ModuleList(
+            Block(config, config.drop_path * index / max(config.depth - 1, 1)) for index in range(config.depth)
+        )
+        self.head_norm = nn.LayerNorm(width, elementwise_affine=False, eps=config.norm_eps)
+        self.head_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.head = nn.Linear(width, config.vocab_size)
+        self.register_buffer("level", scale_index(config.scale_sizes), persistent=False)  # (L,)
+        self.register_buffer("attention_mask", block_causal_mask(config.scale_sizes), persistent=False)  # (L, L)
+        self.offsets = scale_offsets(config.scale_sizes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """VAR's init (Tian et al. 2024, `init_weights`): truncated normal, residual outputs scaled by
+        depth (GPT-2), zero AdaLN modulation so every block starts as the identity (adaLN-Zero), a
+        small head so the first predictions are near uniform."""
+        std = self.config.resolved_init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, QKNorm):
+                nn.init.constant_(module.log_scale, math.log(4.0))
+        nn.init.trunc_normal_(self.position_embed, std=std, a=-2 * std, b=2 * std)
+        residual_branches = (3 if self.config.cross_attention else 2) * self.config.depth
+        for block in self.blocks:
+            outputs = [block.self_attention.output, block.mlp.fc2]
+            if block.cross_attention is not None:
+                outputs.append(block.cross_attention.output)
+            for output in outputs:
+                output.weight.data.div_(math.sqrt(residual_branches))
+            nn.init.zeros_(block.modulation[-1].weight)
+            nn.init.zeros_(block.modulation[-1].bias)
+        nn.init.zeros_(self.head_modulation[-1].weight)
+        nn.init.zeros_(self.head_modulation[-1].bias)
+        self.head.weight.data.mul_(self.config.head_init_scale)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # -- shared pieces of the teacher-forced and the incremental path --------------------------------
+
+    def _check_text(
+        self, text_tokens: torch.Tensor | None, text_mask: torch.Tensor | None, text_pooled: torch.Tensor
+    ) -> None:
+        width = self.config.text_width
+        if text_pooled.ndim != 2 or text_pooled.shape[1] != width:
+            raise ValueError(f"text_pooled must be (b, {width}), got {tuple(text_pooled.shape)}")
+        if not self.config.cross_attention:
+            return
+        if text_tokens is None or text_mask is None:
+            raise ValueError("this model cross-attends to text: pass text_tokens and text_mask")
+        batch = text_pooled.shape[0]
+        if text_tokens.ndim != 3 or text_tokens.shape[0] != batch or text_tokens.shape[2] != width:
+            raise ValueError(f"text_tokens must be ({batch}, t, {width}), got {tuple(text_tokens.shape)}")
+        if text_mask.shape != text_tokens.shape[:2]:
+            raise ValueError(f"text_mask must be {tuple(text_tokens.shape[:2])}, got {tuple(text_mask.shape)}")
+        if text_mask.dtype != torch.bool:
+            raise TypeError(f"text_mask must be bool (True = real token), got {text_mask.dtype}; use mask.bool()")
+        if not bool(text_mask.any(dim=1).all()):
+            raise ValueError("every row of text_mask needs a real token (even the empty prompt has one)")
+
+    def _text_keys_values(
+        self, text_tokens: torch.Tensor | None
+    ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+        """Cross-attention keys and values of every block: 2 x depth x (b, heads, t, head_dim)."""
+        if self.text_norm is None or text_tokens is None:
+            return [None] * len(self.blocks), [None] * len(self.blocks)
+        text = self.text_norm(text_tokens)
+        keys, values = zip(*(block.cross_attention.text_keys_values(text) for block in self.blocks))
+        return list(keys), list(values)
+
+    def _embed(self, condition: torch.Tensor, inputs: torch.Tensor | None, start: int, end: int) -> torch.Tensor:
+        """Input tokens of positions [start, end) (b, end - start, width): the start token on the first
+        scale (the condition, as VAR's class embedding), linearly embedded teacher inputs after, plus the
+        position and level embeddings (VAR Sec. 3.2)."""
+        parts = []
+        if start == 0:
+            parts.append(repeat(condition, "b d -> b n d", n=self.offsets[1]))
+        if inputs is not None and inputs.shape[1] > 0:
+            parts.append(self.input_embed(inputs))
+        x = torch.cat(parts, dim=1)
+        return x + self.position_embed[:, start:end] + self.level_embed(self.level[start:end])
+
+    def _logits(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """AdaLN final norm + linear head: (b, l, width) -> fp32 logits (b, l, vocab_size)."""
+        shift, scale = self.head_modulation(condition).unsqueeze(1).chunk(2, dim=-1)  # 2 x (b, 1, width)
+        return self.head(modulate(self.head_norm(x), shift, scale)).float()
+
+    # -- training: all scales in one teacher-forced pass ---------------------------------------------
+
+    def forward(
+        self,
+        teacher_inputs: torch.Tensor,
+        text_tokens: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+        text_pooled: torch.Tensor,
+    ) -> torch.Tensor:
+        """Teacher-forced logits of every token of every scale under the block-causal mask.
+
+        teacher_inputs (b, L - scale_sizes[0]**2, latent_dim): the tokenizer's inputs for scales
+        1..K-1; text_tokens (b, t, text_width), text_mask (b, t) bool, text_pooled (b, text_width).
+        Returns fp32 logits (b, L, vocab_size); position i predicts code i of the flat sequence.
+        """
+        self._check_text(text_tokens, text_mask, text_pooled)
+        expected = (text_pooled.shape[0], self.config.num_tokens - self.offsets[1], self.config.latent_dim)
+        if tuple(teacher_inputs.shape) != expected:
+            raise ValueError(
+                f"teacher_inputs must be {expected} (batch, tokens of scales 1.., latent_dim), "
+                f"got {tuple(teacher_inputs.shape)}"
+            )
+        condition = self.condition(text_pooled)  # (b, width)
+        text_keys, text_values = self._text_keys_values(text_tokens)
+        x = self._embed(condition, teacher_inputs, 0, self.config.num_tokens)  # (b, L, width)
+        for block, keys, values in zip(self.blocks, text_keys, text_values):
+            x = block(x, condition, keys, values, text_mask, mask=self.attention_mask)
+        return self._logits(x, condition)
+
+    # -- inference: one scale at a time with a KV cache ------------------------------------------------
+
+    def start(
+        self, text_tokens: torch.Tensor | None, text_mask: torch.Tensor | None, text_pooled: torch.Tensor
+    ) -> InferenceState:
+        """Encode the prompt once: condition, per-block text keys/values, empty self-attention caches."""
+        self._check_text(text_tokens, text_mask, text_pooled)
+        condition = self.condition(text_pooled)
+        text_keys, text_values = self._text_keys_values(text_tokens)
+        caches = [KVCache(self.config.num_tokens) for _ in self.blocks]
+        return InferenceState(condition, text_mask, text_keys, text_values, caches)
+
+    def forward_scale(
+        self, state: InferenceState, scale: int, scale_inputs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (b, s*s, vocab_size) of scale `scale` (s = scale_sizes[scale]); scales go in order.
+
+        `scale_inputs` is None for scale 0 and the tokenizer's teacher-forcing input of this scale,
+        (b, s*s, latent_dim), afterwards. The new tokens' keys/values join the cache and the tokens attend
+        to every cached one (all earlier scales and their own), which is the block-causal mask's row.
+        """
+        if not 0 <= scale < self.config.num_scales:
+            raise ValueError(f"scale must be in [0, {self.config.num_scales}), got {scale}")
+        if scale != state.next_scale:
+            raise ValueError(
+                f"forward_scale got scale {scale}, but the cache holds scales < {state.next_scale}: run the "
+                "scales in order 0, 1, ... and call start() again for a new image"
+            )
+        start, end = self.offsets[scale], self.offsets[scale + 1]
+        if scale == 0 and scale_inputs is not None:
+            raise ValueError("scale 0 is predicted from the start token: pass scale_inputs=None")
+        expected = (state.batch_size, end - start, self.config.latent_dim)
+        if scale > 0 and (scale_inputs is None or tuple(scale_inputs.shape) != expected):
+            got = None if scale_inputs is None else tuple(scale_inputs.shape)
+            raise ValueError(f"scale_inputs of scale {scale} must be {expected}, got {got}")
+        x = self._embed(state.condition, scale_inputs, start, end)  # (b, s*s, width)
+        for block, cache, keys, values in zip(self.blocks, state.caches, state.text_keys, state.text_values):
+            x = block(x, state.condition, keys, values, state.text_mask, cache=cache)
+        state.next_scale += 1
+        return self._logits(x, state.condition)
