@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from tokenizer import MultiScaleVQVAE
-from tokenizer.checkpoint import atomic_write_dir, resolve_model_dir
+from tokenizer.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_dir, resolve_model_dir
 from transformer import NextScaleTransformer
 from transformer.text import TextEncoder
 
@@ -78,6 +78,26 @@ def check_compatible(tokenizer: MultiScaleVQVAE, transformer: NextScaleTransform
                          + ". Train the transformer on this tokenizer and text encoder.")
 
 
+def resolve_pipeline_dir(name_or_path: str) -> Path:
+    """A hub repo id -> the downloaded (or cached) pipeline: pipeline.json and each part's config and weights.
+
+    Anything that is not a repo id goes to `resolve_model_dir`, which explains what is wrong with it.
+    """
+    looks_like_repo = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/"))
+    if not looks_like_repo or Path(name_or_path).exists():
+        return resolve_model_dir(name_or_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = [PIPELINE_FILE, f"*/{CONFIG_NAME}", f"*/{WEIGHTS_NAME}"]
+        return Path(snapshot_download(name_or_path, allow_patterns=patterns))
+    except Exception as err:  # offline, missing repo, auth: say which and what to do
+        raise FileNotFoundError(
+            f"{name_or_path} is neither a local pipeline directory nor a reachable hub repo "
+            f"({type(err).__name__}: {err})"
+        ) from err
+
+
 def load_pipeline(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
@@ -90,7 +110,7 @@ def load_pipeline(
             f"the bundled demo model is missing at {directory}; pass --checkpoint DIR (a pipeline written by "
             "train_var.py, e.g. runs/var/pipeline)"
         )
-    directory = resolve_model_dir(directory) if not directory.is_dir() else directory
+    directory = directory if directory.is_dir() else resolve_pipeline_dir(str(name_or_path))
     spec_file = directory / PIPELINE_FILE
     if not spec_file.is_file():
         raise FileNotFoundError(

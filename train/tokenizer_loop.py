@@ -49,7 +49,7 @@ class TokenizerTrainConfig:
     alignment: AlignmentConfig = field(default_factory=lambda: AlignmentConfig(teacher="none"))
     """Representation alignment; the offline preset has no teacher weights, so it is off by default.
     Enable with --alignment.teacher facebook/dinov2-base (or a local directory)."""
-    steps: int = 2500
+    steps: int = 1500
     """Optimiser steps."""
     batch_size: int = 32
     """Images per process per step (before gradient accumulation)."""

@@ -258,15 +258,22 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         text_tokens: torch.Tensor | None,
         text_mask: torch.Tensor | None,
         text_pooled: torch.Tensor,
+        num_scales: int | None = None,
     ) -> torch.Tensor:
-        """Teacher-forced logits of every token of every scale under the block-causal mask.
+        """Teacher-forced logits of every token of the first `num_scales` scales (default: all) under the
+        block-causal mask.
 
-        teacher_inputs (b, L - scale_sizes[0]**2, latent_dim): the tokenizer's inputs for scales
-        1..K-1; text_tokens (b, t, text_width), text_mask (b, t) bool, text_pooled (b, text_width).
-        Returns fp32 logits (b, L, vocab_size); position i predicts code i of the flat sequence.
+        teacher_inputs (b, L' - scale_sizes[0]**2, latent_dim): the tokenizer's inputs for scales
+        1..num_scales-1, L' = tokens of those scales; text_tokens (b, t, text_width), text_mask (b, t)
+        bool, text_pooled (b, text_width). Returns fp32 logits (b, L', vocab_size); position i predicts
+        code i of the flat sequence. A prefix gives the same logits as the full pass (block causality).
         """
         self._check_text(text_tokens, text_mask, text_pooled)
-        expected = (text_pooled.shape[0], self.config.num_tokens - self.offsets[1], self.config.latent_dim)
+        num_scales = self.config.num_scales if num_scales is None else num_scales
+        if not 1 <= num_scales <= self.config.num_scales:
+            raise ValueError(f"num_scales must be in [1, {self.config.num_scales}], got {num_scales}")
+        end = self.offsets[num_scales]
+        expected = (text_pooled.shape[0], end - self.offsets[1], self.config.latent_dim)
         if tuple(teacher_inputs.shape) != expected:
             raise ValueError(
                 f"teacher_inputs must be {expected} (batch, tokens of scales 1.., latent_dim), "
@@ -274,9 +281,10 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
             )
         condition = self.condition(text_pooled)  # (b, width)
         text_keys, text_values = self._text_keys_values(text_tokens)
-        x = self._embed(condition, teacher_inputs, 0, self.config.num_tokens)  # (b, L, width)
+        x = self._embed(condition, teacher_inputs, 0, end)  # (b, L', width)
+        mask = self.attention_mask[:end, :end]  # (L', L') block-causal
         for block, keys, values in zip(self.blocks, text_keys, text_values):
-            x = block(x, condition, keys, values, text_mask, mask=self.attention_mask)
+            x = block(x, condition, keys, values, text_mask, mask=mask)
         return self._logits(x, condition)
 
     # -- inference: one scale at a time with a KV cache ------------------------------------------------

@@ -1,0 +1,131 @@
+"""`sample.py`'s options and logic: prompts in, PNGs (+ grid, + progressions) out.
+
+python sample.py --prompt "a man with a beard" --prompt "a woman with glasses" --num-images 4 --out samples
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tyro.conf import UseAppendAction
+
+from sampling.outputs import image_stem, save_images, save_progression
+from sampling.pipeline import Pipeline, load_pipeline
+from sampling.sampler import SamplingConfig, generate
+from tokenizer.images import save_grid
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULTS = SamplingConfig()
+
+
+@dataclass(frozen=True)
+class SampleArgs:
+    """Generate images from text prompts with a trained nextscale pipeline (next-scale prediction, VAR)."""
+
+    prompt: UseAppendAction[tuple[str, ...]] = ()
+    """A text prompt; repeat the flag for several (--prompt "a cat" --prompt "a dog")."""
+    prompts_file: Path | None = None
+    """A text file with one prompt per line (blank lines skipped); adds to --prompt."""
+    num_images: int = 1
+    """Images per prompt."""
+    seed: int = 0
+    """Base seed: image i (counting over all prompts and repeats) uses seed + i, whatever the batch size."""
+    cfg: float = DEFAULTS.cfg_scale
+    """Classifier-free guidance strength (VAR: logits = (1 + t) cond - t uncond, t ramping to cfg); 0 = off."""
+    guidance_schedule: Literal["linear", "constant"] = DEFAULTS.guidance_schedule
+    """linear: t grows with the scale up to --cfg (VAR); constant: t = --cfg at every scale."""
+    guidance_off_last: int = DEFAULTS.guidance_off_last
+    """Turn guidance off for the last N scales (Switti): faster, the finest scales barely need it."""
+    top_k: int | None = DEFAULTS.top_k
+    """Sample only among the k most likely codes; 0 or None = all codes, 1 = greedy."""
+    top_p: float = DEFAULTS.top_p
+    """Nucleus sampling: keep the most likely codes up to this probability mass; 1 = all."""
+    temperature: float = DEFAULTS.temperature
+    """Softmax temperature; lower is more conservative, 0 = greedy (argmax)."""
+    out: Path = Path("samples")
+    """Output directory: one PNG per image (<index>-<prompt slug>.png) and grid.png."""
+    checkpoint: str | None = None
+    """A pipeline directory (as train_var.py writes under output_dir/pipeline) or hub id; default: the bundled
+    demo model at checkpoints/demo."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to run; auto = cuda when available."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights and activations dtype (the sampling arithmetic stays float32)."""
+    batch_size: int = 8
+    """Images per forward batch (each batch runs 2x rows while guidance is on)."""
+    save_progression: bool = False
+    """Also save each image's coarse-to-fine progression as a strip PNG and an animated GIF."""
+    progress: bool = True
+    """Show a progress bar over the scales."""
+
+    def __post_init__(self) -> None:
+        if self.num_images < 1 or self.batch_size < 1:
+            raise ValueError(f"--num-images and --batch-size must be >= 1, got {self.num_images}, {self.batch_size}")
+
+    def sampling_config(self) -> SamplingConfig:
+        return SamplingConfig(
+            cfg_scale=self.cfg,
+            guidance_schedule=self.guidance_schedule,
+            guidance_off_last=self.guidance_off_last,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            temperature=self.temperature,
+        )
+
+
+def read_prompts(args: SampleArgs) -> list[str]:
+    """--prompt values then the lines of --prompts-file; SystemExit when there are none."""
+    prompts = list(args.prompt)
+    if args.prompts_file is not None:
+        if not args.prompts_file.is_file():
+            raise SystemExit(f"error: --prompts-file {args.prompts_file} does not exist")
+        prompts += [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise SystemExit('error: no prompt given: pass --prompt "TEXT" (repeatable) or --prompts-file FILE')
+    return prompts
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available; use --device cpu")
+    return torch.device(device)
+
+
+def open_pipeline(args: SampleArgs) -> Pipeline:
+    """load_pipeline with its errors (missing checkpoint, parts that do not fit) turned into one-line exits."""
+    try:
+        return load_pipeline(args.checkpoint, resolve_device(args.device), DTYPES[args.dtype])
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: cannot load the checkpoint: {error}") from error
+
+
+def main(args: SampleArgs) -> list[Path]:
+    """Generate `num_images` per prompt, write PNGs, grid.png and (optionally) progressions; return the paths."""
+    prompts = read_prompts(args)
+    config = args.sampling_config()
+    pipeline = open_pipeline(args)
+    jobs = [prompt for prompt in prompts for _ in range(args.num_images)]
+    images, written = [], []
+    for start in range(0, len(jobs), args.batch_size):
+        batch = jobs[start : start + args.batch_size]
+        seeds = [args.seed + index for index in range(start, start + len(batch))]
+        result = generate(
+            pipeline, batch, seeds, config, progress=args.progress, return_progression=args.save_progression
+        )
+        stems = [image_stem(index, prompt) for index, prompt in enumerate(batch, start)]
+        written += save_images(result.images, stems, args.out)
+        if result.progression is not None:
+            for row, stem in enumerate(stems):
+                written += save_progression([frame[row] for frame in result.progression], stem, args.out)
+        images.append(result.images)
+    columns = args.num_images if args.num_images > 1 else None  # one row per prompt, else square
+    written.append(save_grid(torch.cat(images), args.out / "grid.png", columns=columns))
+    print(f"wrote {len(jobs)} images for {len(prompts)} prompts to {args.out}/ (grid: {args.out / 'grid.png'})")
+    for path in written:
+        print(f"  {path}")
+    return written

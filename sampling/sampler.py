@@ -1,0 +1,234 @@
+"""THE inference loop: text -> token maps scale by scale (1x1, 2x2, ...) -> images.
+
+VAR (Tian et al. 2024, Sec. 3 and its `autoregressive_infer_cfg`): for each scale k, the transformer
+predicts all s_k x s_k codes at once from the text and the coarser scales; the codes are embedded and
+added to the accumulated latent, which, pooled to the next scale's side, is the next scale's input.
+
+    accumulated = 0
+    for k in scales:
+        logits  = transformer(next-scale input of accumulated)        # only scale k's new tokens
+        logits  = (1 + t_k) * logits[cond] - t_k * logits[uncond]      # classifier-free guidance
+        codes_k = sample(filter(logits), one generator per image)
+        accumulated += tokenizer.embed_scale(k, codes_k)
+    images = decode(accumulated)
+
+Conditional and unconditional ("" prompt) rows run as ONE batch of 2b rows. The production path feeds
+only the new scale's tokens and reuses the cached keys/values of earlier scales (`CachedLogits`); the
+reference path (`RecomputedLogits`, `generate(..., reference=True)`) recomputes the whole prefix with
+the teacher-forced pass at every scale. Both plug into the same loop and consume random numbers
+identically, so they must give the same codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from sampling.filtering import sample_codes
+from sampling.guidance import (
+    GUIDANCE_SCHEDULES,
+    GuidanceSchedule,
+    guidance_strengths,
+    guided_logits,
+    unconditional_rows_needed,
+)
+from sampling.pipeline import Pipeline
+from tokenizer import MultiScaleVQVAE
+from transformer import InferenceState, KVCache, NextScaleTransformer
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to draw codes at every scale. Defaults follow VAR's demo (cfg 4, top-k 900, top-p 0.95)."""
+
+    cfg_scale: float = 4.0
+    """Guidance strength: logits = (1 + t) * cond - t * uncond with t up to cfg_scale; 0 = no guidance."""
+    guidance_schedule: GuidanceSchedule = "linear"
+    """linear: t_k = cfg_scale * k / (K - 1), VAR's ramp over scales; constant: t_k = cfg_scale."""
+    guidance_off_last: int = 0
+    """Switch guidance off for the last N scales and run only the conditional rows there (Switti)."""
+    top_k: int | None = 900
+    """Keep the k most likely codes; None, 0 or >= vocab_size keeps all; 1 is greedy."""
+    top_p: float = 0.95
+    """Nucleus: keep the most likely codes up to this probability mass; 1 keeps all; 0 is greedy."""
+    temperature: float = 1.0
+    """Divide the logits by this before filtering; 0 is greedy (argmax)."""
+
+    def __post_init__(self) -> None:
+        if self.cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be >= 0 (0 disables guidance), got {self.cfg_scale}")
+        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
+            raise ValueError(f"guidance_schedule must be one of {GUIDANCE_SCHEDULES}, got {self.guidance_schedule!r}")
+        if self.guidance_off_last < 0:
+            raise ValueError(f"guidance_off_last must be >= 0, got {self.guidance_off_last}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 or None keeps every code), got {self.top_k}")
+        if not 0.0 <= self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+
+
+@dataclass
+class SamplingResult:
+    """What `generate` returns."""
+
+    images: torch.Tensor
+    """(b, 3, H, W) float32 in [-1, 1]."""
+    codes: list[torch.Tensor]
+    """Per-scale codes [(b, s_k, s_k) long, ...]."""
+    seeds: list[int]
+    """The seed of each image."""
+    progression: list[torch.Tensor] | None = None
+    """With return_progression: one (b, 3, H, W) frame per scale; the last equals `images`."""
+
+
+class LogitsSource(Protocol):
+    """The one place where the two paths differ: logits of scale `scale` for the first `rows` rows."""
+
+    def __call__(self, scale: int, scale_inputs: torch.Tensor | None, rows: int) -> torch.Tensor:
+        """scale_inputs (rows, s*s, latent_dim) or None at scale 0 -> logits (rows, s*s, vocab_size)."""
+        ...
+
+
+def keep_rows(state: InferenceState, rows: int) -> InferenceState:
+    """The state of the first `rows` rows (drops the unconditional half once guidance is off)."""
+    caches = [KVCache(cache.max_length, cache.keys[:rows], cache.values[:rows], cache.length) for cache in state.caches]
+
+    def first(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        return [None if tensor is None else tensor[:rows] for tensor in tensors]
+
+    text_mask = None if state.text_mask is None else state.text_mask[:rows]
+    return InferenceState(
+        state.condition[:rows], text_mask, first(state.text_keys), first(state.text_values), caches, state.next_scale
+    )
+
+
+class CachedLogits:
+    """Production path: `start` once, then `forward_scale` with only the new scale's tokens (KV cache)."""
+
+    def __init__(self, transformer: NextScaleTransformer, text: dict[str, torch.Tensor]) -> None:
+        self.transformer = transformer
+        self.state = transformer.start(**text)
+
+    def __call__(self, scale: int, scale_inputs: torch.Tensor | None, rows: int) -> torch.Tensor:
+        if rows < self.state.batch_size:
+            self.state = keep_rows(self.state, rows)
+        return self.transformer.forward_scale(self.state, scale, scale_inputs)
+
+
+class RecomputedLogits:
+    """Reference path: no cache; at every scale the whole prefix goes through the teacher-forced pass."""
+
+    def __init__(self, transformer: NextScaleTransformer, text: dict[str, torch.Tensor]) -> None:
+        self.transformer = transformer
+        self.text = text
+        self.inputs: list[torch.Tensor] = []  # per scale (rows, s*s, latent_dim)
+
+    def __call__(self, scale: int, scale_inputs: torch.Tensor | None, rows: int) -> torch.Tensor:
+        if scale_inputs is not None:
+            self.inputs.append(scale_inputs)
+        self.inputs = [inputs[:rows] for inputs in self.inputs]
+        self.text = {name: tensor[:rows] for name, tensor in self.text.items()}
+        config = self.transformer.config
+        teacher_inputs = (
+            torch.cat(self.inputs, dim=1)
+            if self.inputs
+            else self.text["text_pooled"].new_zeros(rows, 0, config.latent_dim)
+        )
+        logits = self.transformer(teacher_inputs, **self.text, num_scales=scale + 1)  # (rows, L', V)
+        return logits[:, self.transformer.offsets[scale] :]
+
+
+def resolve_seeds(seeds: Sequence[int] | int, count: int) -> list[int]:
+    """An int is the base seed (image i gets seed + i); a list gives one seed per image."""
+    if isinstance(seeds, int):
+        return [seeds + index for index in range(count)]
+    seeds = [int(seed) for seed in seeds]
+    if len(seeds) != count:
+        raise ValueError(f"got {len(seeds)} seeds for {count} prompts: pass one per prompt or one base seed")
+    return seeds
+
+
+def encode_text(
+    pipeline: Pipeline, prompts: list[str], unconditional: bool, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """text_tokens/text_mask/text_pooled of the prompts, then (if `unconditional`) as many rows of ""."""
+    embedding = pipeline.text_encoder.encode([*prompts, ""] if unconditional else prompts).as_dict()
+    if unconditional:  # rows: b conditional, then the empty prompt repeated b times
+        order = torch.tensor([*range(len(prompts)), *[len(prompts)] * len(prompts)])
+        embedding = {name: tensor[order.to(tensor.device)] for name, tensor in embedding.items()}
+    return {name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in embedding.items()}
+
+
+def progression_frame(tokenizer: MultiScaleVQVAE, accumulated: torch.Tensor, scale: int) -> torch.Tensor:
+    """The reconstruction after `scale`, area-pooled to s_k x s_k pixels and nearest-upsampled to the output
+    size: (b, 3, H, W) float32. Frame 0 is the image's mean colour (1x1), then 2x2 sectors, ...; the last
+    scale's frame is the image itself."""
+    image = tokenizer.decode_latent(accumulated).float()
+    if scale == len(tokenizer.config.scale_sizes) - 1:
+        return image
+    size = tokenizer.config.scale_sizes[scale]
+    coarse = F.interpolate(image, size=(size, size), mode="area")
+    return F.interpolate(coarse, size=image.shape[-2:], mode="nearest")
+
+
+@torch.inference_mode()
+def generate(
+    pipeline: Pipeline,
+    prompts: Sequence[str],
+    seeds: Sequence[int] | int = 0,
+    config: SamplingConfig | None = None,
+    *,
+    progress: bool = False,
+    return_progression: bool = False,
+    reference: bool = False,
+) -> SamplingResult:
+    """Generate one image per prompt; image i draws from its own `torch.Generator` seeded `seeds[i]`.
+
+    The same seed gives the same image, whatever else is in the batch. Every call starts from a fresh
+    inference state. `reference=True` runs the uncached reference path (for tests and benchmarks).
+    """
+    config = config or SamplingConfig()
+    prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+    tokenizer, transformer = pipeline.tokenizer, pipeline.transformer
+    if transformer.training or tokenizer.training:
+        raise ValueError("the tokenizer and transformer are in training mode: call .eval() before sampling")
+    batch, scale_sizes = len(prompt_list), transformer.config.scale_sizes
+    image_seeds = resolve_seeds(seeds, batch)
+    generators = [torch.Generator(device=pipeline.device).manual_seed(seed) for seed in image_seeds]
+    strengths = guidance_strengths(
+        len(scale_sizes), config.cfg_scale, config.guidance_schedule, config.guidance_off_last
+    )
+    guided_rows = unconditional_rows_needed(strengths)
+    dtype = next(transformer.parameters()).dtype
+    text = encode_text(pipeline, prompt_list, guided_rows[0], dtype)
+    source: LogitsSource = (RecomputedLogits if reference else CachedLogits)(transformer, text)
+
+    codes: list[torch.Tensor] = []
+    frames: list[torch.Tensor] = []
+    accumulated: torch.Tensor | None = None  # (b, C, h, w), VAR's f_hat
+    for scale in tqdm(range(len(scale_sizes)), desc="scales", disable=not progress, leave=False):
+        rows = 2 * batch if guided_rows[scale] else batch
+        scale_inputs = None
+        if accumulated is not None:
+            scale_inputs = tokenizer.quantizer.next_scale_input(accumulated, scale).to(dtype)  # (b, s*s, C)
+            scale_inputs = scale_inputs.repeat(rows // batch, 1, 1)  # (rows, s*s, C)
+        logits = source(scale, scale_inputs, rows)  # (rows, s*s, V)
+        if rows > batch:
+            logits = guided_logits(logits[:batch], logits[batch:], strengths[scale])
+        size = scale_sizes[scale]
+        code = sample_codes(logits, generators, config.top_k, config.top_p, config.temperature).view(batch, size, size)
+        codes.append(code)
+        contribution = tokenizer.quantizer.embed_scale(scale, code)  # (b, C, h, w)
+        accumulated = contribution if accumulated is None else accumulated + contribution
+        if return_progression:
+            frames.append(progression_frame(tokenizer, accumulated, scale))
+    assert accumulated is not None
+    images = frames[-1] if return_progression else tokenizer.decode_latent(accumulated).float()
+    return SamplingResult(images, codes, image_seeds, frames or None)

@@ -1,0 +1,111 @@
+"""Shared fixtures: a tiny random sampling pipeline written and loaded through the real code path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the test suite may touch the network
+
+import pytest
+import torch
+
+from sampling.pipeline import Pipeline, load_pipeline, write_pipeline
+from tokenizer import MultiScaleVQVAE, TokenizerConfig
+from transformer import NextScaleTransformer, TransformerConfig
+
+TINY_WORDS = ["a", "man", "woman", "with", "beard", "glasses", "red", "blue", "hair", "background", "portrait"]
+TINY_TEXT_WIDTH = 32
+TINY_TEXT_MAX_LENGTH = 12
+
+
+def tiny_tokenizer_config(**overrides: object) -> TokenizerConfig:
+    """16 px images, a 4x4 latent, scales (1, 2, 4) = 21 tokens, 64 codes."""
+    settings: dict[str, object] = dict(
+        image_size=16,
+        latent_dim=8,
+        vocab_size=64,
+        scale_sizes=(1, 2, 4),
+        channel_mult=(1, 2, 2),
+        encoder_channels=16,
+        decoder_channels=16,
+        decoder_res_blocks=1,
+        norm_groups=8,
+    )
+    settings.update(overrides)
+    return TokenizerConfig(**settings)  # type: ignore[arg-type]
+
+
+def tiny_transformer(tokenizer_config: TokenizerConfig, seed: int = 0, **overrides: object) -> NextScaleTransformer:
+    """A tiny transformer whose zero-initialised AdaLN gates and small head are perturbed, so that the
+    self-attention, the text and the guidance all change the logits (a fresh init would hide them)."""
+    settings: dict[str, object] = dict(
+        scale_sizes=tokenizer_config.scale_sizes,
+        vocab_size=tokenizer_config.vocab_size,
+        latent_dim=tokenizer_config.latent_dim,
+        text_width=TINY_TEXT_WIDTH,
+    )
+    settings.update(overrides)
+    config = TransformerConfig.preset("tiny", **settings)
+    torch.manual_seed(seed)
+    model = NextScaleTransformer(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT text encoder (width 32) with a handwritten word-piece vocabulary."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]) + "\n")
+    tokenizer = BertTokenizer(vocab=str(directory / "vocab.txt"))
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TINY_TEXT_WIDTH,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+PipelineWriter = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def write_tiny_pipeline(tiny_bert_dir: Path) -> PipelineWriter:
+    """`write(directory, tokenizer_overrides=None, transformer_overrides=None) -> directory`: a pipeline
+    (pipeline.json, tokenizer/, transformer/) of tiny random models; the transformer's overrides may
+    contradict the tokenizer (to test the compatibility errors)."""
+
+    def write(
+        directory: Path, tokenizer_overrides: dict | None = None, transformer_overrides: dict | None = None
+    ) -> Path:
+        tokenizer_config = tiny_tokenizer_config(**(tokenizer_overrides or {}))
+        torch.manual_seed(0)
+        tokenizer = MultiScaleVQVAE(tokenizer_config).eval()
+        transformer = tiny_transformer(tokenizer_config, **(transformer_overrides or {}))
+        return write_pipeline(directory, tokenizer, transformer, str(tiny_bert_dir), TINY_TEXT_MAX_LENGTH)
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory, write_tiny_pipeline: PipelineWriter) -> Path:
+    """The default tiny pipeline directory (scales (1, 2, 4), 64 codes, text width 32)."""
+    return write_tiny_pipeline(tmp_path_factory.mktemp("pipelines") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_pipeline_dir: Path) -> Pipeline:
+    """The tiny pipeline loaded with `load_pipeline` on the CPU in float32."""
+    return load_pipeline(tiny_pipeline_dir)
