@@ -31,7 +31,7 @@ class TokenizerConfig:
     """Channel multiplier per resolution level; downsampling = 2 ** (len - 1)."""
     encoder_channels: int = 32
     """Base channels of the encoder (times `channel_mult`)."""
-    decoder_channels: int = 48
+    decoder_channels: int = 32
     """Base channels of the decoder (times `channel_mult`)."""
     encoder_res_blocks: int = 1
     """ResNet blocks per encoder level."""
