@@ -32,6 +32,7 @@ def tiny_tokenizer_config(**overrides: object) -> TokenizerConfig:
         decoder_channels=16,
         decoder_res_blocks=1,
         norm_groups=8,
+        num_phi=3,
     )
     settings.update(overrides)
     return TokenizerConfig(**settings)  # type: ignore[arg-type]

@@ -9,10 +9,10 @@ import torch
 
 from tokenizer import MultiScaleVQVAE, TokenizerConfig
 from tokenizer.alignment import AlignmentConfig, AlignmentHead, FrozenVisionTeacher, feature_pyramid
-from tokenizer.quantizer import phi_index
 from tokenizer.scales import (
     block_causal_mask,
     flatten_codes,
+    phi_index,
     scale_offsets,
     total_tokens,
     unflatten_codes,
@@ -20,7 +20,7 @@ from tokenizer.scales import (
 )
 
 TINY = dict(image_size=16, latent_dim=8, vocab_size=64, scale_sizes=(1, 2, 4), channel_mult=(1, 2, 2),
-            encoder_channels=16, decoder_channels=16, decoder_res_blocks=1, norm_groups=8)
+            encoder_channels=16, decoder_channels=16, decoder_res_blocks=1, norm_groups=8, num_phi=3)
 
 
 def tiny_tokenizer(**overrides) -> MultiScaleVQVAE:
@@ -57,6 +57,8 @@ def test_config_errors_say_what_to_do():
         TokenizerConfig(**{**TINY, "scale_sizes": (1, 2, 3)})
     with pytest.raises(ValueError, match="not divisible"):
         TokenizerConfig(**{**TINY, "image_size": 18})
+    with pytest.raises(ValueError, match="leaves 1 phi conv"):
+        TokenizerConfig(**{**TINY, "num_phi": 4})
 
 
 def test_encode_decode_matches_forward_in_eval():

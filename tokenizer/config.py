@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tokenizer.scales import validate_scale_sizes
+from tokenizer.scales import phi_index, validate_scale_sizes
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,13 @@ class TokenizerConfig:
             raise ValueError(f"phi_mix must be in [0, 1], got {self.phi_mix}")
         if self.num_phi < 0:
             raise ValueError(f"num_phi must be >= 0, got {self.num_phi}")
+        used = {phi_index(k, len(sizes), self.num_phi) for k in range(len(sizes))} if self.num_phi else set()
+        if len(used) < self.num_phi:
+            # an unused phi conv is a parameter without gradient: distributed training (DDP) rejects it
+            raise ValueError(
+                f"num_phi={self.num_phi} leaves {self.num_phi - len(used)} phi conv(s) unused with "
+                f"{len(sizes)} scales; use num_phi <= {len(used)}"
+            )
 
     @property
     def downsample(self) -> int:

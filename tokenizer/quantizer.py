@@ -22,6 +22,7 @@ from einops import rearrange
 from torch import nn
 
 from tokenizer.config import TokenizerConfig
+from tokenizer.scales import phi_index
 
 
 class Phi(nn.Module):
@@ -34,14 +35,6 @@ class Phi(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mul(1 - self.mix) + self.conv(x).mul(self.mix)
-
-
-def phi_index(scale: int, num_scales: int, num_phi: int) -> int:
-    """Which shared phi serves `scale`: the one whose tick is nearest to the scale ratio (VAR)."""
-    if num_scales == 1:
-        return 0
-    ticks = torch.linspace(1 / 3 / num_phi, 1 - 1 / 3 / num_phi, num_phi)
-    return int((ticks - scale / (num_scales - 1)).abs().argmin())
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -68,6 +68,15 @@ def block_causal_mask(scale_sizes: Sequence[int], device: torch.device | str | N
     return level[None, :] <= level[:, None]
 
 
+def phi_index(scale: int, num_scales: int, num_phi: int) -> int:
+    """Which of `num_phi` shared phi convs refines `scale`: the one whose tick is nearest to the scale's
+    ratio k / (K - 1) (VAR's `PhiPartiallyShared`, ticks evenly spread inside (0, 1))."""
+    if num_scales == 1:
+        return 0
+    ticks = torch.linspace(1 / 3 / num_phi, 1 - 1 / 3 / num_phi, num_phi)
+    return int((ticks - scale / (num_scales - 1)).abs().argmin())
+
+
 def split_scales(flat: torch.Tensor, scale_sizes: Sequence[int], dim: int = 1) -> list[torch.Tensor]:
     """Split a flat sequence tensor along `dim` into one chunk per scale."""
     return list(torch.split(flat, tokens_per_scale(scale_sizes), dim=dim))

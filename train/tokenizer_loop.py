@@ -49,7 +49,7 @@ class TokenizerTrainConfig:
     alignment: AlignmentConfig = field(default_factory=lambda: AlignmentConfig(teacher="none"))
     """Representation alignment; the offline preset has no teacher weights, so it is off by default.
     Enable with --alignment.teacher facebook/dinov2-base (or a local directory)."""
-    steps: int = 1500
+    steps: int = 1200
     """Optimiser steps."""
     batch_size: int = 32
     """Images per process per step (before gradient accumulation)."""
@@ -85,7 +85,7 @@ class TokenizerTrainConfig:
     """Steps between logged metrics."""
     sample_every: int = 500
     """Steps between reconstruction grids (originals over reconstructions) in samples/."""
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 100
     """Steps between full training-state checkpoints."""
     keep_checkpoints: int = 2
     """How many training-state checkpoints to keep."""

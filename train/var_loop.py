@@ -52,11 +52,11 @@ class VarTrainConfig:
     """Captioned training images (synthetic portraits by default)."""
     cache: bool = True
     """Precompute codes and text embeddings of `cache_images` items once; False encodes every batch."""
-    cache_images: int = 40_000
+    cache_images: int = 32_000
     """How many training items to encode into the cache."""
     cache_dir: str | None = None
     """Cache location (default: output_dir/cache); reused when tokenizer, data and encoder match."""
-    steps: int = 1500
+    steps: int = 1000
     """Optimiser steps."""
     batch_size: int = 64
     """Sequences per process per step (before gradient accumulation)."""
@@ -86,7 +86,7 @@ class VarTrainConfig:
     """Random seed."""
     log_every: int = 25
     """Steps between logged metrics."""
-    checkpoint_every: int = 500
+    checkpoint_every: int = 100
     """Steps between training-state checkpoints."""
     keep_checkpoints: int = 2
     """How many training-state checkpoints to keep."""
