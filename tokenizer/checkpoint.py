@@ -96,6 +96,7 @@ def atomic_write_dir(target: Path, write: typing.Callable[[Path], None]) -> None
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private (0700); a model directory is meant to be shared
     try:
         write(tmp)
         if target.exists():
