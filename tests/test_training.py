@@ -118,12 +118,11 @@ def test_per_scale_metrics():
     assert metrics["loss_scale0"] < metrics["loss_scale1"]
 
 
-def test_var_training_loss_falls_and_exports_a_pipeline(trained_tokenizer, tiny_bert_dir, tmp_path):
-    output, _ = trained_tokenizer
-    config = VarTrainConfig(
-        output_dir=str(tmp_path / "var"),
-        tokenizer=str(output / "model"),
-        text_encoder=str(tiny_bert_dir),
+def var_run(output_dir: Path, tokenizer: Path, text_encoder: Path, **overrides) -> VarTrainConfig:
+    settings = dict(
+        output_dir=str(output_dir),
+        tokenizer=str(tokenizer),
+        text_encoder=str(text_encoder),
         text_max_length=TINY_TEXT_MAX_LENGTH,
         model=TransformerConfig.preset("tiny"),
         data=DataConfig(image_size=16, synthetic_length=128),
@@ -138,6 +137,13 @@ def test_var_training_loss_falls_and_exports_a_pipeline(trained_tokenizer, tiny_
         eval_images=32,
         tracker="none",
     )
+    settings.update(overrides)
+    return VarTrainConfig(**settings)
+
+
+def test_var_training_loss_falls_and_exports_a_pipeline(trained_tokenizer, tiny_bert_dir, tmp_path):
+    output, _ = trained_tokenizer
+    config = var_run(tmp_path / "var", output / "model", tiny_bert_dir)
     result = train_var(config)
     curve = [loss for _, loss in result.metrics["loss_curve"]]
     assert curve[-1] < curve[0] - 0.3, curve
@@ -153,34 +159,41 @@ def test_var_training_loss_falls_and_exports_a_pipeline(trained_tokenizer, tiny_
 
 DISTRIBUTED_SCRIPT = """
 import hashlib, json, sys
-import torch
-from accelerate import PartialState
-from tests.test_training import tokenizer_run
-from train.tokenizer_loop import train_tokenizer
 from pathlib import Path
-out = Path(sys.argv[1])
-result = train_tokenizer(tokenizer_run(out, steps=6, checkpoint_every=1000, sample_every=1000, eval_images=8))
-digest = hashlib.sha256()
-for value in result.model.state_dict().values():
-    digest.update(value.detach().float().numpy().tobytes())
+from accelerate import PartialState
+from tests.test_training import tokenizer_run, var_run
+from train.tokenizer_loop import train_tokenizer
+from train.var_loop import train_var
+
+def digest(module):
+    hasher = hashlib.sha256()
+    for value in module.state_dict().values():
+        hasher.update(value.detach().float().numpy().tobytes())
+    return hasher.hexdigest()
+
+out, text_encoder = Path(sys.argv[1]), sys.argv[2]
+tokenizer = train_tokenizer(tokenizer_run(out, steps=6, checkpoint_every=1000, sample_every=1000, eval_images=8))
+transformer = train_var(var_run(out / "var", out / "model", text_encoder, steps=6, cache_images=64, eval_images=8))
 state = PartialState()
-(out / f"rank{state.process_index}.json").write_text(json.dumps({"digest": digest.hexdigest(),
-                                                              "world": state.num_processes}))
+(out / f"rank{state.process_index}.json").write_text(json.dumps(
+    {"tokenizer": digest(tokenizer.model), "transformer": digest(transformer.model), "world": state.num_processes}))
 """
 
 
-def test_two_cpu_processes_stay_synchronised(tmp_path):
-    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2` trains two synchronised ranks."""
+def test_two_cpu_processes_stay_synchronised(tmp_path, tiny_bert_dir):
+    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2` trains two synchronised ranks,
+    for the tokenizer and then the transformer."""
     script = tmp_path / "run.py"
     script.write_text(DISTRIBUTED_SCRIPT)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(script), str(tmp_path / "out")]
+               str(script), str(tmp_path / "out"), str(tiny_bert_dir)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / "out" / f"rank{i}.json").read_text()) for i in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
-    assert ranks[0]["digest"] == ranks[1]["digest"]
-    weights = load_file(str(tmp_path / "out" / "model" / "model.safetensors"))
-    assert weights  # the main process exported the model
+    assert ranks[0]["tokenizer"] == ranks[1]["tokenizer"]
+    assert ranks[0]["transformer"] == ranks[1]["transformer"]
+    assert load_file(str(tmp_path / "out" / "model" / "model.safetensors"))  # exported by the main process
+    assert (tmp_path / "out" / "var" / "pipeline" / "pipeline.json").is_file()

@@ -160,7 +160,7 @@ class PretrainedMixin:
         if not weights.is_file():
             raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
         model = cls(config)  # type: ignore[call-arg]
-        state = load_file(str(weights), device=str(map_location))
+        state = load_file(str(weights))  # on the CPU; the model moves to `map_location` below
         reference = model.state_dict()  # type: ignore[attr-defined]
         state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)  # type: ignore[attr-defined]

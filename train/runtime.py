@@ -33,6 +33,13 @@ def make_accelerator(
     )
 
 
+def finish_trackers(accelerator: Accelerator) -> None:
+    """Close the trackers. Unlike `end_training`, keep the process group, so that one process can run
+    several trainings in a row (e.g. the tokenizer, then the transformer); it ends with the process."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
 def resolve_tracker(choice: str) -> str | None:
     if choice == "none":
         return None

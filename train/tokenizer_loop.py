@@ -23,7 +23,7 @@ from tokenizer.alignment import AlignmentConfig, AlignmentHead, FrozenVisionTeac
 from tokenizer.images import save_grid
 from train.data import DataConfig, make_dataloader
 from train.optim import parameter_groups, warmup_stable_decay
-from train.runtime import TrainResult, endless_batches, make_accelerator, resolve_tracker
+from train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
 from train.state import resume_checkpoint, save_checkpoint
 from train.tokenizer_eval import evaluate_tokenizer, format_tokenizer_metrics
 
@@ -245,7 +245,8 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         accelerator.print(format_tokenizer_metrics(metrics))
         accelerator.print(f"exported {output_dir / 'model'}; metrics in {output_dir / 'metrics.json'}")
-    accelerator.end_training()
+    accelerator.wait_for_everyone()  # the export exists for every process once this returns
+    finish_trackers(accelerator)
     return TrainResult(model=ema.shadow if ema is not None else model, metrics=metrics)
 
 

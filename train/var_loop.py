@@ -20,7 +20,7 @@ from tokenizer import MultiScaleVQVAE
 from tokenizer.scales import scale_offsets, unflatten_codes
 from train.data import DataConfig, make_dataloader
 from train.optim import parameter_groups, warmup_stable_decay
-from train.runtime import TrainResult, endless_batches, make_accelerator, resolve_tracker
+from train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
 from train.state import resume_checkpoint, save_checkpoint
 from train.var_data import CachedCodesDataset, build_cache, on_the_fly_batches
 from transformer import NextScaleTransformer, TransformerConfig
@@ -52,11 +52,11 @@ class VarTrainConfig:
     """Captioned training images (synthetic portraits by default)."""
     cache: bool = True
     """Precompute codes and text embeddings of `cache_images` items once; False encodes every batch."""
-    cache_images: int = 32_000
+    cache_images: int = 24_000
     """How many training items to encode into the cache."""
     cache_dir: str | None = None
     """Cache location (default: output_dir/cache); reused when tokenizer, data and encoder match."""
-    steps: int = 1000
+    steps: int = 600
     """Optimiser steps."""
     batch_size: int = 64
     """Sequences per process per step (before gradient accumulation)."""
@@ -258,7 +258,8 @@ def train_var(config: VarTrainConfig) -> TrainResult:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         accelerator.print(format_var_metrics(metrics, model_config.num_scales))
         accelerator.print(f"exported {output_dir / 'pipeline'}; metrics in {output_dir / 'metrics.json'}")
-    accelerator.end_training()
+    accelerator.wait_for_everyone()  # the export exists for every process once this returns
+    finish_trackers(accelerator)
     return TrainResult(model=model, metrics=metrics)
 
 
