@@ -31,10 +31,12 @@ from transformer.text import OFFLINE_TEXT_ENCODER, TextEncoder
 class VarTrainConfig:
     """Train the next-scale transformer. With no arguments: the offline demo preset.
 
-    Runbook (this 2-core CPU, bf16 autocast): first `accelerate launch train_tokenizer.py`, then
-    `accelerate launch train_var.py` encodes `cache_images` synthetic portraits and their captions
-    once, trains `steps` steps and writes `runs/var/{model,pipeline,metrics.json}`;
-    `python sample.py --checkpoint runs/var/pipeline --prompt "..."` samples from it.
+    Runbook (2-core CPU, bf16 autocast): first `accelerate launch train_tokenizer.py`, then
+    `accelerate launch train_var.py` encodes 24,000 synthetic portraits and their captions once (about
+    6 minutes), trains 600 steps of 64 (2.8-3.3 s/step alone on the CPU, about 42 minutes with another
+    job on it) and writes `runs/var/{model,pipeline,metrics.json}`; `python sample.py --checkpoint
+    runs/var/pipeline --prompt "..."` samples from it. Measured: held-out loss 3.93, mean single-attribute
+    adherence 0.985 at cfg 4 (README, Results); the loss was still falling: more steps buy quality.
     """
 
     output_dir: str = "runs/var"
