@@ -15,7 +15,7 @@ import tyro
 
 from sampling.pipeline import DEMO_PIPELINE
 from tokenizer import MultiScaleVQVAE
-from train.data import DataConfig, make_dataloader
+from train.data import DataConfig, held_out, make_dataloader
 from train.tokenizer_eval import evaluate_tokenizer, format_tokenizer_metrics
 
 
@@ -46,7 +46,7 @@ def throughput(model: MultiScaleVQVAE, images: torch.Tensor, bf16: bool, repeats
 def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     model = MultiScaleVQVAE.from_pretrained(args.tokenizer)
-    data = DataConfig(image_size=model.config.image_size, seed=1_000_003, synthetic_length=args.images)
+    data = held_out(DataConfig(image_size=model.config.image_size, synthetic_length=args.images))
     loader = make_dataloader(data, batch_size=64, shuffle=False, drop_last=False)
     print(format_tokenizer_metrics(evaluate_tokenizer(model, (batch["image"] for batch in loader))))
     batch = next(iter(make_dataloader(data, batch_size=args.batch_size, shuffle=False)))["image"]

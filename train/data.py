@@ -24,7 +24,7 @@ import os
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -433,6 +433,17 @@ class WebDatasetShards(IterableDataset):
             if item is not None:
                 yield item
         self.tracker.check(final=True)
+
+
+HELD_OUT_SEED_OFFSET = 1_000_003
+
+
+def held_out(config: DataConfig) -> DataConfig:
+    """The held-out counterpart of a data config: synthetic portraits of another seed; other sources
+    have no built-in split, so the same data (evaluate on a separate folder for a true hold-out)."""
+    if config.source == "synthetic":
+        return replace(config, seed=config.seed + HELD_OUT_SEED_OFFSET)
+    return config
 
 
 def build_dataset(config: DataConfig, shuffle: bool = False) -> Dataset:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from tokenizer import MultiScaleVQVAE, TokenizerConfig
 from tokenizer.alignment import AlignmentConfig, AlignmentHead, FrozenVisionTeacher, feature_pyramid
 from tokenizer.images import save_grid
-from train.data import DataConfig, make_dataloader
+from train.data import DataConfig, held_out, make_dataloader
 from train.optim import parameter_groups, warmup_stable_decay
 from train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
 from train.state import resume_checkpoint, save_checkpoint
@@ -110,9 +110,7 @@ class TokenizerTrainConfig:
 def held_out_data(config: TokenizerTrainConfig) -> DataConfig:
     if config.eval_data is not None:
         return config.eval_data
-    if config.data.source == "synthetic":
-        return dataclasses.replace(config.data, seed=config.data.seed + 1_000_003)
-    return config.data
+    return held_out(config.data)
 
 
 class WeightEMA:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from sampling.pipeline import write_pipeline
 from tokenizer import MultiScaleVQVAE
 from tokenizer.scales import scale_offsets, unflatten_codes
-from train.data import DataConfig, make_dataloader
+from train.data import DataConfig, held_out, make_dataloader
 from train.optim import parameter_groups, warmup_stable_decay
 from train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
 from train.state import resume_checkpoint, save_checkpoint
@@ -270,10 +270,7 @@ def evaluate_held_out(
     model: NextScaleTransformer, tokenizer: MultiScaleVQVAE, text_encoder: TextEncoder, config: VarTrainConfig
 ) -> dict:
     """Teacher-forced per-scale loss and accuracy on held-out images with their captions."""
-    data = config.data
-    if data.source == "synthetic":
-        data = dataclasses.replace(data, seed=data.seed + 1_000_003)
-    loader = make_dataloader(data, batch_size=64, shuffle=False, num_workers=0, drop_last=False)
+    loader = make_dataloader(held_out(config.data), batch_size=64, shuffle=False, num_workers=0, drop_last=False)
     objective = VarObjective(model, tokenizer, 0.0).eval()
     sums: dict[str, float] = {}
     count = 0
