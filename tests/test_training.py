@@ -197,3 +197,31 @@ def test_two_cpu_processes_stay_synchronised(tmp_path, tiny_bert_dir):
     assert ranks[0]["transformer"] == ranks[1]["transformer"]
     assert load_file(str(tmp_path / "out" / "model" / "model.safetensors"))  # exported by the main process
     assert (tmp_path / "out" / "var" / "pipeline" / "pipeline.json").is_file()
+
+
+def test_tokenizer_alignment_with_a_precomputed_teacher_cache(tmp_path):
+    """--alignment.cache-dir runs the teacher once; the cached pyramids equal the teacher's own."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from tokenizer.alignment import AlignmentConfig, FrozenVisionTeacher, TeacherFeatureCache, feature_pyramid
+    from train.data import make_dataloader
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             patch_size=4, image_size=16)).save_pretrained(tmp_path / "dino")
+    alignment = AlignmentConfig(teacher=str(tmp_path / "dino"), teacher_resolution=16, projection_width=16,
+                                cache_dir=str(tmp_path / "teacher-cache"))
+    config = tokenizer_run(tmp_path / "run", alignment=alignment, data=DataConfig(image_size=16, synthetic_length=64),
+                           steps=12, checkpoint_every=1000, sample_every=1000, eval_images=8)
+    result = train_tokenizer(config)
+    assert all(loss == loss for _, loss in result.metrics["loss_curve"])  # finite, alignment included
+    cache = TeacherFeatureCache(alignment.cache_dir, alignment.teacher, (1, 2, 4))
+    batch = next(iter(make_dataloader(config.data, batch_size=8, shuffle=False)))
+    teacher = FrozenVisionTeacher(alignment.teacher, resolution=16)
+    expected = feature_pyramid(teacher(batch["image"]), (1, 2, 4))
+    for cached, direct in zip(cache.lookup(batch["index"]), expected):
+        torch.testing.assert_close(cached, direct, atol=2e-3, rtol=2e-3)  # stored as fp16
+    with pytest.raises(KeyError, match="not in the teacher-feature cache"):
+        cache.lookup(torch.tensor([64]))
+    with pytest.raises(ValueError, match="delete it"):
+        TeacherFeatureCache(alignment.cache_dir, "another-teacher", (1, 2, 4))

@@ -12,13 +12,16 @@ training state, not in the exported tokenizer.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,6 +44,9 @@ class AlignmentConfig:
     """Images are resized to this side before the teacher (a multiple of its patch size)."""
     projection_width: int = 256
     """Hidden width of the projection from the latent to the teacher's width."""
+    cache_dir: str | None = None
+    """Precompute the teacher's feature pyramids of the training images once into safetensors shards here
+    (reused when teacher and scales match) instead of running the teacher every step."""
 
     @property
     def enabled(self) -> bool:
@@ -133,3 +139,82 @@ class AlignmentHead(nn.Module):
             per_scale.append(cosine_margin_loss(prediction, target, self.config.margin))
         total = sum(w * loss for w, loss in zip(self.scale_weights, per_scale)) / sum(self.scale_weights)
         return total, per_scale
+
+
+CACHE_META = "teacher_cache.json"
+
+
+def precompute_teacher_features(
+    teacher: FrozenVisionTeacher,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    scale_sizes: Sequence[int],
+    directory: str | os.PathLike,
+    teacher_name: str,
+    shard_size: int = 4096,
+) -> Path:
+    """Run the teacher once over (images (b, 3, H, W), dataset indices (b,)) batches and store every
+    image's pyramid, flattened to (sum s_k^2, D) in fp16, in shards `pyramid_00000.safetensors`, ...
+
+    Memory of the loaded cache: images x sum(s_k^2) x D x 2 bytes (130 x 768 x 2 = 200 kB per image for
+    DINOv2-base at the demo scales).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+    shards, count = 0, 0
+
+    def flush() -> None:
+        nonlocal shards, pending
+        if pending:
+            save_file({"pyramid": torch.cat([p for p, _ in pending]), "index": torch.cat([i for _, i in pending])},
+                      str(directory / f"pyramid_{shards:05d}.safetensors"))
+            shards, pending = shards + 1, []
+
+    for images, indices in batches:
+        if bool((indices < 0).any()):
+            raise ValueError("teacher features are cached per dataset index: this source (WebDataset) has none")
+        pyramid = feature_pyramid(teacher(images), scale_sizes)  # [(b, D, s, s)]
+        flat = torch.cat([rearrange(level, "b d s t -> b (s t) d") for level in pyramid], dim=1)
+        pending.append((flat.half().cpu(), indices.cpu()))
+        count += len(indices)
+        if sum(len(i) for _, i in pending) >= shard_size:
+            flush()
+    flush()
+    meta = {"teacher": teacher_name, "resolution": teacher.resolution, "scale_sizes": list(scale_sizes),
+            "images": count, "shards": shards}
+    (directory / CACHE_META).write_text(json.dumps(meta, indent=2) + "\n")  # written last: marks completion
+    return directory
+
+
+class TeacherFeatureCache:
+    """Precomputed pyramids in memory, looked up by dataset index."""
+
+    def __init__(self, directory: str | os.PathLike, teacher_name: str, scale_sizes: Sequence[int]) -> None:
+        directory = Path(directory)
+        meta = json.loads((directory / CACHE_META).read_text())
+        if meta["teacher"] != teacher_name or meta["scale_sizes"] != list(scale_sizes):
+            raise ValueError(
+                f"{directory} caches {meta['teacher']} at scales {meta['scale_sizes']}, not {teacher_name} at "
+                f"{list(scale_sizes)}: delete it or point --alignment.cache-dir elsewhere"
+            )
+        self.scale_sizes = tuple(scale_sizes)
+        shards = [load_file(str(directory / f"pyramid_{i:05d}.safetensors")) for i in range(meta["shards"])]
+        indices = torch.cat([shard["index"] for shard in shards])
+        flat = torch.cat([shard["pyramid"] for shard in shards])  # (n, L, D)
+        self.rows = torch.full((int(indices.max()) + 1,), -1, dtype=torch.long)
+        self.rows[indices] = torch.arange(len(indices))
+        self.flat = flat
+
+    @staticmethod
+    def is_complete(directory: str | os.PathLike) -> bool:
+        return (Path(directory) / CACHE_META).is_file()
+
+    def lookup(self, indices: torch.Tensor) -> list[torch.Tensor]:
+        """Dataset indices (b,) -> the pyramid [(b, D, s_k, s_k), ...] in fp32."""
+        indices = indices.cpu()
+        known = (indices >= 0) & (indices < len(self.rows))
+        if not bool(known.all()) or bool((self.rows[indices] < 0).any()):
+            raise KeyError("some images are not in the teacher-feature cache: it was built for other data")
+        flat = self.flat[self.rows[indices]].float()  # (b, L, D)
+        levels = torch.split(flat, [s * s for s in self.scale_sizes], dim=1)
+        return [rearrange(level, "b (s t) d -> b d s t", s=s, t=s) for level, s in zip(levels, self.scale_sizes)]

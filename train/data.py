@@ -331,7 +331,7 @@ class ImageFolderDataset(Dataset):
                 continue
             if first_time:
                 self.tracker.record_good()
-            return item
+            return {**item, "index": current}
         self.tracker.check(final=True)
         raise TooManyBadFiles(f"no readable image under {self.root}: {self.tracker.summary()}")
 
@@ -458,11 +458,16 @@ def build_dataset(config: DataConfig, shuffle: bool = False) -> Dataset:
 
 
 def collate(batch: Sequence[dict]) -> dict:
-    """Items -> {"image": (b, 3, S, S), "caption": list[str], "attributes": list[dict]}."""
+    """Items -> {"image": (b, 3, S, S), "caption": list[str], "attributes": list[dict], "index": (b,) long}.
+
+    `index` is each image's position in a map-style source (-1 for WebDataset streams, which have none);
+    per-image caches such as precomputed teacher features are keyed by it.
+    """
     return {
         "image": torch.stack([item["image"] for item in batch]),
         "caption": [item["caption"] for item in batch],
         "attributes": [item["attributes"] for item in batch],
+        "index": torch.tensor([item.get("index", -1) for item in batch], dtype=torch.long),
     }
 
 

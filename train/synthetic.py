@@ -397,14 +397,14 @@ class SyntheticPortraits(Dataset):
         return self.config.length
 
     def __getitem__(self, index: int) -> dict:
-        """{"image": (3, H, W) float in [-1, 1], "caption": str, "attributes": dict[str, str]}."""
+        """{"image": (3, H, W) float in [-1, 1], "caption": str, "attributes": dict[str, str], "index": int}."""
         if not 0 <= index < self.config.length:
             raise IndexError(f"index {index} out of range for {self.config.length} synthetic portraits")
         rng = np.random.default_rng([self.config.seed, index])
         attributes = sample_attributes(rng)
         pixels = render_portrait(attributes, self.config.size, rng)  # (H, W, 3) uint8
         image = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
-        return {"image": image, "caption": sample_caption(attributes, rng), "attributes": attributes}
+        return {"image": image, "caption": sample_caption(attributes, rng), "attributes": attributes, "index": index}
 
 
 @dataclass(frozen=True)

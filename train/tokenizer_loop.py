@@ -19,7 +19,14 @@ from accelerate.utils import broadcast, set_seed
 from tqdm.auto import tqdm
 
 from tokenizer import MultiScaleVQVAE, TokenizerConfig
-from tokenizer.alignment import AlignmentConfig, AlignmentHead, FrozenVisionTeacher, feature_pyramid
+from tokenizer.alignment import (
+    AlignmentConfig,
+    AlignmentHead,
+    FrozenVisionTeacher,
+    TeacherFeatureCache,
+    feature_pyramid,
+    precompute_teacher_features,
+)
 from tokenizer.images import save_grid
 from train.data import DataConfig, held_out, make_dataloader
 from train.optim import parameter_groups, warmup_stable_decay
@@ -176,6 +183,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
         teacher = FrozenVisionTeacher(config.alignment.teacher, config.alignment.teacher_resolution)
         head = AlignmentHead(config.alignment, config.model.latent_dim, teacher.width, config.model.scale_sizes)
         teacher.to(accelerator.device)
+    cache = prepare_teacher_cache(accelerator, teacher, config) if teacher is not None else None
     objective = TokenizerObjective(model, head, config)
     optimizer = torch.optim.AdamW(
         parameter_groups(objective, config.weight_decay), lr=config.learning_rate, betas=config.betas
@@ -197,11 +205,16 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
     for step in progress:
         objective.train()
         for _ in range(config.gradient_accumulation):
-            images = next(loader_iter)["image"]
+            batch = next(loader_iter)
+            images = batch["image"]
             if sample_images is None:
                 sample_images = images[:8].detach().clone()
             with accelerator.accumulate(objective):
-                pyramid = feature_pyramid(teacher(images), config.model.scale_sizes) if teacher is not None else None
+                pyramid = None
+                if cache is not None:
+                    pyramid = [level.to(images.device) for level in cache.lookup(batch["index"])]
+                elif teacher is not None:
+                    pyramid = feature_pyramid(teacher(images), config.model.scale_sizes)
                 losses = objective(images, pyramid)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients and config.grad_clip > 0:
@@ -246,6 +259,25 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
     accelerator.wait_for_everyone()  # the export exists for every process once this returns
     finish_trackers(accelerator)
     return TrainResult(model=ema.shadow if ema is not None else model, metrics=metrics)
+
+
+def prepare_teacher_cache(
+    accelerator: Accelerator, teacher: FrozenVisionTeacher, config: TokenizerTrainConfig
+) -> TeacherFeatureCache | None:
+    """With --alignment.cache-dir: build the teacher-feature cache once (main process), then load it."""
+    directory = config.alignment.cache_dir
+    if directory is None:
+        return None
+    if config.data.random_crop:
+        raise ValueError("teacher features are cached per image and crop: drop --data.random-crop or the cache")
+    with accelerator.main_process_first():
+        if not TeacherFeatureCache.is_complete(directory):
+            loader = make_dataloader(config.data, batch_size=64, shuffle=False, num_workers=0, drop_last=False)
+            batches = ((b["image"].to(accelerator.device), b["index"])
+                       for b in tqdm(loader, desc="teacher features", disable=not accelerator.is_main_process))
+            precompute_teacher_features(teacher, batches, config.model.scale_sizes, directory,
+                                        config.alignment.teacher)
+    return TeacherFeatureCache(directory, config.alignment.teacher, config.model.scale_sizes)
 
 
 def restart_dead_codes(accelerator: Accelerator, model: MultiScaleVQVAE, latent: torch.Tensor) -> None:
