@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 
@@ -48,3 +49,15 @@ def warmup_stable_decay(step: int, total_steps: int, warmup_steps: int, decay_fr
         return 1.0
     progress = min(1.0, (step - decay_start) / decay_steps)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def adamw_with_schedule(
+    model: nn.Module, learning_rate: float, weight_decay: float, betas: tuple[float, float], total_steps: int,
+    warmup_steps: int, decay_fraction: float,
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `parameter_groups` and its warmup-stable-decay schedule (stepped once per optimiser step)."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=learning_rate, betas=betas)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_stable_decay(step, total_steps, warmup_steps, decay_fraction)
+    )
+    return optimizer, scheduler

@@ -29,7 +29,7 @@ from tokenizer.alignment import (
 )
 from tokenizer.images import save_grid
 from train.data import DataConfig, held_out, make_dataloader
-from train.optim import parameter_groups, warmup_stable_decay
+from train.optim import adamw_with_schedule
 from train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
 from train.state import resume_checkpoint, save_checkpoint
 from train.tokenizer_eval import evaluate_tokenizer, format_tokenizer_metrics
@@ -185,12 +185,8 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
         teacher.to(accelerator.device)
     cache = prepare_teacher_cache(accelerator, teacher, config) if teacher is not None else None
     objective = TokenizerObjective(model, head, config)
-    optimizer = torch.optim.AdamW(
-        parameter_groups(objective, config.weight_decay), lr=config.learning_rate, betas=config.betas
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_stable_decay(step, config.steps, config.warmup_steps, config.decay_fraction)
-    )
+    optimizer, scheduler = adamw_with_schedule(objective, config.learning_rate, config.weight_decay, config.betas,
+                                               config.steps, config.warmup_steps, config.decay_fraction)
     loader = make_dataloader(config.data, batch_size=config.batch_size, shuffle=True,
                              num_workers=config.num_workers, drop_last=True)
     objective, optimizer, scheduler, loader = accelerator.prepare(objective, optimizer, scheduler, loader)

@@ -19,7 +19,7 @@ from sampling.pipeline import write_pipeline
 from tokenizer import MultiScaleVQVAE
 from tokenizer.scales import scale_offsets, unflatten_codes
 from train.data import DataConfig, held_out, make_dataloader
-from train.optim import parameter_groups, warmup_stable_decay
+from train.optim import adamw_with_schedule
 from train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
 from train.state import resume_checkpoint, save_checkpoint
 from train.var_data import CachedCodesDataset, build_cache, on_the_fly_batches
@@ -206,11 +206,8 @@ def train_var(config: VarTrainConfig) -> TrainResult:
                                  num_workers=config.num_workers, drop_last=True)
 
     objective = VarObjective(model, tokenizer, config.label_smoothing)
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.learning_rate,
-                                  betas=config.betas)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_stable_decay(step, config.steps, config.warmup_steps, config.decay_fraction)
-    )
+    optimizer, scheduler = adamw_with_schedule(model, config.learning_rate, config.weight_decay, config.betas,
+                                               config.steps, config.warmup_steps, config.decay_fraction)
     objective, optimizer, scheduler, loader = accelerator.prepare(objective, optimizer, scheduler, loader)
     start_step = resume_checkpoint(accelerator, output_dir, config.resume)
 
