@@ -162,6 +162,7 @@ import hashlib, json, sys
 from pathlib import Path
 from accelerate import PartialState
 from tests.test_training import tokenizer_run, var_run
+from tokenizer.discriminator import AdversarialConfig
 from train.tokenizer_loop import train_tokenizer
 from train.var_loop import train_var
 
@@ -172,17 +173,22 @@ def digest(module):
     return hasher.hexdigest()
 
 out, text_encoder = Path(sys.argv[1]), sys.argv[2]
-tokenizer = train_tokenizer(tokenizer_run(out, steps=6, checkpoint_every=1000, sample_every=1000, eval_images=8))
-transformer = train_var(var_run(out / "var", out / "model", text_encoder, steps=6, cache_images=64, eval_images=8))
+adversarial = AdversarialConfig(weight=0.01, start_step=2, channels=8, num_layers=2)
+tokenizer = train_tokenizer(tokenizer_run(out, steps=6, checkpoint_every=1000, sample_every=1000, eval_images=8,
+                                          adversarial=adversarial))
+transformer = train_var(var_run(out / "var", out / "model", text_encoder, steps=6, cache_images=64, eval_images=8,
+                                log_every=5))
 state = PartialState()
 (out / f"rank{state.process_index}.json").write_text(json.dumps(
-    {"tokenizer": digest(tokenizer.model), "transformer": digest(transformer.model), "world": state.num_processes}))
+    {"tokenizer": digest(tokenizer.model), "discriminator": digest(tokenizer.extra["discriminator"]),
+     "transformer": digest(transformer.model), "world": state.num_processes,
+     "learning_rates": [tokenizer.metrics.get("learning_rate_curve"), transformer.metrics.get("learning_rate_curve")]}))
 """
 
 
 def test_two_cpu_processes_stay_synchronised(tmp_path, tiny_bert_dir):
     """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2` trains two synchronised ranks,
-    for the tokenizer and then the transformer."""
+    for the tokenizer (with its discriminator) and then the transformer."""
     script = tmp_path / "run.py"
     script.write_text(DISTRIBUTED_SCRIPT)
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
@@ -194,6 +200,13 @@ def test_two_cpu_processes_stay_synchronised(tmp_path, tiny_bert_dir):
     ranks = [json.loads((tmp_path / "out" / f"rank{i}.json").read_text()) for i in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["tokenizer"] == ranks[1]["tokenizer"]
+    assert ranks[0]["discriminator"] == ranks[1]["discriminator"]
+    # schedules advance once per optimiser step, not once per process: full learning rate after warmup
+    tokenizer_lr, transformer_lr = ranks[0]["learning_rates"]
+    # (Accelerate's default would step them twice per step here: 10 steps of a 6-step schedule, rate 0)
+    assert tokenizer_lr[0] == [5, pytest.approx(2e-3 * warmup_stable_decay(5, 6, 5, 0.2))]
+    assert transformer_lr[0] == [5, pytest.approx(3e-3 * warmup_stable_decay(5, 6, 5, 0.25))]
+    assert tokenizer_lr[0][1] > 0 and transformer_lr[0][1] > 0
     assert ranks[0]["transformer"] == ranks[1]["transformer"]
     assert load_file(str(tmp_path / "out" / "model" / "model.safetensors"))  # exported by the main process
     assert (tmp_path / "out" / "var" / "pipeline" / "pipeline.json").is_file()

@@ -24,8 +24,7 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from tokenizer.backbone import FrozenBackbone
 
 
 @dataclass(frozen=True)
@@ -53,42 +52,21 @@ class AlignmentConfig:
         return self.teacher.lower() != "none"
 
 
-class FrozenVisionTeacher(nn.Module):
+class FrozenVisionTeacher(FrozenBackbone):
     """A frozen `transformers.AutoModel` vision backbone returning its patch-feature grid."""
 
     def __init__(self, name_or_path: str | os.PathLike, resolution: int = 224) -> None:
-        super().__init__()
-        from transformers import AutoModel
-
-        try:
-            self.backbone = AutoModel.from_pretrained(str(name_or_path))
-        except OSError as err:
-            raise OSError(
-                f"could not load the alignment teacher '{name_or_path}': {err}\n"
-                "Pass a local directory (e.g. a downloaded facebook/dinov2-base) with --alignment.teacher, "
-                "or disable alignment with --alignment.teacher none."
-            ) from err
-        self.backbone.eval().requires_grad_(False)
+        super().__init__(name_or_path, resolution, option="--alignment.teacher")
         config = self.backbone.config
-        self.patch_size = int(getattr(config, "patch_size", 14))
+        self.patch_size = self.patch_size or 14
         self.width = int(config.hidden_size)
         # CLS and register tokens precede the patch tokens (DINOv2 with registers has 4 of them).
         self.num_prefix_tokens = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
-        self.resolution = resolution - resolution % self.patch_size
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def train(self, mode: bool = True) -> FrozenVisionTeacher:
-        super().train(mode)
-        self.backbone.eval()  # frozen: dropout and norms stay in inference mode
-        return self
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images (b, 3, H, W) in [-1, 1] -> patch features (b, D, g, g)."""
-        x = F.interpolate(images.float(), size=(self.resolution, self.resolution), mode="bicubic")
-        x = ((x + 1) / 2 - self.mean) / self.std
-        hidden = self.backbone(pixel_values=x).last_hidden_state  # (b, prefix + g*g, D)
+        hidden = self.backbone(pixel_values=self.pixels(images)).last_hidden_state  # (b, prefix + g*g, D)
         grid = self.resolution // self.patch_size
         patches = hidden[:, self.num_prefix_tokens : self.num_prefix_tokens + grid * grid]
         return rearrange(patches, "b (h w) d -> b d h w", h=grid, w=grid)

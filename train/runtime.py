@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,15 +18,23 @@ class TrainResult:
 
     model: torch.nn.Module
     metrics: dict
+    extra: dict[str, torch.nn.Module] = field(default_factory=dict)
+    """Training-only modules worth keeping (the tokenizer's discriminator)."""
 
 
 def make_accelerator(
     mixed_precision: str, gradient_accumulation: int, tracker: str | None, output_dir: Path
 ) -> Accelerator:
-    """An Accelerator whose shuffling is seedable, so a resumed run sees the same batches."""
+    """An Accelerator whose shuffling is seedable, so a resumed run sees the same batches.
+
+    Schedules are defined per optimiser step, so the loops step them once per synchronised step
+    themselves: Accelerate's default steps a prepared scheduler once per process, which would run the
+    warmup and decay `num_processes` times too fast.
+    """
     return Accelerator(
         mixed_precision=mixed_precision,
         gradient_accumulation_steps=gradient_accumulation,
+        step_scheduler_with_optimizer=False,
         log_with=tracker,
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),

@@ -68,6 +68,13 @@ def resume_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, r
         if not state.is_file():
             raise FileNotFoundError(f"--resume {resume}: not a checkpoint directory (no {STATE_FILE})")
         step = int(json.loads(state.read_text())["step"])
-    accelerator.load_state(str(path))
+    try:
+        accelerator.load_state(str(path))
+    except (FileNotFoundError, KeyError, RuntimeError, ValueError) as err:
+        raise RuntimeError(
+            f"--resume {resume}: {path} does not fit this run ({type(err).__name__}: {err}). A checkpoint holds "
+            "the modules and optimisers of the run that wrote it: resume with the same model and loss options "
+            "(e.g. --adversarial.weight, --alignment.teacher) or start a new --output-dir."
+        ) from err
     accelerator.print(f"resumed from {path} at step {step}")
     return step

@@ -27,7 +27,9 @@ from tokenizer.alignment import (
     feature_pyramid,
     precompute_teacher_features,
 )
+from tokenizer.discriminator import AdversarialConfig, PatchDiscriminator, discriminator_loss, generator_loss
 from tokenizer.images import save_grid
+from tokenizer.perceptual import PerceptualConfig, PerceptualLoss
 from train.data import DataConfig, held_out, make_dataloader
 from train.optim import adamw_with_schedule
 from train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
@@ -58,6 +60,10 @@ class TokenizerTrainConfig:
     alignment: AlignmentConfig = field(default_factory=lambda: AlignmentConfig(teacher="none"))
     """Representation alignment; the offline preset has no teacher weights, so it is off by default.
     Enable with --alignment.teacher facebook/dinov2-base (or a local directory)."""
+    perceptual: PerceptualConfig = field(default_factory=PerceptualConfig)
+    """Perceptual loss through a frozen vision backbone; off until --perceptual.model names one."""
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    """PatchGAN adversarial loss; off until --adversarial.weight is positive."""
     steps: int = 1200
     """Optimiser steps."""
     batch_size: int = 32
@@ -161,6 +167,7 @@ class TokenizerObjective(torch.nn.Module):
             loss = loss + config.alignment.weight * losses["alignment"]
         losses["loss"] = loss
         losses["latent"] = out.latent.detach()
+        losses["reconstruction"] = reconstruction
         return losses
 
 
@@ -190,6 +197,8 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
     loader = make_dataloader(config.data, batch_size=config.batch_size, shuffle=True,
                              num_workers=config.num_workers, drop_last=True)
     objective, optimizer, scheduler, loader = accelerator.prepare(objective, optimizer, scheduler, loader)
+    perceptual = PerceptualLoss(config.perceptual).to(accelerator.device) if config.perceptual.enabled else None
+    adversary = Adversary(accelerator, config) if config.adversarial.enabled else None
     start_step = resume_checkpoint(accelerator, output_dir, config.resume)
     ema = WeightEMA(model, config.ema_decay) if config.ema_decay > 0 else None
 
@@ -197,7 +206,8 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
     sample_images = None
     progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
                     disable=not accelerator.is_main_process, desc="tokenizer", dynamic_ncols=True)
-    started, images_seen, loss_curve = time.perf_counter(), 0, []
+    started, images_seen, loss_curve, lr_curve = time.perf_counter(), 0, [], []
+    logs: dict = {}
     for step in progress:
         objective.train()
         for _ in range(config.gradient_accumulation):
@@ -205,19 +215,31 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
             images = batch["image"]
             if sample_images is None:
                 sample_images = images[:8].detach().clone()
-            with accelerator.accumulate(objective):
+            adversarial = adversary is not None and step >= config.adversarial.start_step
+            with accelerator.accumulate(objective, *([adversary.discriminator] if adversarial else [])):
                 pyramid = None
                 if cache is not None:
                     pyramid = [level.to(images.device) for level in cache.lookup(batch["index"])]
                 elif teacher is not None:
                     pyramid = feature_pyramid(teacher(images), config.model.scale_sizes)
                 losses = objective(images, pyramid)
+                reconstruction = losses.pop("reconstruction")
+                if perceptual is not None and step >= config.perceptual.start_step:
+                    with accelerator.autocast():
+                        losses["perceptual"] = perceptual(reconstruction, images)
+                    losses["loss"] = losses["loss"] + config.perceptual.weight * losses["perceptual"]
+                if adversarial:
+                    losses["generator"] = adversary.generator_loss(reconstruction)
+                    losses["loss"] = losses["loss"] + config.adversarial.weight * losses["generator"]
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients and config.grad_clip > 0:
                     accelerator.clip_grad_norm_(objective.parameters(), config.grad_clip)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                if adversarial:
+                    losses.update(adversary.train_step(images, reconstruction.detach()))
             images_seen += images.shape[0] * accelerator.num_processes
         restart_dead_codes(accelerator, model, losses["latent"])
         if ema is not None:
@@ -232,6 +254,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
                 "images_per_s": images_seen / (time.perf_counter() - started),
             }
             loss_curve.append([step + 1, logs["loss"]])
+            lr_curve.append([step + 1, logs["learning_rate"]])
             progress.set_postfix(loss=f"{logs['loss']:.4f}", psnr=f"{logs['psnr']:.1f}")
             accelerator.log(logs, step=step + 1)
         if accelerator.is_main_process and ((step + 1) % config.sample_every == 0 or step + 1 == config.steps):
@@ -249,12 +272,59 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
         metrics["train_steps"] = config.steps
         metrics["train_minutes"] = (time.perf_counter() - started) / 60
         metrics["loss_curve"] = loss_curve
+        metrics["learning_rate_curve"] = lr_curve
+        metrics["last_train_logs"] = logs
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         accelerator.print(format_tokenizer_metrics(metrics))
         accelerator.print(f"exported {output_dir / 'model'}; metrics in {output_dir / 'metrics.json'}")
     accelerator.wait_for_everyone()  # the export exists for every process once this returns
     finish_trackers(accelerator)
-    return TrainResult(model=ema.shadow if ema is not None else model, metrics=metrics)
+    extra = {"discriminator": accelerator.unwrap_model(adversary.discriminator)} if adversary is not None else {}
+    return TrainResult(model=ema.shadow if ema is not None else model, metrics=metrics, extra=extra)
+
+
+class Adversary:
+    """The PatchGAN discriminator with its own optimiser and schedule, prepared by Accelerate.
+
+    The tokenizer's adversarial loss goes through the unwrapped discriminator with its weights frozen,
+    so it sends gradients to the reconstruction only; the discriminator then trains on real and
+    (detached) reconstructed images in one batch, one distributed forward per backward.
+    """
+
+    def __init__(self, accelerator: Accelerator, config: TokenizerTrainConfig) -> None:
+        self.accelerator = accelerator
+        self.config = config.adversarial
+        self.grad_clip = config.grad_clip
+        discriminator = PatchDiscriminator(self.config, config.model.image_size, config.model.in_channels)
+        optimizer, scheduler = adamw_with_schedule(
+            discriminator, self.config.learning_rate or config.learning_rate, 0.0, self.config.betas,
+            max(1, config.steps - self.config.start_step), config.warmup_steps, config.decay_fraction)
+        self.discriminator, self.optimizer, self.scheduler = accelerator.prepare(discriminator, optimizer, scheduler)
+
+    def generator_loss(self, reconstruction: torch.Tensor) -> torch.Tensor:
+        module = self.accelerator.unwrap_model(self.discriminator)
+        module.requires_grad_(False)
+        try:
+            with self.accelerator.autocast():
+                logits = module(reconstruction)
+        finally:
+            module.requires_grad_(True)
+        return generator_loss(logits, self.config.loss)
+
+    def train_step(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One (micro-)step of the discriminator; returns its loss and mean logits for logging."""
+        accelerator = self.accelerator
+        logits_real, logits_fake = self.discriminator(torch.cat([real, fake])).float().chunk(2)
+        loss = discriminator_loss(logits_real, logits_fake, self.config.loss)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and self.grad_clip > 0:
+            accelerator.clip_grad_norm_(self.discriminator.parameters(), self.grad_clip)
+        self.optimizer.step()
+        if accelerator.sync_gradients:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"discriminator": loss.detach(), "logits_real": logits_real.detach().mean(),
+                "logits_fake": logits_fake.detach().mean()}
 
 
 def prepare_teacher_cache(

@@ -217,7 +217,7 @@ def train_var(config: VarTrainConfig) -> TrainResult:
 
     progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
                     disable=not accelerator.is_main_process, desc="transformer", dynamic_ncols=True)
-    started, tokens_seen, loss_curve = time.perf_counter(), 0, []
+    started, tokens_seen, loss_curve, lr_curve = time.perf_counter(), 0, [], []
     for step in progress:
         objective.train()
         for _ in range(config.gradient_accumulation):
@@ -230,7 +230,8 @@ def train_var(config: VarTrainConfig) -> TrainResult:
                 if accelerator.sync_gradients and config.grad_clip > 0:
                     accelerator.clip_grad_norm_(objective.parameters(), config.grad_clip)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             tokens_seen += codes.numel() * accelerator.num_processes
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
@@ -239,6 +240,7 @@ def train_var(config: VarTrainConfig) -> TrainResult:
                     "tokens_per_s": tokens_seen / (time.perf_counter() - started),
                     **per_scale_metrics(logits.detach(), codes, model_config.scale_sizes)}
             loss_curve.append([step + 1, logs["loss"]])
+            lr_curve.append([step + 1, logs["learning_rate"]])
             progress.set_postfix(loss=f"{logs['loss']:.3f}")
             accelerator.log(logs, step=step + 1)
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
@@ -253,7 +255,8 @@ def train_var(config: VarTrainConfig) -> TrainResult:
         metrics = evaluate_held_out(model, tokenizer, text_encoder, config)
         metrics.update(train_steps=config.steps, train_minutes=(time.perf_counter() - started) / 60,
                        tokens_per_s=tokens_seen / (time.perf_counter() - started),
-                       parameters=model.num_parameters(), loss_curve=loss_curve)
+                       parameters=model.num_parameters(), loss_curve=loss_curve,
+                       learning_rate_curve=lr_curve)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         accelerator.print(format_var_metrics(metrics, model_config.num_scales))
         accelerator.print(f"exported {output_dir / 'pipeline'}; metrics in {output_dir / 'metrics.json'}")
