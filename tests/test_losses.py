@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 from test_training import tokenizer_run
 
-from tokenizer.discriminator import AdversarialConfig, PatchDiscriminator, discriminator_loss, generator_loss
+from tokenizer.discriminator import (
+    AdversarialConfig,
+    PatchDiscriminator,
+    adaptive_weight,
+    discriminator_loss,
+    generator_loss,
+)
 from tokenizer.perceptual import PerceptualConfig, PerceptualLoss, normalised_distance
 from train.tokenizer_loop import train_tokenizer
 
@@ -134,3 +140,13 @@ def test_resuming_with_other_loss_networks_is_a_clear_error(tiny_backbones, tmp_
     train_tokenizer(tokenizer_run(tmp_path / "run", steps=4, checkpoint_every=2, sample_every=1000, eval_images=8))
     with pytest.raises(RuntimeError, match="--adversarial.weight"):
         train_tokenizer(gan_run(tmp_path / "run", tiny_backbones["conv"], resume="latest", steps=6))
+
+
+def test_adaptive_weight_balances_gradient_norms_at_the_last_layer():
+    layer = torch.nn.Linear(4, 2)
+    out = layer(torch.randn(8, 4))
+    reconstruction, adversarial = out.pow(2).mean(), 3.0 * out.pow(2).mean()
+    weight = adaptive_weight(reconstruction, adversarial, layer.weight)
+    assert weight.item() == pytest.approx(1 / 3, rel=1e-3) and not weight.requires_grad
+    (reconstruction + weight * adversarial).backward()  # the graphs survive for the real backward
+    assert layer.weight.grad is not None

@@ -76,6 +76,18 @@ def test_tokenizer_resume_reproduces_the_loss_curve(trained_tokenizer, tmp_path)
         assert loss == pytest.approx(original[step], rel=1e-4, abs=1e-6), (step, loss, original[step])
 
 
+def test_init_from_an_exported_tokenizer(trained_tokenizer, tmp_path):
+    output, metrics = trained_tokenizer
+    result = train_tokenizer(tokenizer_run(tmp_path / "tuned", init_from=str(output / "model"), steps=5,
+                                           learning_rate=1e-4, checkpoint_every=1000, eval_images=32))
+    first_loss = result.metrics["loss_curve"][0][1]
+    assert first_loss < 1.5 * metrics["loss_curve"][-1][1]  # starts where the exported model ended
+    assert result.metrics["psnr"] > metrics["psnr"] - 0.5
+    with pytest.raises(ValueError, match="vocab_size: 64 there, 32 here"):
+        train_tokenizer(tokenizer_run(tmp_path / "bad", init_from=str(output / "model"),
+                                      model=tiny_tokenizer_config(vocab_size=32)))
+
+
 def test_resume_names_a_bad_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
         train_tokenizer(tokenizer_run(tmp_path / "run", resume=str(tmp_path)))

@@ -26,6 +26,9 @@ class AdversarialConfig:
     start_step: int = 0
     """Optimiser step at which discriminator training and the adversarial term start (VQGAN starts late,
     once reconstructions are reasonable)."""
+    adaptive: bool = True
+    """Scale the term so that its gradient at the decoder's last layer has the norm of the reconstruction
+    (+ perceptual) gradient there, times `weight` (VQGAN's adaptive weight); off: `weight` alone."""
     loss: Literal["hinge", "non-saturating"] = "hinge"
     """GAN objective."""
     channels: int = 64
@@ -91,3 +94,14 @@ def generator_loss(fake: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "hinge":
         return -fake.mean()
     return F.softplus(-fake).mean()
+
+
+def adaptive_weight(reconstruction_loss: torch.Tensor, adversarial_loss: torch.Tensor,
+                    last_layer: torch.Tensor, max_weight: float = 1e4) -> torch.Tensor:
+    """||d rec / d last_layer|| / ||d adv / d last_layer||, detached (VQGAN, Esser et al. 2021).
+
+    Balances the adversarial term against reconstruction whatever their scales; both graphs are kept.
+    """
+    rec_grad = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)[0]
+    adv_grad = torch.autograd.grad(adversarial_loss, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()

@@ -27,7 +27,13 @@ from tokenizer.alignment import (
     feature_pyramid,
     precompute_teacher_features,
 )
-from tokenizer.discriminator import AdversarialConfig, PatchDiscriminator, discriminator_loss, generator_loss
+from tokenizer.discriminator import (
+    AdversarialConfig,
+    PatchDiscriminator,
+    adaptive_weight,
+    discriminator_loss,
+    generator_loss,
+)
 from tokenizer.images import save_grid
 from tokenizer.perceptual import PerceptualConfig, PerceptualLoss
 from train.data import DataConfig, held_out, make_dataloader
@@ -104,6 +110,9 @@ class TokenizerTrainConfig:
     """Steps between full training-state checkpoints."""
     keep_checkpoints: int = 2
     """How many training-state checkpoints to keep."""
+    init_from: str | None = None
+    """Start from the weights of an exported tokenizer (directory or hub id) to fine-tune it, e.g. with the
+    adversarial loss or on your own images; its architecture must equal --model's."""
     resume: str | None = None
     """"latest" or a checkpoint directory to resume from."""
     eval_images: int = 512
@@ -160,8 +169,8 @@ class TokenizerObjective(torch.nn.Module):
             "quantization": out.quantization_loss,
         }
         config = self.config
-        loss = config.l1_weight * losses["l1"] + config.l2_weight * losses["l2"]
-        loss = loss + config.quantization_weight * losses["quantization"]
+        losses["weighted_reconstruction"] = config.l1_weight * losses["l1"] + config.l2_weight * losses["l2"]
+        loss = losses["weighted_reconstruction"] + config.quantization_weight * losses["quantization"]
         if self.head is not None and pyramid is not None:
             losses["alignment"], _ = self.head(out.accumulated, pyramid)
             loss = loss + config.alignment.weight * losses["alignment"]
@@ -185,6 +194,8 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
                                                         "learning_rate": config.learning_rate})
 
     model = MultiScaleVQVAE(config.model)
+    if config.init_from:
+        load_initial_weights(model, config.init_from)
     teacher = head = None
     if config.alignment.enabled:
         teacher = FrozenVisionTeacher(config.alignment.teacher, config.alignment.teacher_resolution)
@@ -224,13 +235,20 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
                     pyramid = feature_pyramid(teacher(images), config.model.scale_sizes)
                 losses = objective(images, pyramid)
                 reconstruction = losses.pop("reconstruction")
+                fidelity = losses.pop("weighted_reconstruction")  # what the adversarial term is balanced against
                 if perceptual is not None and step >= config.perceptual.start_step:
                     with accelerator.autocast():
                         losses["perceptual"] = perceptual(reconstruction, images)
+                    fidelity = fidelity + config.perceptual.weight * losses["perceptual"]
                     losses["loss"] = losses["loss"] + config.perceptual.weight * losses["perceptual"]
                 if adversarial:
                     losses["generator"] = adversary.generator_loss(reconstruction)
-                    losses["loss"] = losses["loss"] + config.adversarial.weight * losses["generator"]
+                    weight = torch.tensor(config.adversarial.weight, device=images.device)
+                    if config.adversarial.adaptive:
+                        losses["adaptive_weight"] = adaptive_weight(fidelity, losses["generator"],
+                                                                    model.decoder.out.weight)
+                        weight = weight * losses["adaptive_weight"]
+                    losses["loss"] = losses["loss"] + weight * losses["generator"]
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients and config.grad_clip > 0:
                     accelerator.clip_grad_norm_(objective.parameters(), config.grad_clip)
@@ -325,6 +343,17 @@ class Adversary:
         self.optimizer.zero_grad(set_to_none=True)
         return {"discriminator": loss.detach(), "logits_real": logits_real.detach().mean(),
                 "logits_fake": logits_fake.detach().mean()}
+
+
+def load_initial_weights(model: MultiScaleVQVAE, name_or_path: str) -> None:
+    """Copy an exported tokenizer's weights into `model`, whose architecture must be the same."""
+    source = MultiScaleVQVAE.from_pretrained(name_or_path)
+    ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(source.config)
+    differ = [f"{k}: {theirs[k]} there, {ours[k]} here" for k in ours if ours[k] != theirs[k]]
+    if differ:
+        raise ValueError(f"--init-from {name_or_path} has another architecture ({'; '.join(differ)}): pass the "
+                         "same --model options as its config.json")
+    model.load_state_dict(source.state_dict())
 
 
 def prepare_teacher_cache(
