@@ -57,26 +57,30 @@ def tiny_transformer(tokenizer_config: TokenizerConfig, seed: int = 0, **overrid
     return model.eval()
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random BERT text encoder (width 32) with a handwritten word-piece vocabulary."""
+def write_tiny_bert(directory: Path, words: list[str], num_layers: int = 1, max_positions: int = 32) -> Path:
+    """Save a tiny random BERT text encoder (width 32) with a handwritten word-piece vocabulary."""
     from transformers import BertConfig, BertModel, BertTokenizer
 
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS]) + "\n")
+    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
     tokenizer = BertTokenizer(vocab=str(directory / "vocab.txt"))
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=TINY_TEXT_WIDTH,
-        num_hidden_layers=1,
+        num_hidden_layers=num_layers,
         num_attention_heads=4,
         intermediate_size=64,
-        max_position_embeddings=32,
+        max_position_embeddings=max_positions,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The text encoder of the tiny pipelines: one layer, the portrait words."""
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), TINY_WORDS)
 
 
 PipelineWriter = Callable[..., Path]

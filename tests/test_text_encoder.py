@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in this file may touch t
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_tiny_bert
 
 from transformer import text as text_module
 from transformer.text import (
@@ -107,23 +108,7 @@ def t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    directory = tmp_path_factory.mktemp("bert")
-    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tokenizer = BertTokenizer(vocab=str(directory / "vocab.txt"))
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return write_tiny_bert(tmp_path_factory.mktemp("bert"), WORDS, num_layers=2, max_positions=64)
 
 
 @pytest.fixture(params=["clip", "t5", "mean"])
