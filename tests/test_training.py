@@ -165,8 +165,16 @@ def test_var_training_loss_falls_and_exports_a_pipeline(trained_tokenizer, tiny_
     # a second run reuses the cache (same fingerprint) instead of re-encoding
     cache = tmp_path / "var" / "cache" / "codes.safetensors"
     stamp = cache.stat().st_mtime_ns
-    train_var(config)
+    second = train_var(config)
     assert cache.stat().st_mtime_ns == stamp
+    # --init-from continues the exported model with a fresh schedule
+    exported, cache_dir = str(tmp_path / "var" / "model"), str(tmp_path / "var" / "cache")
+    continued = train_var(var_run(tmp_path / "more", output / "model", tiny_bert_dir, init_from=exported,
+                                  steps=5, log_every=5, warmup_steps=2, cache_dir=cache_dir))
+    assert continued.metrics["loss_curve"][0][1] < second.metrics["loss_curve"][0][1] - 0.3
+    with pytest.raises(ValueError, match="depth: 2 there, 3 here"):
+        train_var(var_run(tmp_path / "bad", output / "model", tiny_bert_dir, init_from=exported,
+                          model=TransformerConfig.preset("tiny", depth=3), cache_dir=cache_dir))
 
 
 DISTRIBUTED_SCRIPT = """

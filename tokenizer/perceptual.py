@@ -25,8 +25,8 @@ class PerceptualConfig:
     model: str = "none"
     """Local directory or hub id of a `transformers` vision backbone (e.g. microsoft/resnet-50);
     "none" disables the perceptual loss."""
-    weight: float = 0.1
-    """Weight of the perceptual loss in the tokenizer's total loss."""
+    weight: float = 1.0
+    """Weight of the perceptual loss in the tokenizer's total loss (VQGAN and LlamaGen weigh LPIPS 1.0)."""
     layers: tuple[int, ...] | None = None
     """Indices into the backbone's hidden states (0 is the stem/embedding output); None uses all."""
     resolution: int | None = 224

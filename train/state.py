@@ -9,12 +9,14 @@ training state (the optimizer state is pickled by torch): resume only from runs 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+from torch import nn
 
 STATE_FILE = "trainer_state.json"
 
@@ -78,3 +80,17 @@ def resume_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, r
         ) from err
     accelerator.print(f"resumed from {path} at step {step}")
     return step
+
+
+def load_initial_weights(model: nn.Module, name_or_path: str) -> None:
+    """`--init-from`: copy an exported model's weights into `model`, whose architecture must be the same.
+
+    `model` is a `PretrainedMixin` module (tokenizer or transformer) with a dataclass `config`.
+    """
+    source = type(model).from_pretrained(name_or_path)
+    ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(source.config)
+    differ = [f"{k}: {theirs.get(k)} there, {ours[k]} here" for k in ours if ours[k] != theirs.get(k)]
+    if differ:
+        raise ValueError(f"--init-from {name_or_path} has another architecture ({'; '.join(differ)}): pass the "
+                         "same --model options as its config.json")
+    model.load_state_dict(source.state_dict())

@@ -39,7 +39,7 @@ from tokenizer.perceptual import PerceptualConfig, PerceptualLoss
 from train.data import DataConfig, held_out, make_dataloader
 from train.optim import adamw_with_schedule
 from train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
-from train.state import resume_checkpoint, save_checkpoint
+from train.state import load_initial_weights, resume_checkpoint, save_checkpoint
 from train.tokenizer_eval import evaluate_tokenizer, format_tokenizer_metrics
 
 logger = logging.getLogger(__name__)
@@ -343,17 +343,6 @@ class Adversary:
         self.optimizer.zero_grad(set_to_none=True)
         return {"discriminator": loss.detach(), "logits_real": logits_real.detach().mean(),
                 "logits_fake": logits_fake.detach().mean()}
-
-
-def load_initial_weights(model: MultiScaleVQVAE, name_or_path: str) -> None:
-    """Copy an exported tokenizer's weights into `model`, whose architecture must be the same."""
-    source = MultiScaleVQVAE.from_pretrained(name_or_path)
-    ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(source.config)
-    differ = [f"{k}: {theirs[k]} there, {ours[k]} here" for k in ours if ours[k] != theirs[k]]
-    if differ:
-        raise ValueError(f"--init-from {name_or_path} has another architecture ({'; '.join(differ)}): pass the "
-                         "same --model options as its config.json")
-    model.load_state_dict(source.state_dict())
 
 
 def prepare_teacher_cache(

@@ -21,7 +21,7 @@ from tokenizer.scales import scale_offsets, unflatten_codes
 from train.data import DataConfig, held_out, make_dataloader
 from train.optim import adamw_with_schedule
 from train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
-from train.state import resume_checkpoint, save_checkpoint
+from train.state import load_initial_weights, resume_checkpoint, save_checkpoint
 from train.var_data import CachedCodesDataset, build_cache, on_the_fly_batches
 from transformer import NextScaleTransformer, TransformerConfig
 from transformer.text import OFFLINE_TEXT_ENCODER, TextEncoder
@@ -92,6 +92,9 @@ class VarTrainConfig:
     """Steps between training-state checkpoints."""
     keep_checkpoints: int = 2
     """How many training-state checkpoints to keep."""
+    init_from: str | None = None
+    """Start from the weights of an exported transformer (e.g. runs/var/model) to train it further with a
+    fresh schedule; its architecture must equal the one --model, the tokenizer and the encoder give."""
     resume: str | None = None
     """"latest" or a checkpoint directory to resume from."""
     eval_images: int = 1024
@@ -184,6 +187,8 @@ def train_var(config: VarTrainConfig) -> TrainResult:
     null_text = text_encoder.encode([""]).as_dict()
     model_config = matched_model_config(config, tokenizer, text_encoder.width)
     model = NextScaleTransformer(model_config)
+    if config.init_from:
+        load_initial_weights(model, config.init_from)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
