@@ -235,20 +235,12 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
                     pyramid = feature_pyramid(teacher(images), config.model.scale_sizes)
                 losses = objective(images, pyramid)
                 reconstruction = losses.pop("reconstruction")
-                fidelity = losses.pop("weighted_reconstruction")  # what the adversarial term is balanced against
                 if perceptual is not None and step >= config.perceptual.start_step:
                     with accelerator.autocast():
                         losses["perceptual"] = perceptual(reconstruction, images)
-                    fidelity = fidelity + config.perceptual.weight * losses["perceptual"]
-                    losses["loss"] = losses["loss"] + config.perceptual.weight * losses["perceptual"]
                 if adversarial:
                     losses["generator"] = adversary.generator_loss(reconstruction)
-                    weight = torch.tensor(config.adversarial.weight, device=images.device)
-                    if config.adversarial.adaptive:
-                        losses["adaptive_weight"] = adaptive_weight(fidelity, losses["generator"],
-                                                                    model.decoder.out.weight)
-                        weight = weight * losses["adaptive_weight"]
-                    losses["loss"] = losses["loss"] + weight * losses["generator"]
+                add_optional_terms(losses, config, model.decoder.out.weight)
                 accelerator.backward(losses["loss"])
                 if accelerator.sync_gradients and config.grad_clip > 0:
                     accelerator.clip_grad_norm_(objective.parameters(), config.grad_clip)
@@ -299,6 +291,24 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
     finish_trackers(accelerator)
     extra = {"discriminator": accelerator.unwrap_model(adversary.discriminator)} if adversary is not None else {}
     return TrainResult(model=ema.shadow if ema is not None else model, metrics=metrics, extra=extra)
+
+
+def add_optional_terms(losses: dict[str, torch.Tensor], config: TokenizerTrainConfig, last_layer: torch.Tensor) -> None:
+    """Add the perceptual and adversarial ("generator") terms found in `losses` to its "loss".
+
+    The adversarial term is balanced against the reconstruction (+ perceptual) term, whose gradient at
+    the decoder's `last_layer` sets its adaptive weight (logged as "adaptive_weight").
+    """
+    fidelity = losses.pop("weighted_reconstruction")
+    if "perceptual" in losses:
+        fidelity = fidelity + config.perceptual.weight * losses["perceptual"]
+        losses["loss"] = losses["loss"] + config.perceptual.weight * losses["perceptual"]
+    if "generator" in losses:
+        weight = config.adversarial.weight
+        if config.adversarial.adaptive:
+            losses["adaptive_weight"] = adaptive_weight(fidelity, losses["generator"], last_layer)
+            weight = weight * losses["adaptive_weight"]
+        losses["loss"] = losses["loss"] + weight * losses["generator"]
 
 
 class Adversary:
