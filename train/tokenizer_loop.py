@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import broadcast, set_seed
+from accelerate.utils import DistributedType, broadcast, set_seed
 from tqdm.auto import tqdm
 
 from tokenizer import MultiScaleVQVAE, TokenizerConfig
@@ -320,6 +320,12 @@ class Adversary:
     """
 
     def __init__(self, accelerator: Accelerator, config: TokenizerTrainConfig) -> None:
+        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise ValueError(
+                f"--adversarial.weight > 0 runs under DDP or on one device, not {accelerator.distributed_type.value}: "
+                "the tokenizer's frozen pass through the discriminator needs its whole weights on every process. "
+                "Pick multi-GPU (DDP) in `accelerate config`; the tokenizer is small enough for it."
+            )
         self.accelerator = accelerator
         self.config = config.adversarial
         self.grad_clip = config.grad_clip
