@@ -53,9 +53,10 @@ def test_evaluation_end_to_end_on_a_tiny_budget(tiny_pipeline_dir, tmp_path):
     report = evaluate(config)
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert saved["best_cfg_scale"] in (0.0, 3.0) and len(saved["sweep"]) == 2
-    for entry in (saved["real"], saved["unconditional"], *saved["sweep"]):
+    assert saved["reconstructions"]["frechet_distance"] >= 0
+    for entry in (saved["real"], saved["reconstructions"], saved["unconditional"], *saved["sweep"]):
         assert 0.0 <= entry["single"]["mean"] <= 1.0 and 0.0 <= entry["triple"]["all_correct"] <= 1.0
     assert report["seconds_per_image"] > 0
     table = (tmp_path / "eval" / "evaluation.md").read_text()
-    assert "real renders" in table and "cfg 3" in table
+    assert "real renders" in table and "tokenizer reconstructions" in table and "cfg 3" in table
     assert (tmp_path / "eval" / "progression.png").is_file()

@@ -8,8 +8,10 @@ generated images. For a fixed prompt set (every single attribute value, and fixe
 combinations) it reports, for each guidance scale of a sweep:
 - per-attribute adherence (fraction of images whose judged value is the prompted one) and the rate of
   3-attribute prompts with all three right, beside two baselines: real renders of the same prompts
-  (the upper bound: the judge's own error) and unconditional samples (chance);
-- the Fréchet distance between judge features of generated and real images, beside real-vs-real;
+  (the upper bound: the judge's own error), the tokenizer's reconstructions of real renders (the
+  bound of any transformer over its codes) and unconditional samples (chance);
+- the Fréchet distance between judge features of generated and real images, beside real-vs-real and
+  reconstructions-vs-real;
 - diversity: mean pairwise RMS pixel distance between images of the same prompt (real: same measure).
 Writes `evaluation.json`, `evaluation.md` and `progression.png` (coarse-to-fine for four prompts).
 """
@@ -31,7 +33,7 @@ from tqdm.auto import tqdm
 from sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline
 from sampling.sampler import SamplingConfig, generate
 from tokenizer.images import save_grid
-from train.judge import AttributeJudge, attribute_indices
+from train.judge import AttributeJudge, attribute_indices, reconstruct, to_float, to_uint8
 from train.synthetic import ATTRIBUTES, caption_from_attributes, render_portrait, sample_attributes
 
 PROGRESSION_PROMPTS = (
@@ -204,6 +206,9 @@ def evaluate(config: EvaluationConfig) -> dict:
     real_again = render_real(specs, per, size, config.seed + 2)
     real_pred, real_features = judge_images(judge, real)
     _, real_again_features = judge_images(judge, real_again)
+    # the tokenizer's round trip bounds what any transformer over its codes can reach
+    reconstructed = to_float(reconstruct(pipeline.tokenizer, to_uint8(real_again)))
+    reconstructed_pred, reconstructed_features = judge_images(judge, reconstructed)
     unconditional = sample_prompts(pipeline, [""] * len(prompts), config, 0.0, config.seed)
     uncond_pred, _ = judge_images(judge, unconditional)
 
@@ -217,6 +222,8 @@ def evaluate(config: EvaluationConfig) -> dict:
         "prompts": {"single": [s.text for s in singles], "triple": [s.text for s in triples]},
         "real": {**score(real_pred), "diversity": diversity(real, per),
                  "frechet_distance_real_vs_real": frechet_distance(real_features, real_again_features)},
+        "reconstructions": {**score(reconstructed_pred), "diversity": diversity(reconstructed, per),
+                            "frechet_distance": frechet_distance(reconstructed_features, real_features)},
         "unconditional": score(uncond_pred),
         "sweep": [],
     }
@@ -260,6 +267,8 @@ def markdown_report(report: dict) -> str:
     real = report["real"]
     lines.append(row("real renders", real, f"{real['frechet_distance_real_vs_real']:.2f} (real vs real)",
                      f"{real['diversity']:.3f}"))
+    rec = report["reconstructions"]
+    lines.append(row("tokenizer reconstructions", rec, f"{rec['frechet_distance']:.2f}", f"{rec['diversity']:.3f}"))
     lines.append(row("unconditional", report["unconditional"], "", ""))
     for entry in report["sweep"]:
         lines.append(row(f"cfg {entry['cfg_scale']:g}", entry, f"{entry['frechet_distance']:.2f}",

@@ -280,6 +280,7 @@ def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
         final.save_pretrained(output_dir / "model")
         metrics = evaluate_held_out(final, config)
         metrics["train_steps"] = config.steps
+        metrics["init_from"] = config.init_from
         metrics["train_minutes"] = (time.perf_counter() - started) / 60
         metrics["loss_curve"] = loss_curve
         metrics["learning_rate_curve"] = lr_curve

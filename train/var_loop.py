@@ -261,7 +261,7 @@ def train_var(config: VarTrainConfig) -> TrainResult:
         metrics.update(train_steps=config.steps, train_minutes=(time.perf_counter() - started) / 60,
                        tokens_per_s=tokens_seen / (time.perf_counter() - started),
                        parameters=model.num_parameters(), loss_curve=loss_curve,
-                       learning_rate_curve=lr_curve)
+                       learning_rate_curve=lr_curve, init_from=config.init_from)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         accelerator.print(format_var_metrics(metrics, model_config.num_scales))
         accelerator.print(f"exported {output_dir / 'pipeline'}; metrics in {output_dir / 'metrics.json'}")
