@@ -36,7 +36,8 @@ class VarTrainConfig:
     6 minutes), trains 600 steps of 64 (2.8-3.3 s/step alone on the CPU, about 42 minutes with another
     job on it) and writes `runs/var/{model,pipeline,metrics.json}`; `python sample.py --checkpoint
     runs/var/pipeline --prompt "..."` samples from it. Measured: held-out loss 3.93, mean single-attribute
-    adherence 0.985 at cfg 4 (README, Results); the loss was still falling: more steps buy quality.
+    adherence 0.985 at cfg 4 (README, Results). The loss was still falling: 600 more steps from that model
+    (`--init-from`, the bundled demo) reached held-out loss 3.20 and adherence 1.00 at cfg 2.
     """
 
     output_dir: str = "runs/var"
