@@ -8,8 +8,8 @@ generated images. For a fixed prompt set (every single attribute value, and fixe
 combinations) it reports, for each guidance scale of a sweep:
 - per-attribute adherence (fraction of images whose judged value is the prompted one) and the rate of
   3-attribute prompts with all three right, beside two baselines: real renders of the same prompts
-  (the upper bound: the judge's own error), the tokenizer's reconstructions of real renders (the
-  bound of any transformer over its codes) and unconditional samples (chance);
+  (the upper bound: the judge's own error), the tokenizer's reconstructions of real renders (what its
+  round trip alone costs) and unconditional samples (chance);
 - the Fréchet distance between judge features of generated and real images, beside real-vs-real and
   reconstructions-vs-real;
 - diversity: mean pairwise RMS pixel distance between images of the same prompt (real: same measure).
@@ -206,7 +206,7 @@ def evaluate(config: EvaluationConfig) -> dict:
     real_again = render_real(specs, per, size, config.seed + 2)
     real_pred, real_features = judge_images(judge, real)
     _, real_again_features = judge_images(judge, real_again)
-    # the tokenizer's round trip bounds what any transformer over its codes can reach
+    # what the tokenizer's round trip alone costs: real renders encoded and decoded
     reconstructed = to_float(reconstruct(pipeline.tokenizer, to_uint8(real_again)))
     reconstructed_pred, reconstructed_features = judge_images(judge, reconstructed)
     unconditional = sample_prompts(pipeline, [""] * len(prompts), config, 0.0, config.seed)
