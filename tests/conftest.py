@@ -48,7 +48,11 @@ def tiny_transformer(tokenizer_config: TokenizerConfig, seed: int = 0, **overrid
         text_width=TINY_TEXT_WIDTH,
     )
     settings.update(overrides)
-    config = TransformerConfig.preset("tiny", **settings)
+    return trained_like(TransformerConfig.preset("tiny", **settings), seed)
+
+
+def trained_like(config: TransformerConfig, seed: int = 0) -> NextScaleTransformer:
+    """A model whose zero-initialised AdaLN gates are non-zero, so every path carries signal."""
     torch.manual_seed(seed)
     model = NextScaleTransformer(config)
     with torch.no_grad():

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import trained_like
 
 from tokenizer.scales import block_causal_mask, scale_offsets, split_scales
 from transformer import (
@@ -29,16 +30,6 @@ def tiny_config(**overrides: object) -> TransformerConfig:
     )
     settings.update(overrides)
     return TransformerConfig(**settings)  # type: ignore[arg-type]
-
-
-def trained_like(config: TransformerConfig, seed: int = 0) -> NextScaleTransformer:
-    """A model whose zero-initialised AdaLN gates are non-zero, so every path carries signal."""
-    torch.manual_seed(seed)
-    model = NextScaleTransformer(config)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.1 * torch.randn_like(parameter))
-    return model.eval()
 
 
 def make_inputs(config: TransformerConfig, batch: int = 2, seed: int = 1) -> dict[str, torch.Tensor]:
