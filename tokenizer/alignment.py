@@ -59,6 +59,7 @@ class FrozenVisionTeacher(FrozenBackbone):
         super().__init__(name_or_path, resolution, option="--alignment.teacher")
         config = self.backbone.config
         self.patch_size = self.patch_size or 14
+        self.resolution -= self.resolution % self.patch_size  # whole patches, whatever the config names
         self.width = int(config.hidden_size)
         # CLS and register tokens precede the patch tokens (DINOv2 with registers has 4 of them).
         self.num_prefix_tokens = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
