@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PROMPT ?= a man with a beard and glasses on a blue background
 
-.PHONY: install demo test train-demo lint
+.PHONY: install demo test train-demo lint wheel-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,6 @@ train-demo: install
 
 lint: install
 	$(BIN)/python -m ruff check .
+
+wheel-check: install
+	PYTHON=$(BIN)/python bash .ci/wheel

@@ -4,9 +4,7 @@
     accelerate launch train_tokenizer.py --help          # every option
 """
 
-import tyro
-
-from train.tokenizer_loop import TokenizerTrainConfig, train_tokenizer
+from nextscale.train.tokenizer_loop import cli
 
 if __name__ == "__main__":
-    train_tokenizer(tyro.cli(TokenizerTrainConfig))
+    cli()

@@ -4,9 +4,7 @@
     accelerate launch train_var.py --help          # every option
 """
 
-import tyro
-
-from train.var_loop import VarTrainConfig, train_var
+from nextscale.train.var_loop import cli
 
 if __name__ == "__main__":
-    train_var(tyro.cli(VarTrainConfig))
+    cli()

@@ -13,22 +13,18 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from tokenizer.scales import block_causal_mask  # noqa: E402
-from transformer import NextScaleTransformer, TransformerConfig, attention, naive_attention  # noqa: E402
+from nextscale.scales import block_causal_mask
+from nextscale.transformer import NextScaleTransformer, TransformerConfig, attention, naive_attention
 
 LAYOUTS = {
     "VAR 256px, 10 scales": (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),  # 680 tokens

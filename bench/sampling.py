@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import resource
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,13 +26,11 @@ from pathlib import Path
 import torch
 import tyro
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from sampling.pipeline import Pipeline  # noqa: E402
-from sampling.sampler import CachedLogits, RecomputedLogits, SamplingConfig, generate  # noqa: E402
-from tokenizer import MultiScaleVQVAE, TokenizerConfig  # noqa: E402
-from tokenizer.scales import scale_offsets  # noqa: E402
-from transformer import OFFLINE_TEXT_ENCODER, NextScaleTransformer, TextEncoder, TransformerConfig  # noqa: E402
+from nextscale.sampling.pipeline import Pipeline
+from nextscale.sampling.sampler import CachedLogits, RecomputedLogits, SamplingConfig, generate
+from nextscale.scales import scale_offsets
+from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
+from nextscale.transformer import OFFLINE_TEXT_ENCODER, NextScaleTransformer, TextEncoder, TransformerConfig
 
 TEXT_LENGTH = 32  # the offline encoder's padded prompt length
 TEXT_WIDTH = 384  # MiniLM

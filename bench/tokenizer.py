@@ -7,21 +7,17 @@
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import tyro
 
 # the repository root first: bench/sampling.py and bench/tokenizer.py would shadow the packages
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sampling.pipeline import DEMO_PIPELINE  # noqa: E402
-from tokenizer import MultiScaleVQVAE  # noqa: E402
-from train.data import DataConfig, held_out, make_dataloader  # noqa: E402
-from train.tokenizer_eval import evaluate_tokenizer, format_tokenizer_metrics  # noqa: E402
+from nextscale.sampling.pipeline import DEMO_PIPELINE
+from nextscale.tokenizer import MultiScaleVQVAE
+from nextscale.train.data import DataConfig, held_out, make_dataloader
+from nextscale.train.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
 
 
 @dataclass(frozen=True)

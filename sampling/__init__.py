@@ -1,9 +1,9 @@
 """Sampling: one scale-by-scale inference loop with a KV cache, guidance, editing and zoom."""
 
-from sampling.filtering import filter_logits, sample_codes, top_k_filter, top_p_filter
-from sampling.guidance import guidance_strengths, guided_logits
-from sampling.pipeline import Pipeline, load_pipeline, write_pipeline
-from sampling.sampler import SamplingConfig, SamplingResult, generate
+from nextscale.sampling.filtering import filter_logits, sample_codes, top_k_filter, top_p_filter
+from nextscale.sampling.guidance import guidance_strengths, guided_logits
+from nextscale.sampling.pipeline import Pipeline, load_pipeline, write_pipeline
+from nextscale.sampling.sampler import SamplingConfig, SamplingResult, generate
 
 __all__ = [
     "Pipeline",

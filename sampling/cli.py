@@ -1,6 +1,7 @@
 """`sample.py`'s options and logic: prompts in, PNGs (+ grid, + progressions) out.
 
-python sample.py --prompt "a man with a beard" --prompt "a woman with glasses" --num-images 4 --out samples
+nextscale-sample --prompt "a man with a beard" --prompt "a woman with glasses" --num-images 4 --out samples
+(the same as `python sample.py ...` and `python -m nextscale.sampling ...`)
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import tyro
 from tyro.conf import UseAppendAction
 
-from sampling.outputs import image_stem, save_images, save_progression
-from sampling.pipeline import Pipeline, load_pipeline
-from sampling.sampler import SamplingConfig, generate
-from tokenizer.images import save_grid
+from nextscale.images import save_grid
+from nextscale.sampling.outputs import image_stem, save_images, save_progression
+from nextscale.sampling.pipeline import Pipeline, load_pipeline
+from nextscale.sampling.sampler import SamplingConfig, generate
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULTS = SamplingConfig()
@@ -129,3 +131,12 @@ def main(args: SampleArgs) -> list[Path]:
     for path in written:
         print(f"  {path}")
     return written
+
+
+def cli() -> None:
+    """The `nextscale-sample` console script."""
+    main(tyro.cli(SampleArgs))
+
+
+if __name__ == "__main__":
+    cli()

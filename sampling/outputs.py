@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from tokenizer.images import make_grid, to_pil
+from nextscale.images import make_grid, to_pil
 
 SLUG_LENGTH = 40
 FRAME_MILLISECONDS = 400

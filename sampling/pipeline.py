@@ -20,13 +20,25 @@ from pathlib import Path
 
 import torch
 
-from tokenizer import MultiScaleVQVAE
-from tokenizer.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_dir, resolve_model_dir
-from transformer import NextScaleTransformer
-from transformer.text import TextEncoder
+import nextscale
+from nextscale.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_dir, resolve_model_dir
+from nextscale.tokenizer import MultiScaleVQVAE
+from nextscale.transformer import NextScaleTransformer
+from nextscale.transformer.text import TextEncoder
 
 PIPELINE_FILE = "pipeline.json"
-DEMO_PIPELINE = Path(__file__).resolve().parent.parent / "checkpoints" / "demo"
+
+
+def _bundled_demo() -> Path:
+    """The bundled demo pipeline: `nextscale/demo` in an installed wheel, `checkpoints/demo` in a checkout."""
+    package = Path(nextscale.__file__).resolve().parent
+    for candidate in (package / "demo", package.parent / "checkpoints" / "demo"):
+        if (candidate / PIPELINE_FILE).is_file():
+            return candidate
+    return package / "demo"
+
+
+DEMO_PIPELINE = _bundled_demo()
 
 
 @dataclass

@@ -29,17 +29,17 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from sampling.filtering import sample_codes
-from sampling.guidance import (
+from nextscale.sampling.filtering import sample_codes
+from nextscale.sampling.guidance import (
     GUIDANCE_SCHEDULES,
     GuidanceSchedule,
     guidance_strengths,
     guided_logits,
     unconditional_rows_needed,
 )
-from sampling.pipeline import Pipeline
-from tokenizer import MultiScaleVQVAE
-from transformer import InferenceState, KVCache, NextScaleTransformer
+from nextscale.sampling.pipeline import Pipeline
+from nextscale.tokenizer import MultiScaleVQVAE
+from nextscale.transformer import InferenceState, KVCache, NextScaleTransformer
 
 
 @dataclass(frozen=True)

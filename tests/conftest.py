@@ -11,9 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the test suite may to
 import pytest
 import torch
 
-from sampling.pipeline import Pipeline, load_pipeline, write_pipeline
-from tokenizer import MultiScaleVQVAE, TokenizerConfig
-from transformer import NextScaleTransformer, TransformerConfig
+from nextscale.sampling.pipeline import Pipeline, load_pipeline, write_pipeline
+from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
+from nextscale.transformer import NextScaleTransformer, TransformerConfig
 
 TINY_WORDS = ["a", "man", "woman", "with", "beard", "glasses", "red", "blue", "hair", "background", "portrait"]
 TINY_TEXT_WIDTH = 32

@@ -16,24 +16,18 @@ import pytest
 import torch
 from PIL import Image
 
-from train.data import (
+from nextscale.train.data import (
     DataConfig,
-    ImageFolderDataset,
     TooManyBadFiles,
     build_dataset,
     collate,
     decode_image,
     make_dataloader,
 )
-from train.synthetic import (
-    ATTRIBUTES,
-    SyntheticConfig,
-    SyntheticPortraits,
-    caption_from_attributes,
-    render_portrait,
-    sample_attributes,
-    sample_caption,
-)
+from nextscale.train.data.captions import caption_from_attributes, sample_caption
+from nextscale.train.data.portraits import ATTRIBUTES, render_portrait, sample_attributes
+from nextscale.train.data.sources.folder import ImageFolderDataset
+from nextscale.train.data.sources.synthetic import SyntheticConfig, SyntheticPortraits
 
 # ---------------------------------------------------------------------------------------------- synthetic
 
@@ -324,7 +318,7 @@ def test_abort_propagates_from_worker_processes(tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError, match="needs a path"):
         DataConfig(source="folder")
-    with pytest.raises(ValueError, match="source must be one of"):
+    with pytest.raises(ValueError, match="unknown data source .folders.; choose one of folder, synthetic, webdataset"):
         DataConfig(source="folders", path="x")
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sampling.pipeline import DEMO_PIPELINE, load_pipeline
-from sampling.sampler import SamplingConfig, generate
-from train.judge import AttributeJudge
+from nextscale.sampling.pipeline import DEMO_PIPELINE, load_pipeline
+from nextscale.sampling.sampler import SamplingConfig, generate
+from nextscale.train.eval.judge import AttributeJudge
 
 ROOT = Path(__file__).resolve().parent.parent
 # Attributes the demo model draws reliably (see README, Results); each prompt asks for two.

@@ -7,8 +7,15 @@ import json
 import pytest
 import torch
 
-from train.evaluate import EvaluationConfig, adherence, diversity, evaluate, frechet_distance, prompt_set
-from train.judge import AttributeJudge, JudgeConfig
+from nextscale.train.eval.adherence import (
+    EvaluationConfig,
+    adherence,
+    diversity,
+    evaluate,
+    frechet_distance,
+    prompt_set,
+)
+from nextscale.train.eval.judge import AttributeJudge, JudgeConfig
 
 
 def test_frechet_distance_zero_for_identical_and_grows_with_shift():

@@ -9,8 +9,9 @@ import pytest
 import torch
 import tyro
 
-from tokenizer import MultiScaleVQVAE, TokenizerConfig
-from train.judge import (
+from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
+from nextscale.train.data.portraits import ATTRIBUTES
+from nextscale.train.eval.judge import (
     AttributeJudge,
     AugmentationConfig,
     JudgeConfig,
@@ -21,7 +22,6 @@ from train.judge import (
     format_judge_metrics,
     train_judge,
 )
-from train.synthetic import ATTRIBUTES
 
 TINY = JudgeConfig(image_size=32, channels=(8, 16, 32), pooled_size=4, feature_dim=32)
 

@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 from test_training import tokenizer_run
 
-from tokenizer.discriminator import (
+from nextscale.tokenizer.losses.discriminator import (
     AdversarialConfig,
     PatchDiscriminator,
     adaptive_weight,
     discriminator_loss,
     generator_loss,
 )
-from tokenizer.perceptual import PerceptualConfig, PerceptualLoss, normalised_distance
-from train.tokenizer_loop import train_tokenizer
+from nextscale.tokenizer.losses.perceptual import PerceptualConfig, PerceptualLoss, normalised_distance
+from nextscale.train.tokenizer_loop import train_tokenizer
 
 
 def smooth_images(batch: int = 4, size: int = 16, seed: int = 0) -> torch.Tensor:

@@ -12,15 +12,15 @@ import torch
 import tyro
 from PIL import Image
 
-from sampling import pipeline as pipeline_module
-from sampling.cli import SampleArgs, main
-from sampling.filtering import filter_logits, sample_codes, top_k_filter, top_p_filter
-from sampling.guidance import guidance_strengths, guided_logits, unconditional_rows_needed
-from sampling.outputs import image_stem, slugify
-from sampling.pipeline import Pipeline
-from sampling.sampler import SamplingConfig, encode_text, generate
-from tokenizer.images import to_uint8
-from tokenizer.scales import scale_offsets, split_scales
+from nextscale.images import to_arrays
+from nextscale.sampling import pipeline as pipeline_module
+from nextscale.sampling.cli import SampleArgs, main
+from nextscale.sampling.filtering import filter_logits, sample_codes, top_k_filter, top_p_filter
+from nextscale.sampling.guidance import guidance_strengths, guided_logits, unconditional_rows_needed
+from nextscale.sampling.outputs import image_stem, slugify
+from nextscale.sampling.pipeline import Pipeline
+from nextscale.sampling.sampler import SamplingConfig, encode_text, generate
+from nextscale.scales import scale_offsets, split_scales
 
 PROMPTS = ["a man with a beard", "a woman with red hair", "a portrait with glasses", "blue background"]
 NEG_INF = float("-inf")
@@ -316,7 +316,7 @@ def test_cli_end_to_end(
     # batching does not change the images: image 2 (seed 5) alone equals image 2 of the batch run
     single = generate(tiny_pipeline, ["a woman with glasses"], [5])
     saved = np.asarray(Image.open(tmp_path / "out" / f"{stems[2]}.png"))
-    assert np.array_equal(saved, to_uint8(single.images)[0])
+    assert np.array_equal(saved, to_arrays(single.images)[0])
 
 
 def test_hub_pipeline_ids_download_every_part(tiny_pipeline_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from conftest import write_tiny_bert
 
-from transformer import text as text_module
-from transformer.text import (
+from nextscale.transformer import text as text_module
+from nextscale.transformer.text import (
     OFFLINE_TEXT_ENCODER,
     TextEncoder,
     load_text_cache,

@@ -7,9 +7,7 @@ import json
 import pytest
 import torch
 
-from tokenizer import MultiScaleVQVAE, TokenizerConfig
-from tokenizer.alignment import AlignmentConfig, AlignmentHead, FrozenVisionTeacher, feature_pyramid
-from tokenizer.scales import (
+from nextscale.scales import (
     block_causal_mask,
     flatten_codes,
     phi_index,
@@ -18,6 +16,8 @@ from tokenizer.scales import (
     unflatten_codes,
     validate_scale_sizes,
 )
+from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
+from nextscale.tokenizer.losses.alignment import AlignmentConfig, AlignmentHead, FrozenVisionTeacher, feature_pyramid
 
 TINY = dict(image_size=16, latent_dim=8, vocab_size=64, scale_sizes=(1, 2, 4), channel_mult=(1, 2, 2),
             encoder_channels=16, decoder_channels=16, decoder_res_blocks=1, norm_groups=8, num_phi=3)

@@ -14,13 +14,13 @@ import torch
 from conftest import TINY_TEXT_MAX_LENGTH, tiny_tokenizer_config
 from safetensors.torch import load_file
 
-from sampling.pipeline import load_pipeline
-from tokenizer import MultiScaleVQVAE
-from train.data import DataConfig
-from train.optim import parameter_groups, warmup_stable_decay
-from train.tokenizer_loop import TokenizerTrainConfig, train_tokenizer
-from train.var_loop import VarTrainConfig, drop_condition, per_scale_metrics, train_var
-from transformer import TransformerConfig
+from nextscale.sampling.pipeline import load_pipeline
+from nextscale.tokenizer import MultiScaleVQVAE
+from nextscale.train.data import DataConfig
+from nextscale.train.optim import parameter_groups, warmup_stable_decay
+from nextscale.train.tokenizer_loop import TokenizerTrainConfig, train_tokenizer
+from nextscale.train.var_loop import VarTrainConfig, drop_condition, per_scale_metrics, train_var
+from nextscale.transformer import TransformerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -182,9 +182,9 @@ import hashlib, json, sys
 from pathlib import Path
 from accelerate import PartialState
 from tests.test_training import tokenizer_run, var_run
-from tokenizer.discriminator import AdversarialConfig
-from train.tokenizer_loop import train_tokenizer
-from train.var_loop import train_var
+from nextscale.tokenizer.losses.discriminator import AdversarialConfig
+from nextscale.train.tokenizer_loop import train_tokenizer
+from nextscale.train.var_loop import train_var
 
 def digest(module):
     hasher = hashlib.sha256()
@@ -236,8 +236,13 @@ def test_tokenizer_alignment_with_a_precomputed_teacher_cache(tmp_path):
     """--alignment.cache-dir runs the teacher once; the cached pyramids equal the teacher's own."""
     from transformers import Dinov2Config, Dinov2Model
 
-    from tokenizer.alignment import AlignmentConfig, FrozenVisionTeacher, TeacherFeatureCache, feature_pyramid
-    from train.data import make_dataloader
+    from nextscale.tokenizer.losses.alignment import (
+        AlignmentConfig,
+        FrozenVisionTeacher,
+        TeacherFeatureCache,
+        feature_pyramid,
+    )
+    from nextscale.train.data import make_dataloader
 
     torch.manual_seed(0)
     Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,

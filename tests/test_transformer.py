@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from conftest import trained_like
 
-from tokenizer.scales import block_causal_mask, scale_offsets, split_scales
-from transformer import (
+from nextscale.scales import block_causal_mask, scale_offsets, split_scales
+from nextscale.transformer import (
     KVCache,
     NextScaleTransformer,
     TransformerConfig,

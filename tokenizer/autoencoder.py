@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from tokenizer.config import TokenizerConfig
+from nextscale.tokenizer.config import TokenizerConfig
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tokenizer.scales import phi_index, validate_scale_sizes
+from nextscale.scales import phi_index, validate_scale_sizes
 
 
 @dataclass(frozen=True)

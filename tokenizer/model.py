@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tokenizer.autoencoder import Decoder, Encoder
-from tokenizer.checkpoint import PretrainedMixin
-from tokenizer.config import TokenizerConfig
-from tokenizer.quantizer import MultiScaleQuantizer
+from nextscale.checkpoint import PretrainedMixin
+from nextscale.tokenizer.autoencoder import Decoder, Encoder
+from nextscale.tokenizer.config import TokenizerConfig
+from nextscale.tokenizer.quantizer import MultiScaleQuantizer
 
 
 @dataclass

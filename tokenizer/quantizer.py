@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from tokenizer.config import TokenizerConfig
-from tokenizer.scales import phi_index
+from nextscale.scales import phi_index
+from nextscale.tokenizer.config import TokenizerConfig
 
 
 class Phi(nn.Module):

@@ -1,6 +1,6 @@
 """Bundle trained runs into a self-contained demo directory (what `checkpoints/demo/` is).
 
-    python -m train.bundle --tokenizer-run runs/tokenizer --var-run runs/var --judge runs/judge \
+    python -m nextscale.train.bundle --tokenizer-run runs/tokenizer --var-run runs/var --judge runs/judge \
         --out checkpoints/demo
 
 Writes the sampling pipeline (weights stored as float16: half the size, loaded back as float32), the
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import tyro
 
-from sampling.pipeline import PIPELINE_FILE, write_pipeline
-from tokenizer import MultiScaleVQVAE
-from transformer import NextScaleTransformer
+from nextscale.sampling.pipeline import PIPELINE_FILE, write_pipeline
+from nextscale.tokenizer import MultiScaleVQVAE
+from nextscale.transformer import NextScaleTransformer
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,8 @@ class BundleArgs:
     var_run: Path = Path("runs/var")
     """Output directory of train_var.py (holds pipeline/ and metrics.json)."""
     judge: Path = Path("runs/judge")
-    """Judge directory written by `python -m train.judge` (config.json, model.safetensors, metrics.json)."""
+    """Judge directory written by `python -m nextscale.train.eval.judge` (config.json, model.safetensors,
+    metrics.json)."""
     out: Path = Path("checkpoints/demo")
     """The bundle to write (replaced atomically)."""
 

@@ -14,12 +14,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+import tyro
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast, set_seed
 from tqdm.auto import tqdm
 
-from tokenizer import MultiScaleVQVAE, TokenizerConfig
-from tokenizer.alignment import (
+from nextscale.images import save_grid
+from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
+from nextscale.tokenizer.losses.alignment import (
     AlignmentConfig,
     AlignmentHead,
     FrozenVisionTeacher,
@@ -27,20 +29,19 @@ from tokenizer.alignment import (
     feature_pyramid,
     precompute_teacher_features,
 )
-from tokenizer.discriminator import (
+from nextscale.tokenizer.losses.discriminator import (
     AdversarialConfig,
     PatchDiscriminator,
     adaptive_weight,
     discriminator_loss,
     generator_loss,
 )
-from tokenizer.images import save_grid
-from tokenizer.perceptual import PerceptualConfig, PerceptualLoss
-from train.data import DataConfig, held_out, make_dataloader
-from train.optim import adamw_with_schedule
-from train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
-from train.state import load_initial_weights, resume_checkpoint, save_checkpoint
-from train.tokenizer_eval import evaluate_tokenizer, format_tokenizer_metrics
+from nextscale.tokenizer.losses.perceptual import PerceptualConfig, PerceptualLoss
+from nextscale.train.data import DataConfig, held_out, make_dataloader
+from nextscale.train.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
+from nextscale.train.optim import adamw_with_schedule
+from nextscale.train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
+from nextscale.train.state import load_initial_weights, resume_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -410,3 +411,12 @@ def evaluate_held_out(model: MultiScaleVQVAE, config: TokenizerTrainConfig) -> d
     metrics["eval_data"] = dataclasses.asdict(data)
     metrics["held_out"] = data != config.data
     return metrics
+
+
+def cli() -> None:
+    """The `nextscale-train-tokenizer` console script (also `accelerate launch train_tokenizer.py`)."""
+    train_tokenizer(tyro.cli(TokenizerTrainConfig))
+
+
+if __name__ == "__main__":
+    cli()

@@ -25,11 +25,11 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from tokenizer import MultiScaleVQVAE
-from tokenizer.checkpoint import WEIGHTS_NAME, resolve_model_dir
-from tokenizer.scales import flatten_codes
-from train.data import DataConfig, make_dataloader
-from transformer.text import TextEncoder, load_text_cache, precompute_text_embeddings, save_text_cache
+from nextscale.checkpoint import WEIGHTS_NAME, resolve_model_dir
+from nextscale.scales import flatten_codes
+from nextscale.tokenizer import MultiScaleVQVAE
+from nextscale.train.data import DataConfig, make_dataloader
+from nextscale.transformer.text import TextEncoder, load_text_cache, precompute_text_embeddings, save_text_cache
 
 CODES_FILE = "codes.safetensors"
 TEXT_FILE = "text.safetensors"

@@ -12,19 +12,20 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+import tyro
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from sampling.pipeline import write_pipeline
-from tokenizer import MultiScaleVQVAE
-from tokenizer.scales import scale_offsets, unflatten_codes
-from train.data import DataConfig, held_out, make_dataloader
-from train.optim import adamw_with_schedule
-from train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
-from train.state import load_initial_weights, resume_checkpoint, save_checkpoint
-from train.var_data import CachedCodesDataset, build_cache, on_the_fly_batches
-from transformer import NextScaleTransformer, TransformerConfig
-from transformer.text import OFFLINE_TEXT_ENCODER, TextEncoder
+from nextscale.sampling.pipeline import write_pipeline
+from nextscale.scales import scale_offsets, unflatten_codes
+from nextscale.tokenizer import MultiScaleVQVAE
+from nextscale.train.data import DataConfig, held_out, make_dataloader
+from nextscale.train.optim import adamw_with_schedule
+from nextscale.train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
+from nextscale.train.state import load_initial_weights, resume_checkpoint, save_checkpoint
+from nextscale.train.var_data import CachedCodesDataset, build_cache, on_the_fly_batches
+from nextscale.transformer import NextScaleTransformer, TransformerConfig
+from nextscale.transformer.text import OFFLINE_TEXT_ENCODER, TextEncoder
 
 
 @dataclass(frozen=True)
@@ -303,3 +304,12 @@ def format_var_metrics(metrics: dict, num_scales: int) -> str:
     for k in range(num_scales):
         lines.append(f"{k:>5}  {metrics[f'loss_scale{k}']:.3f}  {metrics[f'accuracy_scale{k}']:.3f}")
     return "\n".join(lines)
+
+
+def cli() -> None:
+    """The `nextscale-train-var` console script (also `accelerate launch train_var.py`)."""
+    train_var(tyro.cli(VarTrainConfig))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,9 +1,9 @@
 """Next-scale transformer, attention and text conditioning (see DESIGN.md, "Transformer")."""
 
-from transformer.attention import KVCache, attention, key_padding_mask, naive_attention
-from transformer.config import PRESETS, TransformerConfig
-from transformer.model import InferenceState, NextScaleTransformer
-from transformer.text import (
+from nextscale.transformer.attention import KVCache, attention, key_padding_mask, naive_attention
+from nextscale.transformer.config import PRESETS, TransformerConfig
+from nextscale.transformer.model import InferenceState, NextScaleTransformer
+from nextscale.transformer.text import (
     OFFLINE_TEXT_ENCODER,
     TextEmbedding,
     TextEncoder,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from transformer.config import AttentionBackend
+from nextscale.transformer.config import AttentionBackend
 
 XFORMERS_AVAILABLE = importlib.util.find_spec("xformers") is not None
 # VAR clamps the learned log-scale of its l2-normalised attention at log(100) (`attn_l2_norm`).

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from tokenizer.scales import scale_offsets, total_tokens, validate_scale_sizes
+from nextscale.scales import scale_offsets, total_tokens, validate_scale_sizes
 
 AttentionBackend = Literal["sdpa", "xformers", "naive"]
 ATTENTION_BACKENDS = ("sdpa", "xformers", "naive")

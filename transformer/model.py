@@ -20,10 +20,10 @@ import torch
 from einops import repeat
 from torch import nn
 
-from tokenizer.checkpoint import PretrainedMixin
-from tokenizer.scales import block_causal_mask, scale_index, scale_offsets
-from transformer.attention import CrossAttention, KVCache, QKNorm, SelfAttention
-from transformer.config import TransformerConfig
+from nextscale.checkpoint import PretrainedMixin
+from nextscale.scales import block_causal_mask, scale_index, scale_offsets
+from nextscale.transformer.attention import CrossAttention, KVCache, QKNorm, SelfAttention
+from nextscale.transformer.config import TransformerConfig
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

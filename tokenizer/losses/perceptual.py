@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tokenizer.backbone import FrozenBackbone
+from nextscale.tokenizer.losses.backbone import FrozenBackbone
 
 
 @dataclass(frozen=True)

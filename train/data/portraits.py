@@ -1,4 +1,4 @@
-"""Built-in synthetic captioned portraits: the offline default data of the whole project.
+"""The synthetic portrait world: attributes and the procedural renderer (the offline default data).
 
 Every image is drawn procedurally from a seed and a set of known attributes (gender, beard, glasses,
 hair colour and length, skin, background, smile), so that a tokenizer and a text-conditional
@@ -11,17 +11,14 @@ whole jaw, an open toothy smile against a closed flat mouth) so that it survives
 autoencoder at 64 px. Textures are deliberately smooth (no per-pixel noise, smooth lighting, 1-2 px
 anti-aliased edges): the tokenizer must reconstruct these images at >= 28 dB PSNR.
 
-    python -m train.synthetic --out grid.png --num 64      # look at samples, captions printed
+    python -m nextscale.train.data --out grid.png --num 64      # look at samples, captions printed
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "gender": ("man", "woman"),
@@ -283,157 +280,3 @@ def render_portrait(attributes: Mapping[str, str], size: int, rng: np.random.Gen
     canvas.rgb += 0.5  # round, not truncate, below
     return np.clip(canvas.rgb, 0, 255, out=canvas.rgb).astype(np.uint8)
 
-
-_BACKGROUND_PHRASES = ("on a {} background", "against a {} background", "in front of a {} wall",
-                       ", {} background")
-_PREFIXES = ("", "a photo of ", "a portrait of ", "portrait of ", "a picture of ", "a headshot of ",
-             "close-up photo of ")
-
-
-def _join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def caption_from_attributes(attributes: Mapping[str, str], rng: np.random.Generator | None = None) -> str:
-    """Describe exactly the given (possibly partial) attributes in English.
-
-    With `rng=None` the wording is one fixed canonical template (deterministic: what evaluation prompts
-    use), e.g. {"beard": "yes"} -> "a man with a beard", {"hair_color": "red"} -> "a person with red
-    hair". With an rng the wording, the order and the prefix vary. A woman's absent beard is never
-    mentioned (it is implied).
-    """
-    for key, value in attributes.items():
-        if value not in ATTRIBUTES.get(key, ()):
-            raise ValueError(f"unknown attribute {key}={value!r}; known: {ATTRIBUTES}")
-
-    def pick(*options: str) -> str:
-        return options[int(rng.integers(len(options)))] if rng is not None else options[0]
-
-    def sometimes(probability: float) -> bool:  # canonical wording: never
-        return rng is not None and rng.random() < probability
-
-    gender = attributes.get("gender")
-    adjectives: list[str] = []  # before the noun
-    with_items: list[str] = []  # "with a, b and c"
-    without_items: list[str] = []
-
-    def describe(adjective: str | None, phrases: tuple[str, ...], adjective_chance: float,
-                 canonical_adjective: bool = False, negative: bool = False) -> None:
-        """Add one attribute, as an adjective before the noun or as a phrase after it."""
-        if adjective and (sometimes(adjective_chance) if rng is not None else canonical_adjective):
-            adjectives.append(adjective)
-        else:
-            (without_items if negative else with_items).append(pick(*phrases))
-
-    smile, beard, glasses = attributes.get("smile"), attributes.get("beard"), attributes.get("glasses")
-    if smile == "yes":
-        describe("smiling", ("a big smile", "a wide smile"), 0.6, canonical_adjective=True)
-    elif smile == "no":
-        describe("serious", ("a neutral expression", "a closed mouth"), 0.5, canonical_adjective=True)
-    if beard == "yes":
-        describe("bearded", ("a beard", "a full beard"), 0.4)
-    elif beard == "no" and gender != "woman":
-        describe("clean-shaven", ("without a beard",), 0.5, canonical_adjective=True, negative=True)
-    if glasses == "yes":
-        describe("bespectacled", ("glasses", "eyeglasses"), 0.15)
-    elif glasses == "no":
-        describe(None, ("without glasses", "with no glasses"), 0.0, negative=True)
-    hair = " ".join(attributes[k] for k in ("hair_length", "hair_color") if k in attributes)
-    if hair:  # "red-haired", never "long red-haired"
-        describe(None if " " in hair else f"{hair}-haired", (f"{hair} hair",), 0.25)
-    if "skin" in attributes:
-        skin = attributes["skin"]
-        describe(None if skin == "medium" else f"{skin}-skinned", (f"{skin} skin",), 0.3)
-
-    if rng is not None:
-        with_items = [with_items[i] for i in rng.permutation(len(with_items))]
-    noun = gender or ("man" if beard == "yes" else "person")
-    words = " ".join([*adjectives, noun])
-    caption = ("an " if words[0] in "aeiou" else "a ") + words
-    if with_items:
-        caption += " with " + _join(with_items)
-    if without_items:
-        caption += (", " if with_items and sometimes(0.5) else " ") + " and ".join(without_items)
-    if "background" in attributes:
-        template = pick(*_BACKGROUND_PHRASES)
-        caption += ("" if template.startswith(",") else " ") + template.format(attributes["background"])
-    return pick(*_PREFIXES) + caption
-
-
-# Probability that a training caption mentions an attribute, by (attribute, value) or attribute: the
-# most visible attributes often, absences rarely, so the model learns from partial descriptions.
-_MENTION = {("gender", "man"): 0.9, ("gender", "woman"): 0.9, ("beard", "yes"): 0.85, ("beard", "no"): 0.15,
-            ("glasses", "yes"): 0.8, ("glasses", "no"): 0.2, ("smile", "yes"): 0.6, ("smile", "no"): 0.25,
-            "hair_color": 0.6, "hair_length": 0.45, "skin": 0.45, "background": 0.6}
-
-
-def sample_caption(attributes: Mapping[str, str], rng: np.random.Generator) -> str:
-    """A training caption: a random subset of the attributes (all of them 10% of the time), varied wording."""
-    if rng.random() < 0.1:
-        return caption_from_attributes(attributes, rng)
-    mentioned = {k: v for k, v in attributes.items() if rng.random() < _MENTION.get((k, v), _MENTION.get(k))}
-    return caption_from_attributes(mentioned, rng)
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """The synthetic portrait dataset."""
-
-    size: int = 64
-    """Image side in pixels (the renderer works at any size)."""
-    seed: int = 0
-    """Data seed: 0 for training, 1 (or any other) for held-out evaluation; distinct seeds, distinct data."""
-    length: int = 50_000
-    """Number of items (each rendered on the fly from (seed, index))."""
-
-
-class SyntheticPortraits(Dataset):
-    """Map-style dataset of rendered portraits; item i is a pure function of (seed, i)."""
-
-    def __init__(self, config: SyntheticConfig = SyntheticConfig()) -> None:
-        self.config = config
-
-    def __len__(self) -> int:
-        return self.config.length
-
-    def __getitem__(self, index: int) -> dict:
-        """{"image": (3, H, W) float in [-1, 1], "caption": str, "attributes": dict[str, str], "index": int}."""
-        if not 0 <= index < self.config.length:
-            raise IndexError(f"index {index} out of range for {self.config.length} synthetic portraits")
-        rng = np.random.default_rng([self.config.seed, index])
-        attributes = sample_attributes(rng)
-        pixels = render_portrait(attributes, self.config.size, rng)  # (H, W, 3) uint8
-        image = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
-        return {"image": image, "caption": sample_caption(attributes, rng), "attributes": attributes, "index": index}
-
-
-@dataclass(frozen=True)
-class GridArgs:
-    """Save a grid of synthetic portraits and print their captions."""
-
-    out: str = "synthetic_grid.png"
-    """Output PNG path."""
-    num: int = 64
-    """Number of portraits."""
-    size: int = 64
-    """Image side in pixels."""
-    seed: int = 0
-    """Data seed."""
-
-
-def main(args: GridArgs) -> None:
-    from tokenizer.images import make_grid  # only this preview needs the tokenizer package
-
-
-    dataset = SyntheticPortraits(SyntheticConfig(size=args.size, seed=args.seed, length=args.num))
-    items = [dataset[i] for i in range(args.num)]
-    for i, item in enumerate(items):
-        print(f"{i:3d}  {item['caption']}")
-    make_grid(torch.stack([item["image"] for item in items])).save(args.out)
-    print(f"saved {args.out}")
-
-
-if __name__ == "__main__":
-    import tyro
-
-    main(tyro.cli(GridArgs))

@@ -11,7 +11,7 @@ Runbook (defaults, 1 CPU thread beside another training run): pools 1 min, 1500 
 steps already give >= 99.7%). `metrics.json` also holds the "tokenizer check": the accuracy on the
 held-out renders' reconstructions and the agreement with the predictions on the renders themselves.
 
-    python -m train.judge --out checkpoints/demo/judge --tokenizer runs/tokenizer/model
+    python -m nextscale.train.eval.judge --out checkpoints/demo/judge --tokenizer runs/tokenizer/model
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from tokenizer import MultiScaleVQVAE
-from tokenizer.checkpoint import PretrainedMixin
-from train.optim import parameter_groups, warmup_stable_decay
-from train.synthetic import ATTRIBUTES, SyntheticConfig, SyntheticPortraits
+from nextscale.checkpoint import PretrainedMixin
+from nextscale.images import from_uint8, to_uint8
+from nextscale.tokenizer import MultiScaleVQVAE
+from nextscale.train.data.portraits import ATTRIBUTES
+from nextscale.train.data.sources.synthetic import SyntheticConfig, SyntheticPortraits
+from nextscale.train.optim import parameter_groups, warmup_stable_decay
 
 
 @dataclass(frozen=True)
@@ -200,21 +202,11 @@ def render_portraits(seed: int, count: int, size: int, judge_config: JudgeConfig
     return torch.cat(images), torch.cat(labels)
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> uint8 (compact pools; what a saved PNG would hold)."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 -> [-1, 1] floats."""
-    return images.float() / 127.5 - 1
-
-
 @torch.no_grad()
 def reconstruct(tokenizer: MultiScaleVQVAE, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """uint8 images (n, 3, H, W) -> their tokenizer reconstructions (encode + decode), uint8."""
     tokenizer.eval()
-    return torch.cat([to_uint8(tokenizer.decode(tokenizer.encode(to_float(chunk))))
+    return torch.cat([to_uint8(tokenizer.decode(tokenizer.encode(from_uint8(chunk))))
                       for chunk in tqdm(images.split(batch_size), desc="reconstructing", leave=False)])
 
 
@@ -222,7 +214,7 @@ def reconstruct(tokenizer: MultiScaleVQVAE, images: torch.Tensor, batch_size: in
 def predict_all(judge: AttributeJudge, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """uint8 images (n, 3, H, W) -> predicted value indices (n, A), in eval mode."""
     judge.eval()
-    return torch.cat([judge.predict_indices(to_float(chunk)) for chunk in images.split(batch_size)])
+    return torch.cat([judge.predict_indices(from_uint8(chunk)) for chunk in images.split(batch_size)])
 
 
 @dataclass(frozen=True)
@@ -319,7 +311,7 @@ def train_judge(config: JudgeTrainConfig) -> tuple[AttributeJudge, dict]:
             chosen = torch.randint(reconstruction_count, (reconstructed_per_batch,), generator=generator)
             images = torch.cat([images, train_reconstructions[chosen]])
             labels = torch.cat([labels, train_labels[chosen]])
-        logits = judge(augment(to_float(images), config.augmentation, generator))
+        logits = judge(augment(from_uint8(images), config.augmentation, generator))
         loss = sum(F.cross_entropy(logits[name], labels[:, a]) for a, name in enumerate(model_config.attribute_names))
         loss = loss / len(model_config.attribute_names)
         optimizer.zero_grad(set_to_none=True)

@@ -8,8 +8,8 @@ from collections.abc import Iterable
 
 import torch
 
-from tokenizer import MultiScaleVQVAE
-from tokenizer.images import psnr
+from nextscale.images import psnr
+from nextscale.tokenizer import MultiScaleVQVAE
 
 
 def codebook_stats(counts: torch.Tensor) -> dict[str, float]:

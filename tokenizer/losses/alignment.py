@@ -24,7 +24,7 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tokenizer.backbone import FrozenBackbone
+from nextscale.tokenizer.losses.backbone import FrozenBackbone
 
 
 @dataclass(frozen=True)

@@ -13,20 +13,29 @@ from einops import rearrange
 from PIL import Image
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(b, 3, H, W) in [-1, 1] -> uint8 array (b, H, W, 3)."""
-    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return rearrange(pixels, "b c h w -> b h w c").cpu().numpy()
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(b, 3, H, W) floats in [-1, 1] -> (b, 3, H, W) uint8: exactly what a saved PNG holds."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(b, 3, H, W) uint8 -> (b, 3, H, W) float32 in [-1, 1] (the inverse of `to_uint8` up to rounding)."""
+    return images.float() / 127.5 - 1
+
+
+def to_arrays(images: torch.Tensor) -> np.ndarray:
+    """(b, 3, H, W) floats in [-1, 1] -> uint8 array (b, H, W, 3), the layout of PIL and PNG files."""
+    return rearrange(to_uint8(images), "b c h w -> b h w c").cpu().numpy()
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(b, 3, H, W) in [-1, 1] -> list of RGB PIL images."""
-    return [Image.fromarray(array) for array in to_uint8(images)]
+    return [Image.fromarray(array) for array in to_arrays(images)]
 
 
 def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> Image.Image:
     """Tile (b, 3, H, W) images in [-1, 1] row-major into one RGB image with white padding."""
-    arrays = to_uint8(images)
+    arrays = to_arrays(images)
     count, height, width, _ = arrays.shape
     columns = columns or math.ceil(math.sqrt(count))
     rows = math.ceil(count / columns)

@@ -1,7 +1,7 @@
 """Measured prompt adherence, fidelity and diversity of a pipeline trained on the synthetic portraits.
 
-    python -m train.evaluate                               # the bundled demo model and its judge
-    python -m train.evaluate --checkpoint runs/var/pipeline --judge runs/judge --images-per-prompt 32
+    python -m nextscale.train.eval.adherence                               # the bundled demo model and its judge
+    python -m nextscale.train.eval.adherence --checkpoint runs/var/pipeline --judge runs/judge --images-per-prompt 32
 
 A judge (`train.judge`, an attribute classifier validated on held-out renders) reads the attributes of
 generated images. For a fixed prompt set (every single attribute value, and fixed 3-attribute
@@ -30,11 +30,12 @@ import torch
 import tyro
 from tqdm.auto import tqdm
 
-from sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline
-from sampling.sampler import SamplingConfig, generate
-from tokenizer.images import save_grid
-from train.judge import AttributeJudge, attribute_indices, reconstruct, to_float, to_uint8
-from train.synthetic import ATTRIBUTES, caption_from_attributes, render_portrait, sample_attributes
+from nextscale.images import from_uint8, save_grid, to_uint8
+from nextscale.sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline
+from nextscale.sampling.sampler import SamplingConfig, generate
+from nextscale.train.data.captions import caption_from_attributes
+from nextscale.train.data.portraits import ATTRIBUTES, render_portrait, sample_attributes
+from nextscale.train.eval.judge import AttributeJudge, attribute_indices, reconstruct
 
 PROGRESSION_PROMPTS = (
     "a man with a beard and glasses on a blue background",
@@ -207,7 +208,7 @@ def evaluate(config: EvaluationConfig) -> dict:
     real_pred, real_features = judge_images(judge, real)
     _, real_again_features = judge_images(judge, real_again)
     # what the tokenizer's round trip alone costs: real renders encoded and decoded
-    reconstructed = to_float(reconstruct(pipeline.tokenizer, to_uint8(real_again)))
+    reconstructed = from_uint8(reconstruct(pipeline.tokenizer, to_uint8(real_again)))
     reconstructed_pred, reconstructed_features = judge_images(judge, reconstructed)
     unconditional = sample_prompts(pipeline, [""] * len(prompts), config, 0.0, config.seed)
     uncond_pred, _ = judge_images(judge, unconditional)

@@ -1,0 +1,1 @@
+"""Training-only tokenizer losses: representation alignment, perceptual, adversarial (never loaded to sample)."""

@@ -1,0 +1,99 @@
+"""Captions of the synthetic portraits: exact descriptions for evaluation, partial varied ones for training."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from nextscale.train.data.portraits import ATTRIBUTES
+
+_BACKGROUND_PHRASES = ("on a {} background", "against a {} background", "in front of a {} wall",
+                       ", {} background")
+_PREFIXES = ("", "a photo of ", "a portrait of ", "portrait of ", "a picture of ", "a headshot of ",
+             "close-up photo of ")
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def caption_from_attributes(attributes: Mapping[str, str], rng: np.random.Generator | None = None) -> str:
+    """Describe exactly the given (possibly partial) attributes in English.
+
+    With `rng=None` the wording is one fixed canonical template (deterministic: what evaluation prompts
+    use), e.g. {"beard": "yes"} -> "a man with a beard", {"hair_color": "red"} -> "a person with red
+    hair". With an rng the wording, the order and the prefix vary. A woman's absent beard is never
+    mentioned (it is implied).
+    """
+    for key, value in attributes.items():
+        if value not in ATTRIBUTES.get(key, ()):
+            raise ValueError(f"unknown attribute {key}={value!r}; known: {ATTRIBUTES}")
+
+    def pick(*options: str) -> str:
+        return options[int(rng.integers(len(options)))] if rng is not None else options[0]
+
+    def sometimes(probability: float) -> bool:  # canonical wording: never
+        return rng is not None and rng.random() < probability
+
+    gender = attributes.get("gender")
+    adjectives: list[str] = []  # before the noun
+    with_items: list[str] = []  # "with a, b and c"
+    without_items: list[str] = []
+
+    def describe(adjective: str | None, phrases: tuple[str, ...], adjective_chance: float,
+                 canonical_adjective: bool = False, negative: bool = False) -> None:
+        """Add one attribute, as an adjective before the noun or as a phrase after it."""
+        if adjective and (sometimes(adjective_chance) if rng is not None else canonical_adjective):
+            adjectives.append(adjective)
+        else:
+            (without_items if negative else with_items).append(pick(*phrases))
+
+    smile, beard, glasses = attributes.get("smile"), attributes.get("beard"), attributes.get("glasses")
+    if smile == "yes":
+        describe("smiling", ("a big smile", "a wide smile"), 0.6, canonical_adjective=True)
+    elif smile == "no":
+        describe("serious", ("a neutral expression", "a closed mouth"), 0.5, canonical_adjective=True)
+    if beard == "yes":
+        describe("bearded", ("a beard", "a full beard"), 0.4)
+    elif beard == "no" and gender != "woman":
+        describe("clean-shaven", ("without a beard",), 0.5, canonical_adjective=True, negative=True)
+    if glasses == "yes":
+        describe("bespectacled", ("glasses", "eyeglasses"), 0.15)
+    elif glasses == "no":
+        describe(None, ("without glasses", "with no glasses"), 0.0, negative=True)
+    hair = " ".join(attributes[k] for k in ("hair_length", "hair_color") if k in attributes)
+    if hair:  # "red-haired", never "long red-haired"
+        describe(None if " " in hair else f"{hair}-haired", (f"{hair} hair",), 0.25)
+    if "skin" in attributes:
+        skin = attributes["skin"]
+        describe(None if skin == "medium" else f"{skin}-skinned", (f"{skin} skin",), 0.3)
+
+    if rng is not None:
+        with_items = [with_items[i] for i in rng.permutation(len(with_items))]
+    noun = gender or ("man" if beard == "yes" else "person")
+    words = " ".join([*adjectives, noun])
+    caption = ("an " if words[0] in "aeiou" else "a ") + words
+    if with_items:
+        caption += " with " + _join(with_items)
+    if without_items:
+        caption += (", " if with_items and sometimes(0.5) else " ") + " and ".join(without_items)
+    if "background" in attributes:
+        template = pick(*_BACKGROUND_PHRASES)
+        caption += ("" if template.startswith(",") else " ") + template.format(attributes["background"])
+    return pick(*_PREFIXES) + caption
+
+
+# Probability that a training caption mentions an attribute, by (attribute, value) or attribute: the
+# most visible attributes often, absences rarely, so the model learns from partial descriptions.
+_MENTION = {("gender", "man"): 0.9, ("gender", "woman"): 0.9, ("beard", "yes"): 0.85, ("beard", "no"): 0.15,
+            ("glasses", "yes"): 0.8, ("glasses", "no"): 0.2, ("smile", "yes"): 0.6, ("smile", "no"): 0.25,
+            "hair_color": 0.6, "hair_length": 0.45, "skin": 0.45, "background": 0.6}
+
+
+def sample_caption(attributes: Mapping[str, str], rng: np.random.Generator) -> str:
+    """A training caption: a random subset of the attributes (all of them 10% of the time), varied wording."""
+    if rng.random() < 0.1:
+        return caption_from_attributes(attributes, rng)
+    mentioned = {k: v for k, v in attributes.items() if rng.random() < _MENTION.get((k, v), _MENTION.get(k))}
+    return caption_from_attributes(mentioned, rng)

@@ -1,0 +1,46 @@
+"""`DataConfig`: which source the training images and captions come from, and how they are decoded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training images and captions come from and how they are decoded."""
+
+    source: str = "synthetic"
+    """A registered source: synthetic (built-in portraits, the offline default), folder (an image folder) or
+    webdataset (tar shards); see `nextscale.train.data.sources`."""
+    path: str | None = None
+    """Image folder root, or a shard pattern such as "data/{00000..00099}.tar" (unused for synthetic)."""
+    image_size: int = 64
+    """Side of the square training images: shorter side resized to it, then cropped."""
+    random_crop: bool = False
+    """Crop at a random position along the longer side instead of the centre."""
+    synthetic_length: int = 50_000
+    """Number of synthetic portraits per epoch."""
+    seed: int = 0
+    """Synthetic data seed (0 train, 1 held-out evaluation) and seed of WebDataset shuffling."""
+    max_bad_fraction: float = 0.01
+    """Abort when more than this fraction of the inputs tried were unreadable (they are skipped)."""
+    bad_check_after: int = 100
+    """Inputs a process tries before it applies `max_bad_fraction` (so one early bad file is no verdict)."""
+    max_image_pixels: int = 40_000_000
+    """Skip images declaring more pixels (decompression bombs). PIL's own limit still applies on top:
+    it refuses images above 2 * PIL.Image.MAX_IMAGE_PIXELS (~179 MP) before we see them."""
+    shuffle_buffer: int = 1000
+    """WebDataset: samples held in the in-memory shuffle buffer."""
+    shard_by_process: bool = False
+    """WebDataset: give each distributed process its own shards. Leave False when the loader goes
+    through `accelerator.prepare`, which already dispatches or shards the batches across processes."""
+
+    def __post_init__(self) -> None:
+        from nextscale.train.data.sources import get_source  # the registry imports this module
+
+        if get_source(self.source).needs_path and not self.path:
+            raise ValueError(f"source={self.source!r} needs a path (an image folder or a shard pattern)")
+        if self.image_size < 1:
+            raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(f"max_bad_fraction is a fraction in [0, 1], got {self.max_bad_fraction}")

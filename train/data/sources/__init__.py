@@ -1,0 +1,63 @@
+"""The registry of data sources: each module in this folder registers one, so a new source is one file.
+
+A source turns a `DataConfig` into a dataset whose items are `{"image": (3, S, S) float in [-1, 1],
+"caption": str, "attributes": dict[str, str]}` (map-style items add `"index"`), and says what its
+held-out split is. Modules here are imported on first use of the registry.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from nextscale.train.data.config import DataConfig
+
+
+@dataclass(frozen=True)
+class Source:
+    """One way to read training data."""
+
+    name: str
+    build: Callable[[DataConfig, bool], Dataset]
+    """(config, shuffle) -> dataset; `shuffle` matters only to iterable sources."""
+    needs_path: bool = True
+    """Whether `DataConfig.path` must be set."""
+    held_out: Callable[[DataConfig], DataConfig] | None = None
+    """The config of a built-in held-out split, or None when the source has none."""
+
+
+_SOURCES: dict[str, Source] = {}
+
+
+def register_source(source: Source) -> Source:
+    """Add a source to the registry (called at import by the modules of this folder)."""
+    if source.name in _SOURCES and _SOURCES[source.name] != source:
+        raise ValueError(f"two data sources are named {source.name!r}")
+    _SOURCES[source.name] = source
+    return source
+
+
+def _discover() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+def source_names() -> tuple[str, ...]:
+    """Names of every registered source."""
+    _discover()
+    return tuple(sorted(_SOURCES))
+
+
+def get_source(name: str) -> Source:
+    """The source registered as `name`, or a ValueError listing the known ones."""
+    if name not in _SOURCES:
+        _discover()
+    if name not in _SOURCES:
+        raise ValueError(f"unknown data source {name!r}; choose one of {', '.join(source_names())}")
+    return _SOURCES[name]

@@ -1,0 +1,141 @@
+"""`--data.source folder`: images found recursively under a folder, captions from metadata.jsonl or .txt."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset, get_worker_info
+
+from nextscale.train.data.badinput import BadInput, BadInputTracker, TooManyBadFiles
+from nextscale.train.data.config import DataConfig
+from nextscale.train.data.decode import IMAGE_SUFFIXES, decode_image
+from nextscale.train.data.sources import Source, register_source
+
+logger = logging.getLogger(__name__)
+
+
+def _read_metadata(root: Path, metadata_files: list[Path]) -> dict[str, str]:
+    """Captions from `metadata.jsonl` files (HF imagefolder): path relative to root (posix) -> text.
+
+    `file_name` is relative to the folder holding the metadata file; the caption is `text` (or
+    `caption`).
+    """
+    captions: dict[str, str] = {}
+    for metadata in metadata_files:
+        base = metadata.parent.relative_to(root)
+        for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                name = record["file_name"]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(
+                    f"{metadata}:{number}: expected a JSON object with file_name and text, got {line[:80]!r}"
+                ) from error
+            captions[(base / name).as_posix()] = str(record.get("text", record.get("caption", "")))
+    return captions
+
+
+class ImageFolderDataset(Dataset):
+    """Images found recursively under a folder (jpg/jpeg/png/webp, any case), with captions.
+
+    Captions come from `metadata.jsonl` files (`file_name`, `text`) or a sidecar `.txt` next to the
+    image (same stem); an image with neither gets "" (it trains the unconditional branch). Hidden files
+    and folders are ignored, symlinked folders are not followed (symlinked files are). A bad file's
+    index yields the next readable image after it (see the module docstring).
+    """
+
+    def __init__(self, config: DataConfig) -> None:
+        assert config.path is not None
+        self.config = config
+        self.root = Path(config.path)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {self.root} does not exist or is not a directory")
+        files, texts, metadata_files = [], set(), []
+        for folder, subfolders, names in os.walk(self.root):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            relative = Path(folder).relative_to(self.root)
+            for name in sorted(names):
+                if name.startswith("."):
+                    continue
+                suffix = os.path.splitext(name)[1].lower()
+                if suffix in IMAGE_SUFFIXES:
+                    files.append((relative / name).as_posix())
+                elif suffix == ".txt":
+                    texts.add((relative / name).as_posix())
+                elif name == "metadata.jsonl":
+                    metadata_files.append(Path(folder) / name)
+        if not files:
+            raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {self.root}")
+        self.files: list[str] = files
+        self.captions = _read_metadata(self.root, metadata_files)
+        sidecars = {f: os.path.splitext(f)[0] + ".txt" for f in files if f not in self.captions}
+        self.sidecars = {f: t for f, t in sidecars.items() if t in texts}
+        uncaptioned = sum(f not in self.captions and f not in self.sidecars for f in files)
+        if uncaptioned:
+            logger.warning("%d of %d images under %s have no caption (metadata.jsonl or sidecar .txt); "
+                           "they get the empty caption", uncaptioned, len(files), self.root)
+        # Counts are of distinct files (a file met again next epoch is not counted again), so the bad
+        # fraction is the folder's, and a bad file is decoded and reported once.
+        self.tracker = BadInputTracker(config.max_bad_fraction, config.bad_check_after)
+        self._seen = np.zeros(len(files), dtype=bool)
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def caption(self, index: int) -> str:
+        name = self.files[index]
+        if name in self.captions:
+            return self.captions[name]
+        if name in self.sidecars:
+            try:
+                return (self.root / self.sidecars[name]).read_text(encoding="utf-8", errors="replace").strip()
+            except OSError as error:
+                logger.warning("cannot read caption %s (%s); using the empty caption", self.sidecars[name],
+                               error)
+        return ""
+
+    def _load(self, index: int) -> dict:
+        try:
+            data = (self.root / self.files[index]).read_bytes()
+        except OSError as error:
+            raise BadInput("unreadable", str(error)) from None
+        config = self.config
+        image = decode_image(data, config.image_size, config.random_crop, config.max_image_pixels)
+        return {"image": image, "caption": self.caption(index), "attributes": {}}
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self.files):
+            raise IndexError(f"index {index} out of range for {len(self.files)} images")
+        # A small folder is judged once this reader has tried its share of it (about an epoch).
+        info = get_worker_info()
+        share = math.ceil(len(self.files) / (info.num_workers if info is not None else 1))
+        self.tracker.min_attempts = min(self.config.bad_check_after, share)
+        for offset in range(len(self.files)):
+            current = (index + offset) % len(self.files)
+            if current in self._bad:
+                continue
+            first_time, self._seen[current] = not self._seen[current], True
+            try:
+                item = self._load(current)
+            except BadInput as error:
+                self._bad.add(current)
+                self.tracker.record_bad(str(self.root / self.files[current]), error.reason, error.detail)
+                continue
+            if first_time:
+                self.tracker.record_good()
+            return {**item, "index": current}
+        self.tracker.check(final=True)
+        raise TooManyBadFiles(f"no readable image under {self.root}: {self.tracker.summary()}")
+
+
+
+
+register_source(Source("folder", lambda config, shuffle: ImageFolderDataset(config)))

@@ -1,0 +1,1 @@
+"""Evaluation: tokenizer metrics (`tokenizer`), the attribute judge (`judge`), prompt adherence (`adherence`)."""
