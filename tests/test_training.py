@@ -18,6 +18,7 @@ from nextscale.sampling.pipeline import load_pipeline
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.data import DataConfig
 from nextscale.train.optim import parameter_groups, warmup_stable_decay
+from nextscale.train.state import CheckpointError
 from nextscale.train.tokenizer_loop import TokenizerTrainConfig, train_tokenizer
 from nextscale.train.var_loop import VarTrainConfig, drop_condition, per_scale_metrics, train_var
 from nextscale.transformer import TransformerConfig
@@ -69,11 +70,9 @@ def test_tokenizer_resume_reproduces_the_loss_curve(trained_tokenizer, tmp_path)
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(output / "checkpoints", resumed_dir / "checkpoints")
     result = train_tokenizer(tokenizer_run(resumed_dir, resume="latest"))
-    original = {step: loss for step, loss in metrics["loss_curve"]}
-    resumed = dict(result.metrics["loss_curve"])
-    assert min(resumed) == 25  # continued from the step-20 checkpoint
-    for step, loss in resumed.items():
-        assert loss == pytest.approx(original[step], rel=1e-4, abs=1e-6), (step, loss, original[step])
+    assert result.metrics["resumed_at"] == [20]  # continued from the step-20 checkpoint
+    # the curve of the resumed run holds the steps before the checkpoint too, and the rest is the same
+    assert result.metrics["loss_curve"] == metrics["loss_curve"]
 
 
 def test_init_from_an_exported_tokenizer(trained_tokenizer, tmp_path):
@@ -89,7 +88,7 @@ def test_init_from_an_exported_tokenizer(trained_tokenizer, tmp_path):
 
 
 def test_resume_names_a_bad_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
+    with pytest.raises(CheckpointError, match="not a checkpoint directory"):
         train_tokenizer(tokenizer_run(tmp_path / "run", resume=str(tmp_path)))
 
 
