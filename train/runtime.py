@@ -157,9 +157,15 @@ def endless_batches(accelerator: Accelerator, loader, micro_steps_done: int = 0)
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         produced = 0
-        for batch in accelerator.skip_first_batches(loader, skip) if skip else loader:
+        iterator = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
+        # Starting an epoch draws a worker seed from torch's global generator; a resumed run starts one
+        # mid-epoch, so the draw is kept off the global sequence (dropout, restarts) in every run.
+        with torch.random.fork_rng(devices=[]):
+            batch = next(iterator, None)
+        while batch is not None:
             produced += 1
             yield batch
+            batch = next(iterator, None)
         if not produced and not skip:
             describe = getattr(getattr(loader, "dataset", None), "describe_pass", None)
             detail = f": {describe()}" if describe is not None else ""

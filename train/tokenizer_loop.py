@@ -26,7 +26,7 @@ from nextscale.train.eval.tokenizer import evaluate_tokenizer, format_tokenizer_
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult
-from nextscale.train.state import TensorState, load_initial_weights
+from nextscale.train.state import GeneratorState, TensorState, load_initial_weights
 from nextscale.train.tokenizer_objective import (
     Adversary,
     TokenizerObjective,
@@ -96,7 +96,8 @@ def held_out_data(config: TokenizerTrainConfig) -> DataConfig:
 class TokenizerTraining:
     """Reconstruction + quantisation (+ alignment, perceptual, adversarial) of the multi-scale VQ tokenizer.
 
-    Run state beyond Accelerate's: the weight EMA and the codebook usage that drives dead-code restarts.
+    Run state beyond Accelerate's: the weight EMA, the codebook usage that drives dead-code restarts and
+    the generator that draws the restarted codes.
     """
 
     name = "tokenizer"
@@ -137,6 +138,8 @@ class TokenizerTraining:
             self.ema = WeightEMA(model, config.ema_decay)
             runtime.register("ema", self.ema)
         runtime.register("codebook_usage", TensorState(lambda: {"usage_ema": model.quantizer.usage_ema}))
+        self.restarts = torch.Generator(device=accelerator.device).manual_seed(config.seed)
+        runtime.register("dead_code_restarts", GeneratorState(self.restarts))
         sample_loader = make_dataloader(held_out_data(config), batch_size=8, shuffle=False, drop_last=False)
         self.sample_images = next(iter(sample_loader))["image"].to(accelerator.device)
 
@@ -165,7 +168,7 @@ class TokenizerTraining:
 
     def after_step(self, runtime: Runtime, step: int, skipped: bool) -> None:
         if not skipped:
-            restart_dead_codes(runtime.accelerator, self.model, self.latent)
+            restart_dead_codes(runtime.accelerator, self.model, self.latent, self.restarts)
             if self.ema is not None:
                 self.ema.update(self.model)
         config = self.config

@@ -167,12 +167,13 @@ def prepare_teacher_cache(
     return TeacherFeatureCache(directory, config.alignment.teacher, config.model.scale_sizes)
 
 
-def restart_dead_codes(accelerator: Accelerator, model: MultiScaleVQVAE, latent: torch.Tensor) -> None:
+def restart_dead_codes(accelerator: Accelerator, model: MultiScaleVQVAE, latent: torch.Tensor,
+                       generator: torch.Generator) -> None:
     """Restart dead codes on the main process and broadcast the codebook so processes stay identical."""
     if model.config.dead_code_threshold <= 0:
         return
     if accelerator.is_main_process:
-        model.quantizer.restart_dead_codes(latent)
+        model.quantizer.restart_dead_codes(latent, generator)
     if accelerator.num_processes > 1:
         weight = model.quantizer.embedding.weight
         weight.data.copy_(broadcast(weight.data.contiguous(), from_process=0))
