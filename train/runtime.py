@@ -160,8 +160,13 @@ def endless_batches(accelerator: Accelerator, loader, micro_steps_done: int = 0)
         iterator = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
         # Starting an epoch draws a worker seed from torch's global generator; a resumed run starts one
         # mid-epoch, so the draw is kept off the global sequence (dropout, restarts) in every run.
-        with torch.random.fork_rng(devices=[]):
-            batch = next(iterator, None)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                batch = next(iterator, None)
+        except ValueError as error:  # Accelerate's dispatcher of iterable data, on a pass without a batch
+            if "does not contain any data" not in str(error):
+                raise
+            batch = None
         while batch is not None:
             produced += 1
             yield batch
@@ -169,7 +174,7 @@ def endless_batches(accelerator: Accelerator, loader, micro_steps_done: int = 0)
         if not produced and not skip:
             describe = getattr(getattr(loader, "dataset", None), "describe_pass", None)
             detail = f": {describe()}" if describe is not None else ""
-            raise ValueError(f"the training data gave no batch of {loader.total_batch_size} in a whole pass"
+            raise ValueError(f"the training data gave no batch of {loader.batch_size} in a whole pass"
                              f"{detail}. Add data or lower --batch-size.")
         skip = 0
 
