@@ -6,14 +6,16 @@ nextscale-sample --prompt "a man with a beard" --prompt "a woman with glasses" -
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 from tyro.conf import UseAppendAction
 
+from nextscale.errors import run_cli
 from nextscale.images import save_grid
 from nextscale.sampling.outputs import image_stem, save_images, save_progression
 from nextscale.sampling.pipeline import Pipeline, load_pipeline
@@ -78,15 +80,58 @@ class SampleArgs:
         )
 
 
+MAX_SEED = 2**63 - 1
+
+
+def validate(args: SampleArgs) -> list[str]:
+    """Check every option before a model is loaded; return the prompts. ValueError/OSError name the option.
+
+    Numbers must be finite, seeds of every image within [0, 2^63 - 1], the prompts file a readable UTF-8
+    text file, --out a directory that can be written (created if missing).
+    """
+    for name, value in (("--cfg", args.cfg), ("--top-p", args.top_p), ("--temperature", args.temperature)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+    prompts = read_prompts(args)
+    count = len(prompts) * args.num_images
+    if not 0 <= args.seed <= MAX_SEED - (count - 1):
+        raise ValueError(f"--seed must be in [0, {MAX_SEED - (count - 1)}] (image i uses seed + i), got {args.seed}")
+    args.sampling_config()  # the sampler's own range checks
+    check_writable(args.out)
+    return prompts
+
+
+def check_writable(out: Path) -> None:
+    """--out must be a directory we can write into; it is created when missing."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory: pass a directory for the images")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {out} cannot be created ({error.strerror or error}): pass a writable directory") \
+            from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out} is not writable: pass a directory you can write into")
+
+
 def read_prompts(args: SampleArgs) -> list[str]:
-    """--prompt values then the lines of --prompts-file; SystemExit when there are none."""
+    """--prompt values then the lines of --prompts-file (UTF-8, a byte-order mark dropped); ValueError when
+    there are none or the file cannot be read."""
     prompts = list(args.prompt)
     if args.prompts_file is not None:
-        if not args.prompts_file.is_file():
-            raise SystemExit(f"error: --prompts-file {args.prompts_file} does not exist")
-        prompts += [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
+        path = args.prompts_file
+        if not path.is_file():
+            raise ValueError(f"--prompts-file {path} does not exist or is not a regular file")
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"--prompts-file {path} is not UTF-8 text (byte {error.start}): save it as UTF-8") \
+                from None
+        except OSError as error:
+            raise ValueError(f"--prompts-file {path} cannot be read ({error.strerror or error})") from None
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
-        raise SystemExit('error: no prompt given: pass --prompt "TEXT" (repeatable) or --prompts-file FILE')
+        raise ValueError('no prompt given: pass --prompt "TEXT" (repeatable) or --prompts-file FILE')
     return prompts
 
 
@@ -94,21 +139,21 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available; use --device cpu")
+        raise ValueError("--device cuda but no CUDA device is available; use --device cpu")
     return torch.device(device)
 
 
 def open_pipeline(args: SampleArgs) -> Pipeline:
-    """load_pipeline with its errors (missing checkpoint, parts that do not fit) turned into one-line exits."""
+    """load_pipeline with its errors (missing checkpoint, parts that do not fit) as one ValueError."""
     try:
         return load_pipeline(args.checkpoint, resolve_device(args.device), DTYPES[args.dtype])
     except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: cannot load the checkpoint: {error}") from error
+        raise ValueError(f"cannot load the checkpoint: {error}") from error
 
 
 def main(args: SampleArgs) -> list[Path]:
     """Generate `num_images` per prompt, write PNGs, grid.png and (optionally) progressions; return the paths."""
-    prompts = read_prompts(args)
+    prompts = validate(args)
     config = args.sampling_config()
     pipeline = open_pipeline(args)
     jobs = [prompt for prompt in prompts for _ in range(args.num_images)]
@@ -134,8 +179,9 @@ def main(args: SampleArgs) -> list[Path]:
 
 
 def cli() -> None:
-    """The `nextscale-sample` console script."""
-    main(tyro.cli(SampleArgs))
+    """The `nextscale-sample` console script: mistakes end with one `error: ...` line (exit 2; --debug shows
+    the traceback)."""
+    run_cli(SampleArgs, main)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nextscale.train.run_config import RunConfig
-from nextscale.train.state import Stateful, resume_checkpoint, save_checkpoint
+from nextscale.train.state import Stateful, check_resume_argument, resume_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +243,7 @@ class Runtime:
 
     def run(self) -> TrainResult:
         config, accelerator, training = self.config, self.accelerator, self.training
+        check_resume_argument(config.resume)
         set_seed(config.seed)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)

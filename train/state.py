@@ -206,6 +206,13 @@ def load_checkpoint(accelerator: Accelerator, path: Path, registered: dict[str, 
     return state
 
 
+def check_resume_argument(resume: str | None) -> None:
+    """Fail early (before any model loads) when --resume names neither latest nor a checkpoint directory."""
+    if resume and resume != "latest" and _read_step(Path(resume)) is None:
+        raise CheckpointError(f"--resume {resume}: not a checkpoint directory (no readable {STATE_FILE}); "
+                              "pass latest or an output_dir/checkpoints/step_N folder")
+
+
 def resume_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, resume: str | None,
                       registered: dict[str, Stateful], accept_lost_random_state: bool = False) -> dict:
     """Load the state named by `resume` ("latest" or a checkpoint directory); return its trainer state
@@ -227,11 +234,8 @@ def resume_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, r
             accelerator.print(f"--resume latest: no checkpoint under {output_dir}/checkpoints, starting fresh")
             return {"step": 0}
     else:
-        path = Path(resume)
-        if _read_step(path) is None:
-            raise CheckpointError(f"--resume {resume}: not a checkpoint directory (no readable {STATE_FILE}); "
-                                  "pass latest or an output_dir/checkpoints/step_N folder")
-        candidates = [path]
+        check_resume_argument(resume)
+        candidates = [Path(resume)]
     failures = []
     for path in candidates:
         try:
