@@ -9,15 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_TEXT_MAX_LENGTH, tiny_tokenizer_config
+from PIL import Image
 from safetensors.torch import load_file
 
+from nextscale.images import save_grid
+from nextscale.sampling import generate
 from nextscale.sampling.pipeline import load_pipeline
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.data import DataConfig
 from nextscale.train.optim import parameter_groups, warmup_stable_decay
+from nextscale.train.preview import PreviewConfig
 from nextscale.train.state import CheckpointError
 from nextscale.train.tokenizer_loop import TokenizerTrainConfig, train_tokenizer
 from nextscale.train.var_loop import VarTrainConfig, drop_condition, per_scale_metrics, train_var
@@ -147,6 +152,7 @@ def var_run(output_dir: Path, tokenizer: Path, text_encoder: Path, **overrides) 
         checkpoint_every=1000,
         eval_images=32,
         tracker="none",
+        preview=PreviewConfig(every=0),
     )
     settings.update(overrides)
     return VarTrainConfig(**settings)
@@ -154,13 +160,26 @@ def var_run(output_dir: Path, tokenizer: Path, text_encoder: Path, **overrides) 
 
 def test_var_training_loss_falls_and_exports_a_pipeline(trained_tokenizer, tiny_bert_dir, tmp_path):
     output, _ = trained_tokenizer
-    config = var_run(tmp_path / "var", output / "model", tiny_bert_dir)
+    config = var_run(tmp_path / "var", output / "model", tiny_bert_dir,
+                     preview=PreviewConfig(every=30, prompts=("a man with a beard", "a woman"), images_per_prompt=2))
     result = train_var(config)
     curve = [loss for _, loss in result.metrics["loss_curve"]]
     assert curve[-1] < curve[0] - 0.3, curve
     assert {"accuracy_scale0", "accuracy_scale2", "held_out_loss"} <= set(result.metrics)
+    assert result.metrics["held_out_source"].startswith("the synthetic source's held-out split (seed ")
     pipeline = load_pipeline(tmp_path / "var" / "pipeline")
     assert pipeline.transformer.config.vocab_size == 64 and pipeline.text_encoder.width == 32
+    # previews every 30 steps and at the end; the last one is what sampling the exported pipeline gives
+    previews = sorted(path.name for path in (tmp_path / "var" / "previews").iterdir())
+    assert previews == ["step_000030.png", "step_000060.png"]
+    preview = config.preview
+    prompts = [prompt for prompt in preview.prompts for _ in range(preview.images_per_prompt)]
+    seeds = [index for _ in preview.prompts for index in range(preview.images_per_prompt)]
+    sampled = generate(pipeline, prompts, seeds, preview.sampling).images
+    expected = tmp_path / "expected.png"
+    save_grid(sampled, expected, columns=preview.images_per_prompt)
+    assert np.array_equal(np.asarray(Image.open(expected)),
+                          np.asarray(Image.open(tmp_path / "var" / "previews" / "step_000060.png")))
     # a second run reuses the cache (same fingerprint) instead of re-encoding
     cache = tmp_path / "var" / "cache" / "codes.safetensors"
     stamp = cache.stat().st_mtime_ns
