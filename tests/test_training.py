@@ -1,12 +1,11 @@
-"""Training loops end to end on tiny models: losses fall, exports load, resume continues exactly, DDP."""
+"""Training loops end to end on tiny models: losses fall, exports load, resume continues exactly, previews.
+
+Two synchronised processes and kill -9 resumes: tests/test_resume.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ import pytest
 import torch
 from conftest import TINY_TEXT_MAX_LENGTH, tiny_tokenizer_config
 from PIL import Image
-from safetensors.torch import load_file
 
 from nextscale.images import save_grid
 from nextscale.sampling import generate
@@ -193,61 +191,6 @@ def test_var_training_loss_falls_and_exports_a_pipeline(trained_tokenizer, tiny_
     with pytest.raises(ValueError, match="depth: 2 there, 3 here"):
         train_var(var_run(tmp_path / "bad", output / "model", tiny_bert_dir, init_from=exported,
                           model=TransformerConfig.preset("tiny", depth=3), cache_dir=cache_dir))
-
-
-DISTRIBUTED_SCRIPT = """
-import hashlib, json, sys
-from pathlib import Path
-from accelerate import PartialState
-from tests.test_training import tokenizer_run, var_run
-from nextscale.tokenizer.losses.discriminator import AdversarialConfig
-from nextscale.train.tokenizer_loop import train_tokenizer
-from nextscale.train.var_loop import train_var
-
-def digest(module):
-    hasher = hashlib.sha256()
-    for value in module.state_dict().values():
-        hasher.update(value.detach().float().numpy().tobytes())
-    return hasher.hexdigest()
-
-out, text_encoder = Path(sys.argv[1]), sys.argv[2]
-adversarial = AdversarialConfig(weight=0.01, start_step=2, channels=8, num_layers=2)
-tokenizer = train_tokenizer(tokenizer_run(out, steps=6, checkpoint_every=1000, sample_every=1000, eval_images=8,
-                                          adversarial=adversarial))
-transformer = train_var(var_run(out / "var", out / "model", text_encoder, steps=6, cache_images=64, eval_images=8,
-                                log_every=5))
-state = PartialState()
-(out / f"rank{state.process_index}.json").write_text(json.dumps(
-    {"tokenizer": digest(tokenizer.model), "discriminator": digest(tokenizer.extra["discriminator"]),
-     "transformer": digest(transformer.model), "world": state.num_processes,
-     "learning_rates": [tokenizer.metrics.get("learning_rate_curve"), transformer.metrics.get("learning_rate_curve")]}))
-"""
-
-
-def test_two_cpu_processes_stay_synchronised(tmp_path, tiny_bert_dir):
-    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2` trains two synchronised ranks,
-    for the tokenizer (with its discriminator) and then the transformer."""
-    script = tmp_path / "run.py"
-    script.write_text(DISTRIBUTED_SCRIPT)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(script), str(tmp_path / "out"), str(tiny_bert_dir)]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / "out" / f"rank{i}.json").read_text()) for i in range(2)]
-    assert [r["world"] for r in ranks] == [2, 2]
-    assert ranks[0]["tokenizer"] == ranks[1]["tokenizer"]
-    assert ranks[0]["discriminator"] == ranks[1]["discriminator"]
-    # schedules advance once per optimiser step, not once per process: full learning rate after warmup
-    tokenizer_lr, transformer_lr = ranks[0]["learning_rates"]
-    # (Accelerate's default would step them twice per step here: 10 steps of a 6-step schedule, rate 0)
-    assert tokenizer_lr[0] == [5, pytest.approx(2e-3 * warmup_stable_decay(5, 6, 5, 0.2))]
-    assert transformer_lr[0] == [5, pytest.approx(3e-3 * warmup_stable_decay(5, 6, 5, 0.25))]
-    assert tokenizer_lr[0][1] > 0 and transformer_lr[0][1] > 0
-    assert ranks[0]["transformer"] == ranks[1]["transformer"]
-    assert load_file(str(tmp_path / "out" / "model" / "model.safetensors"))  # exported by the main process
-    assert (tmp_path / "out" / "var" / "pipeline" / "pipeline.json").is_file()
 
 
 def test_tokenizer_alignment_with_a_precomputed_teacher_cache(tmp_path):
