@@ -427,3 +427,28 @@ def test_webdataset_missing_package_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "webdataset", None)  # makes `import webdataset` fail
     with pytest.raises(ImportError, match=r"pip install 'nextscale\[data\]'"):
         build_dataset(DataConfig(source="webdataset", path=str(tmp_path / "{0..1}.tar")))
+
+
+def test_the_transformer_holds_out_data_it_never_trains_on_for_every_source(tmp_path):
+    from nextscale.train.var_data import evaluation_split
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for index in range(20):
+        (folder / f"{index:02d}.png").write_bytes(encoded(noise_image(seed=index), "PNG"))
+    split = evaluation_split(folder_config(folder), None, eval_images=5)
+    assert list(split.train.indices) == list(range(18)) and list(split.evaluation.indices) == [18, 19]
+    assert split.description == f"the last 2 of 20 items of {folder}, never trained on"
+    given = evaluation_split(folder_config(folder), DataConfig(image_size=16), eval_images=5)
+    assert len(given.train) == 20 and given.description.startswith("--eval-data (synthetic")
+    synthetic = evaluation_split(DataConfig(image_size=16, synthetic_length=8), None, eval_images=5)
+    assert synthetic.evaluation.config.seed != synthetic.train.config.seed
+    if pytest.importorskip("webdataset"):
+        (tmp_path / "shards").mkdir()
+        pattern = write_shards(tmp_path / "shards")
+        shards = evaluation_split(DataConfig(source="webdataset", path=pattern, image_size=16), None, 5)
+        assert [Path(url).name for url in shards.train.urls] == ["shard-00000.tar"]
+        assert [Path(url).name for url in shards.evaluation.urls] == ["shard-00001.tar"]
+        single = str(tmp_path / "shards" / "shard-00000.tar")
+        alone = evaluation_split(DataConfig(source="webdataset", path=single, image_size=16), None, 5)
+        assert alone.evaluation is None and "pass --eval-data" in alone.description
