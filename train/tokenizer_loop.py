@@ -221,6 +221,12 @@ def evaluate_held_out(model: MultiScaleVQVAE, config: TokenizerTrainConfig) -> d
     metrics = evaluate_tokenizer(model, batches)
     metrics["eval_data"] = dataclasses.asdict(data)
     metrics["held_out"] = data != config.data
+    if config.eval_data is not None:
+        metrics["held_out_source"] = f"--eval-data ({data.source} {data.path or ''})".replace(" )", ")")
+    elif metrics["held_out"]:
+        metrics["held_out_source"] = f"the {data.source} source's held-out split (seed {data.seed})"
+    else:
+        metrics["held_out_source"] = "none: the training data itself (pass --eval-data for a true hold-out)"
     return metrics
 
 
