@@ -74,7 +74,7 @@ def test_kill_9_anywhere_then_resume_latest_is_bit_exact(processes, tmp_path, ti
         assert left_behind(run), f"{kill_at}: unexpected state {sorted(p.name for p in run.rglob('*step_*'))}"
     done = launch(run, tiny_bert_dir, processes, None)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "removed" in done.stdout or processes > 1 or True
+    assert not list(run.rglob(".step_*.tmp"))  # what the killed checkpoint writes left was cleaned up
     expected, resumed = final_state(tmp_path / "reference"), final_state(run)
     assert resumed["tokenizer"] == expected["tokenizer"]  # the exported EMA weights, bit for bit
     assert resumed["transformer"] == expected["transformer"]
