@@ -216,3 +216,19 @@ def test_alignment_teacher_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="--alignment.teacher none"):
         FrozenVisionTeacher(tmp_path / "nope")
+
+
+def test_var_architecture_options_build_and_round_trip():
+    """VAR's autoencoder pieces (level attention, two mid blocks, quant convs, asymmetric padding) all run."""
+    model = tiny_tokenizer(mid_attention=True, mid_res_blocks=2, level_attention=True, quant_convs=True,
+                           downsample_padding="asymmetric", encoder_res_blocks=2, lookup="l2").eval()
+    names = set(model.state_dict())
+    assert {"encoder.quant_conv.weight", "decoder.post_quant_conv.weight", "encoder.mid.2.conv1.weight"} <= names
+    assert "encoder.body.1.qkv.weight" not in names and "encoder.body.7.qkv.weight" in names  # lowest level only
+    assert "encoder.body.2.conv.weight" in names  # the padded stride-2 conv
+    x = images()
+    codes = model.encode(x)
+    assert [c.shape for c in codes] == [(4, 1, 1), (4, 2, 2), (4, 4, 4)]
+    assert model.decode(codes).shape == x.shape
+    default = tiny_tokenizer()
+    assert not any("quant_conv" in name for name in default.state_dict())
