@@ -11,10 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
+from nextscale.sampling import SamplingConfig, generate
+from nextscale.sampling.cli import SampleArgs
+from nextscale.sampling.cli import main as sample_main
 from nextscale.sampling.convert_var import ConvertArgs, convert_var, main, read_state_dict
 from nextscale.sampling.pipeline import load_pipeline
 from nextscale.state_mapping import ConversionError
@@ -152,3 +157,29 @@ def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
     assert "encoder.conv_in.weight" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_greedy_guided_sampling_writes_the_reference_images(converted_pipeline, reference, tmp_path: Path) -> None:
+    """`sample.py --class-label 207 --class-label 980 --cfg 4 --top-k 1` on the converted fixture: VAR's codes at
+    every scale and its images up to PNG rounding."""
+    pipeline = load_pipeline(converted_pipeline)
+    result = generate(pipeline, [207, 980], 0, SamplingConfig(cfg_scale=4.0, top_k=1))
+    for scale, code in enumerate(result.codes):
+        assert torch.equal(code, reference[f"sample.codes.{scale}"]), f"scale {scale}"
+    torch.testing.assert_close(result.images * 0.5 + 0.5, reference["sample.images"], atol=1e-3, rtol=0)
+
+    paths = sample_main(SampleArgs(class_label=(207, 980), cfg=4.0, top_k=1, checkpoint=str(converted_pipeline),
+                                   out=tmp_path, progress=False))
+    assert [path.name for path in paths[:2]] == ["0000-class-207.png", "0001-class-980.png"]
+    written = torch.stack([torch.from_numpy(np.array(Image.open(path))) for path in paths[:2]])  # (2, H, W, 3)
+    expected = (reference["sample.images"].permute(0, 2, 3, 1) * 255).round()
+    assert (written.float() - expected).abs().max() <= 1  # PNG rounding
+
+
+def test_sample_cli_says_which_condition_the_checkpoint_takes(converted_pipeline, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"class-conditional: pass --class-label N \(0\.\.999\)"):
+        sample_main(SampleArgs(prompt=("a cat",), checkpoint=str(converted_pipeline), out=tmp_path))
+    with pytest.raises(SystemExit, match=r"must be in \[0, 1000\), got \[1000\]"):
+        sample_main(SampleArgs(class_label=(1000,), checkpoint=str(converted_pipeline), out=tmp_path))
+    with pytest.raises(SystemExit, match="either --class-label .* or --prompt"):
+        sample_main(SampleArgs(class_label=(1,), prompt=("a cat",), checkpoint=str(converted_pipeline), out=tmp_path))
