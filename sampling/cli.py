@@ -62,6 +62,9 @@ class SampleArgs:
     """Weights and activations dtype (the sampling arithmetic stays float32)."""
     batch_size: int = 8
     """Images per forward batch (each batch runs 2x rows while guidance is on)."""
+    grid: bool = True
+    """Also write grid.png of every image; --no-grid for large runs (e.g. 50,000 FID samples), which then keep
+    no image in memory."""
     save_progression: bool = False
     """Also save each image's coarse-to-fine progression as a strip PNG and an animated GIF."""
     progress: bool = True
@@ -142,10 +145,13 @@ def main(args: SampleArgs) -> list[Path]:
         if result.progression is not None:
             for row, stem in enumerate(stems):
                 written += save_progression([frame[row] for frame in result.progression], stem, args.out)
-        images.append(result.images)
-    columns = args.num_images if args.num_images > 1 else None  # one row per prompt, else square
-    written.append(save_grid(torch.cat(images), args.out / "grid.png", columns=columns))
-    print(f"wrote {len(jobs)} images for {len(prompts)} prompts to {args.out}/ (grid: {args.out / 'grid.png'})")
+        if args.grid:
+            images.append(result.images)
+    if args.grid:
+        columns = args.num_images if args.num_images > 1 else None  # one row per prompt, else square
+        written.append(save_grid(torch.cat(images), args.out / "grid.png", columns=columns))
+    grid_note = f" (grid: {args.out / 'grid.png'})" if args.grid else ""
+    print(f"wrote {len(jobs)} images for {len(prompts)} prompts to {args.out}/{grid_note}")
     for path in written:
         print(f"  {path}")
     return written

@@ -181,5 +181,8 @@ def test_sample_cli_says_which_condition_the_checkpoint_takes(converted_pipeline
         sample_main(SampleArgs(prompt=("a cat",), checkpoint=str(converted_pipeline), out=tmp_path))
     with pytest.raises(SystemExit, match=r"must be in \[0, 1000\), got \[1000\]"):
         sample_main(SampleArgs(class_label=(1000,), checkpoint=str(converted_pipeline), out=tmp_path))
+    paths = sample_main(SampleArgs(class_label=(3,), num_images=2, top_k=1, grid=False,
+                                   checkpoint=str(converted_pipeline), out=tmp_path / "fid", progress=False))
+    assert sorted(path.name for path in paths) == ["0000-class-3.png", "0001-class-3.png"]  # no grid.png
     with pytest.raises(SystemExit, match="either --class-label .* or --prompt"):
         sample_main(SampleArgs(class_label=(1,), prompt=("a cat",), checkpoint=str(converted_pipeline), out=tmp_path))
