@@ -147,7 +147,7 @@ class InferenceState:
 
 
 class NextScaleTransformer(nn.Module, PretrainedMixin):
-    """Predicts the codes of every scale from coarser scales and the text (VAR with text conditioning)."""
+    """Predicts the codes of every scale from coarser scales and the condition: text, or a class label (VAR)."""
 
     config_class = TransformerConfig
 
