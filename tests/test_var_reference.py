@@ -87,6 +87,18 @@ def test_unmapped_or_misshaped_keys_are_refused() -> None:
         convert_var(vae, wrong)
 
 
+@needs_fixture
+def test_buffers_are_checked_against_ours() -> None:
+    vae, var = load_file(str(FIXTURE / "vqvae.safetensors")), load_file(str(FIXTURE / "var.safetensors"))
+    with pytest.raises(ConversionError, match="zero_k_bias is not zero"):
+        convert_var(vae, {**var, "blocks.1.attn.zero_k_bias": torch.ones(64)})
+    causal = var["attn_bias_for_masking"]
+    with pytest.raises(ConversionError, match="not the block-causal mask"):
+        convert_var(vae, {**var, "attn_bias_for_masking": torch.zeros_like(causal)})  # sees every token
+    without_buffers = {key: value for key, value in var.items() if key not in ("lvl_1L", "attn_bias_for_masking")}
+    assert convert_var(vae, without_buffers).transformer_config.depth == 2  # recomputed, so optional
+
+
 @pytest.fixture(scope="module")
 def reference() -> dict[str, torch.Tensor]:
     if not (FIXTURE / "expected.safetensors").is_file():

@@ -20,7 +20,7 @@ VAR splits a block's modulation into (gamma1, gamma2, scale1, scale2, shift1, sh
 (shift, scale, gate) for attention then for the MLP; the head's is (scale, shift) against our
 (shift, scale). Reordering the rows of those linear layers is exact, so no option is needed for it.
 The buffers `lvl_1L` and `attn_bias_for_masking` are recomputed from the scale sizes (and checked
-against ours when the tensors hold values), `zero_k_bias` is checked to be zero.
+against ours when present and holding values), `zero_k_bias` is checked to be zero.
 """
 
 from __future__ import annotations
@@ -99,9 +99,10 @@ def convert_var_transformer(state: ForeignState, config: TransformerConfig) -> d
         out[f"{ours}.self_attention.qkv.weight"] = state.take(f"{theirs}.attn.mat_qkv.weight")
         out[f"{ours}.self_attention.query_bias"] = state.take(f"{theirs}.attn.q_bias")
         out[f"{ours}.self_attention.value_bias"] = state.take(f"{theirs}.attn.v_bias")
-        zero_key_bias = state.take(f"{theirs}.attn.zero_k_bias")
-        if _holds_values(zero_key_bias) and bool(zero_key_bias.any()):
-            raise ConversionError(f"{state.source}: {theirs}.attn.zero_k_bias is not zero; VAR keeps it at zero")
+        if state.has(f"{theirs}.attn.zero_k_bias"):  # a buffer: optional, but it must be zero when present
+            zero_key_bias = state.take(f"{theirs}.attn.zero_k_bias")
+            if _holds_values(zero_key_bias) and bool(zero_key_bias.any()):
+                raise ConversionError(f"{state.source}: {theirs}.attn.zero_k_bias is not zero; VAR keeps it at zero")
         out[f"{ours}.self_attention.qk_norm.log_scale"] = state.take(f"{theirs}.attn.scale_mul_1H11")
         for name in ("weight", "bias"):
             out[f"{ours}.self_attention.output.{name}"] = state.take(f"{theirs}.attn.proj.{name}")
@@ -114,11 +115,14 @@ def convert_var_transformer(state: ForeignState, config: TransformerConfig) -> d
         out[f"head_modulation.1.{name}"] = reorder_chunks(head_modulation, HEAD_MODULATION_ORDER)
         out[f"head.{name}"] = state.take(f"head.{name}")
 
-    levels = state.take("lvl_1L")  # (1, L) scale of every token
-    if _holds_values(levels) and not torch.equal(levels.flatten().long(), scale_index(config.scale_sizes)):
-        raise ConversionError(f"{state.source}: lvl_1L does not match scale sizes {config.scale_sizes}")
-    bias = state.take("attn_bias_for_masking")  # (1, 1, L, L): 0 where visible, -inf elsewhere
-    if _holds_values(bias) and not torch.equal(bias[0, 0] == 0, block_causal_mask(config.scale_sizes)):
-        raise ConversionError(f"{state.source}: attn_bias_for_masking is not the block-causal mask of the scales")
+    # Buffers we recompute from the scale sizes: optional, but checked against ours when present.
+    if state.has("lvl_1L"):
+        levels = state.take("lvl_1L")  # (1, L) scale of every token
+        if _holds_values(levels) and not torch.equal(levels.flatten().long(), scale_index(config.scale_sizes)):
+            raise ConversionError(f"{state.source}: lvl_1L does not match scale sizes {config.scale_sizes}")
+    if state.has("attn_bias_for_masking"):
+        bias = state.take("attn_bias_for_masking")  # (1, 1, L, L): 0 where visible, -inf elsewhere
+        if _holds_values(bias) and not torch.equal(bias[0, 0] == 0, block_causal_mask(config.scale_sizes)):
+            raise ConversionError(f"{state.source}: attn_bias_for_masking is not the block-causal mask of the scales")
     state.finish()
     return out
