@@ -344,7 +344,8 @@ def test_abort_propagates_from_worker_processes(tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError, match="needs a path"):
         DataConfig(source="folder")
-    with pytest.raises(ValueError, match="unknown data source .folders.; choose one of folder, synthetic, webdataset"):
+    known = "class-folder, folder, synthetic, webdataset"
+    with pytest.raises(ValueError, match=f"unknown data source .folders.; choose one of {known}"):
         DataConfig(source="folders", path="x")
 
 
@@ -437,8 +438,9 @@ def test_the_transformer_holds_out_data_it_never_trains_on_for_every_source(tmp_
     for index in range(20):
         (folder / f"{index:02d}.png").write_bytes(encoded(noise_image(seed=index), "PNG"))
     split = evaluation_split(folder_config(folder), None, eval_images=5)
-    assert list(split.train.indices) == list(range(18)) and list(split.evaluation.indices) == [18, 19]
-    assert split.description == f"the last 2 of 20 items of {folder}, never trained on"
+    assert list(split.evaluation.indices) == [9, 19]
+    assert list(split.train.indices) == [i for i in range(20) if i not in (9, 19)]
+    assert split.description == f"every 10th of 20 items of {folder} (2), never trained on"
     given = evaluation_split(folder_config(folder), DataConfig(image_size=16), eval_images=5)
     assert len(given.train) == 20 and given.description.startswith("--eval-data (synthetic")
     synthetic = evaluation_split(DataConfig(image_size=16, synthetic_length=8), None, eval_images=5)

@@ -48,13 +48,16 @@ class PreviewConfig:
 
 @torch.no_grad()
 def write_preview(config: PreviewConfig, tokenizer: MultiScaleVQVAE, transformer: NextScaleTransformer,
-                  text_encoder: TextEncoder, path: Path) -> Path:
-    """Sample the preview grid (rows: prompts, columns: seeds) and save it; the models' modes are restored."""
+                  text_encoder: TextEncoder | None, path: Path) -> Path:
+    """Sample the preview grid (rows: prompts, or the first classes of a class-conditional model without a
+    text encoder; columns: seeds) and save it; the models' modes are restored."""
     was_training = transformer.training
     transformer.eval()
     try:
-        prompts = [prompt for prompt in config.prompts for _ in range(config.images_per_prompt)]
-        seeds = [index for _ in config.prompts for index in range(config.images_per_prompt)]
+        rows: list = list(config.prompts) if text_encoder is not None else list(
+            range(min(len(config.prompts), transformer.config.num_classes)))
+        prompts = [prompt for prompt in rows for _ in range(config.images_per_prompt)]
+        seeds = [index for _ in rows for index in range(config.images_per_prompt)]
         result = generate(Pipeline(tokenizer.eval(), transformer, text_encoder), prompts, seeds, config.sampling)
     finally:
         transformer.train(was_training)

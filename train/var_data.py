@@ -50,8 +50,8 @@ class EvaluationSplit:
 
 def evaluation_split(data: DataConfig, eval_data: DataConfig | None, eval_images: int) -> EvaluationSplit:
     """Split off held-out data: `eval_data` when given, else the source's own held-out split (synthetic:
-    another seed), else the last items of a map-style source (an image folder: its last `eval_images`
-    files, at most a tenth of it), else the last shard of a WebDataset with several shards."""
+    another seed), else every k-th item of a map-style source (an image or class folder: `eval_images` of
+    them, at most a tenth), else the last shard of a WebDataset with several shards."""
     if eval_data is not None:
         return EvaluationSplit(build_dataset(data, shuffle=True), build_dataset(eval_data),
                                f"--eval-data ({eval_data.source} {eval_data.path or ''})".replace(" )", ")"))
@@ -71,8 +71,11 @@ def evaluation_split(data: DataConfig, eval_data: DataConfig | None, eval_images
     count = min(eval_images, total // 10)
     if count < 1:
         return EvaluationSplit(dataset, None, f"none: {total} items, too few to hold out (pass --eval-data)")
-    return EvaluationSplit(Subset(dataset, range(total - count)), Subset(dataset, range(total - count, total)),
-                           f"the last {count} of {total} items of {data.path}, never trained on")
+    stride = total // count  # every stride-th item: spread over the folder (and over the classes of a class-folder)
+    evaluation = list(range(stride - 1, total, stride))[:count]
+    held = set(evaluation)
+    return EvaluationSplit(Subset(dataset, [i for i in range(total) if i not in held]), Subset(dataset, evaluation),
+                           f"every {stride}th of {total} items of {data.path} ({count}), never trained on")
 
 
 def cache_fingerprint(tokenizer_path: str, data: DataConfig, text_encoder: str, max_length: int, count: int,
@@ -163,6 +166,13 @@ class CachedCodesDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {"codes": self.codes[index].long(), **{k: v[index] for k, v in self.text.items()}}
+
+
+def on_the_fly_class_batches(loader, tokenizer: MultiScaleVQVAE) -> Iterator[dict[str, torch.Tensor]]:
+    """Encode image batches as they come, with their class labels (the `class-folder` source)."""
+    for batch in loader:
+        codes = flatten_codes(tokenizer.encode(batch["image"].to(next(tokenizer.parameters()).device)))
+        yield {"codes": codes, "labels": batch["label"]}
 
 
 def on_the_fly_batches(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -18,10 +18,17 @@ from nextscale.train.preview import PreviewConfig, write_preview
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult
 from nextscale.train.state import GeneratorState, load_initial_weights
-from nextscale.train.var_data import CachedCodesDataset, build_cache, evaluation_split, on_the_fly_batches
+from nextscale.train.var_data import (
+    CachedCodesDataset,
+    build_cache,
+    evaluation_split,
+    on_the_fly_batches,
+    on_the_fly_class_batches,
+)
 from nextscale.train.var_objective import (
     VarObjective,
     drop_condition,
+    drop_labels,
     evaluate_held_out,
     format_var_metrics,
     matched_model_config,
@@ -66,6 +73,10 @@ class VarTrainConfig(RunConfig):
     """Held-out images for the final per-scale loss and accuracy."""
     tokenizer: str = "runs/tokenizer/model"
     """Trained tokenizer: a directory written by train_tokenizer.py, or a hub id."""
+    condition: Literal["text", "class"] = "text"
+    """text: captions through the text encoder; class: the label of each image's class sub-folder
+    (`--data.source class-folder`, the ImageNet layout), a class-conditional model (null class for
+    guidance, no cross-attention, codes encoded on the fly)."""
     text_encoder: str = OFFLINE_TEXT_ENCODER
     """Text encoder: hub id or directory (e.g. openai/clip-vit-large-patch14), or the packaged offline MiniLM."""
     text_max_length: int | None = None
@@ -99,10 +110,13 @@ class VarTrainConfig(RunConfig):
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.cache_images < 1:
             raise ValueError(f"--cache-images must be >= 1, got {self.cache_images}")
+        if self.condition == "class" and self.data.source != "class-folder":
+            raise ValueError("--condition class needs class labels: use --data.source class-folder --data.path DIR "
+                             "(one sub-folder per class)")
 
 
 class VarTraining:
-    """Teacher-forced next-scale prediction with condition dropout.
+    """Teacher-forced next-scale prediction with condition dropout (captions or class labels).
 
     Run state beyond Accelerate's: the generator of the condition dropout (one per process).
     """
@@ -116,20 +130,27 @@ class VarTraining:
         config, accelerator = self.config, runtime.accelerator
         device = accelerator.device
         self.tokenizer = tokenizer = MultiScaleVQVAE.from_pretrained(config.tokenizer, map_location=device)
-        self.text_encoder = TextEncoder.from_pretrained(config.text_encoder, max_length=config.text_max_length,
-                                                        device=device)
-        self.null_text = self.text_encoder.encode([""]).as_dict()
-        self.model_config = matched_model_config(config, tokenizer, self.text_encoder.width)
+        self.split = evaluation_split(config.data, config.eval_data, config.eval_images)
+        self.text_encoder: TextEncoder | None = None
+        self.null_text: dict[str, torch.Tensor] = {}
+        if config.condition == "class":
+            source = getattr(self.split.train, "dataset", self.split.train)
+            self.model_config = matched_model_config(config, tokenizer, None, source.num_classes)
+        else:
+            self.text_encoder = TextEncoder.from_pretrained(config.text_encoder, max_length=config.text_max_length,
+                                                            device=device)
+            self.null_text = self.text_encoder.encode([""]).as_dict()
+            self.model_config = matched_model_config(config, tokenizer, self.text_encoder.width)
         self.model = NextScaleTransformer(self.model_config)
         if config.init_from:
             load_initial_weights(self.model, config.init_from)
         accelerator.print(f"transformer: {self.model.num_parameters() / 1e6:.1f}M parameters, "
                           f"{self.model_config.num_tokens} tokens per image")
-        self.split = evaluation_split(config.data, config.eval_data, config.eval_images)
         runtime.source = self.split.train
         if self.split.evaluation is None:
             logger.warning("no held-out data (%s): the run reports no held-out metrics", self.split.description)
-        if config.cache:
+        self.cached = config.cache and self.text_encoder is not None  # class models encode on the fly
+        if self.cached:
             cache_dir = Path(config.cache_dir or runtime.output_dir / "cache")
             with accelerator.main_process_first():
                 build_cache(cache_dir, tokenizer, config.tokenizer, self.text_encoder, config.data, self.split.train,
@@ -150,12 +171,18 @@ class VarTraining:
         runtime.register("condition_dropout", GeneratorState(self.generator))
 
     def micro_step(self, runtime: Runtime, batch: Any, step: int) -> dict[str, torch.Tensor]:
-        device = runtime.device
-        if not self.config.cache:
-            batch = next(iter(on_the_fly_batches([batch], self.tokenizer, self.text_encoder)))
+        device, config = runtime.device, self.config
+        if self.text_encoder is None:
+            batch = next(on_the_fly_class_batches([batch], self.tokenizer))
+            labels = drop_labels(batch["labels"].to(device), self.model_config.null_class, config.cond_drop,
+                                 self.generator)
+            condition = {"labels": labels}
+        else:
+            if not self.cached:
+                batch = next(on_the_fly_batches([batch], self.tokenizer, self.text_encoder))
+            condition, _ = drop_condition(text_to(batch, device), self.null_text, config.cond_drop, self.generator)
         codes = batch["codes"].to(device).long()
-        text, _ = drop_condition(text_to(batch, device), self.null_text, self.config.cond_drop, self.generator)
-        loss, logits = self.objective(codes, text)
+        loss, logits = self.objective(codes, condition)
         runtime.accelerator.backward(loss)
         self.last = (logits.detach(), codes)
         return {"loss": loss.detach()}
@@ -175,8 +202,11 @@ class VarTraining:
         config, output_dir = self.config, runtime.output_dir
         self.model.eval()
         self.model.save_pretrained(output_dir / "model")
-        write_pipeline(output_dir / "pipeline", self.tokenizer, self.model, config.text_encoder,
-                       self.text_encoder.max_length)
+        if self.text_encoder is None:
+            write_pipeline(output_dir / "pipeline", self.tokenizer, self.model, None, None)
+        else:
+            write_pipeline(output_dir / "pipeline", self.tokenizer, self.model, config.text_encoder,
+                           self.text_encoder.max_length)
         metrics: dict = {"held_out_source": self.split.description, "parameters": self.model.num_parameters()}
         if self.split.evaluation is not None:
             metrics.update(evaluate_held_out(self.model, self.tokenizer, self.text_encoder, self.split.evaluation,

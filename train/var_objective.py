@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from nextscale.scales import scale_offsets, unflatten_codes
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.data import loader_over
-from nextscale.train.var_data import on_the_fly_batches
+from nextscale.train.var_data import on_the_fly_batches, on_the_fly_class_batches
 from nextscale.transformer import NextScaleTransformer, TransformerConfig
 from nextscale.transformer.text import TextEncoder
 
@@ -38,6 +38,12 @@ def drop_condition(
     return out, dropped
 
 
+def drop_labels(labels: torch.Tensor, null_class: int, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace each label (b,) by the null class with `probability` (classifier-free guidance training)."""
+    dropped = torch.rand(labels.shape[0], generator=generator, device=generator.device) < probability
+    return torch.where(dropped.to(labels.device), torch.full_like(labels, null_class), labels)
+
+
 def per_scale_metrics(logits: torch.Tensor, targets: torch.Tensor, scale_sizes: tuple[int, ...]) -> dict[str, float]:
     """Cross-entropy and accuracy of each scale: logits (b, L, V), targets (b, L)."""
     offsets = scale_offsets(scale_sizes)
@@ -52,7 +58,8 @@ def per_scale_metrics(logits: torch.Tensor, targets: torch.Tensor, scale_sizes: 
 
 
 class VarObjective(torch.nn.Module):
-    """Transformer + frozen tokenizer: codes and text in, cross-entropy over all scales out."""
+    """Transformer + frozen tokenizer: codes and the condition (text states or labels) in, cross-entropy over
+    all scales out."""
 
     def __init__(self, model: NextScaleTransformer, tokenizer: MultiScaleVQVAE, label_smoothing: float) -> None:
         super().__init__()
@@ -60,23 +67,27 @@ class VarObjective(torch.nn.Module):
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         self.label_smoothing = label_smoothing
 
-    def forward(self, codes: torch.Tensor, text: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """codes (b, L) long -> (loss, logits (b, L, V))."""
+    def forward(self, codes: torch.Tensor, condition: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """codes (b, L) long and the condition ({text_tokens, text_mask, text_pooled} or {labels}) -> (loss,
+        logits (b, L, V))."""
         with torch.no_grad(), torch.autocast(device_type=codes.device.type, enabled=False):
             inputs = self.tokenizer.teacher_inputs(unflatten_codes(codes, self.tokenizer.scale_sizes))
-        logits = self.model(inputs, text["text_tokens"], text["text_mask"], text["text_pooled"])
+        logits = self.model(inputs, **condition)
         loss = F.cross_entropy(logits.transpose(1, 2), codes, label_smoothing=self.label_smoothing)
         return loss, logits
 
 
-def matched_model_config(config: VarTrainConfig, tokenizer: MultiScaleVQVAE, text_width: int) -> TransformerConfig:
-    return dataclasses.replace(
-        config.model,
-        scale_sizes=tokenizer.config.scale_sizes,
-        vocab_size=tokenizer.config.vocab_size,
-        latent_dim=tokenizer.config.latent_dim,
-        text_width=text_width,
-    )
+def matched_model_config(
+    config: VarTrainConfig, tokenizer: MultiScaleVQVAE, text_width: int | None, num_classes: int = 0
+) -> TransformerConfig:
+    """--model with the tokenizer's scales, codebook and latent, and the text width (text models) or the
+    number of classes, without cross-attention (class models)."""
+    fitted = dataclasses.replace(config.model, scale_sizes=tokenizer.config.scale_sizes,
+                                 vocab_size=tokenizer.config.vocab_size, latent_dim=tokenizer.config.latent_dim)
+    if num_classes:
+        return dataclasses.replace(fitted, num_classes=num_classes, cross_attention=False)
+    assert text_width is not None
+    return dataclasses.replace(fitted, text_width=text_width)
 
 
 def text_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -89,18 +100,22 @@ def text_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, t
 
 @torch.no_grad()
 def evaluate_held_out(
-    model: NextScaleTransformer, tokenizer: MultiScaleVQVAE, text_encoder: TextEncoder, evaluation: Dataset,
+    model: NextScaleTransformer, tokenizer: MultiScaleVQVAE, text_encoder: TextEncoder | None, evaluation: Dataset,
     eval_images: int,
 ) -> dict:
-    """Teacher-forced per-scale loss and accuracy on held-out images with their captions."""
+    """Teacher-forced per-scale loss and accuracy on held-out images with their captions (or class labels,
+    without a text encoder)."""
     loader = loader_over(evaluation, batch_size=64, shuffle=False, num_workers=0, drop_last=False)
     objective = VarObjective(model, tokenizer, 0.0).eval()
     sums: dict[str, float] = {}
     count = 0
     device = next(model.parameters()).device
-    for batch in on_the_fly_batches(loader, tokenizer, text_encoder):
+    batches = (on_the_fly_class_batches(loader, tokenizer) if text_encoder is None
+               else on_the_fly_batches(loader, tokenizer, text_encoder))
+    for batch in batches:
         codes = batch["codes"].to(device)
-        _, logits = objective(codes, text_to(batch, device))
+        condition = {"labels": batch["labels"].to(device)} if text_encoder is None else text_to(batch, device)
+        _, logits = objective(codes, condition)
         for key, value in per_scale_metrics(logits, codes, model.config.scale_sizes).items():
             sums[key] = sums.get(key, 0.0) + value * codes.shape[0]
         count += codes.shape[0]

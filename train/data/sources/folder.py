@@ -59,6 +59,9 @@ class ImageFolderDataset(Dataset):
     image after it.
     """
 
+    captioned = True
+    """Whether images are expected to carry captions (a subclass that labels them otherwise sets False)."""
+
     def __init__(self, config: DataConfig) -> None:
         assert config.path is not None
         self.config = config
@@ -89,7 +92,7 @@ class ImageFolderDataset(Dataset):
         sidecars = {f: os.path.splitext(f)[0] + ".txt" for f in files if f not in self.captions}
         self.sidecars = {f: t for f, t in sidecars.items() if t in texts}
         uncaptioned = sum(f not in self.captions and f not in self.sidecars for f in files)
-        if uncaptioned:
+        if uncaptioned and self.captioned:
             logger.warning("%d of %d images under %s have no caption (metadata.jsonl or sidecar .txt); "
                            "they get the empty caption", uncaptioned, len(files), self.root)
         self._seen = np.zeros(len(files), dtype=bool)
