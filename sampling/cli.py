@@ -118,6 +118,7 @@ def main(args: SampleArgs) -> list[Path]:
     """Generate `num_images` per prompt, write PNGs, grid.png and (optionally) progressions; return the paths."""
     prompts = read_prompts(args)
     config = args.sampling_config()
+    check_edit_args(args.editing, args.zooming)
     pipeline = open_pipeline(args)
     check_edit_args(args.editing, args.zooming, pipeline.transformer.config.num_scales)
     if args.zooming.zoom:

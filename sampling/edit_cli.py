@@ -91,8 +91,9 @@ class ZoomArgs:
     """Side of the zoom GIF/MP4 frames in pixels."""
 
 
-def check_edit_args(edit_args: EditArgs, zoom_args: ZoomArgs, num_scales: int) -> None:
-    """One-line errors (exit 2) for option combinations that cannot work."""
+def check_edit_args(edit_args: EditArgs, zoom_args: ZoomArgs, num_scales: int | None = None) -> None:
+    """One-line errors (exit 2) for option combinations that cannot work; the checks that need the model's
+    number of scales run only when it is given (so the rest run before the model loads)."""
     if edit_args.mask is not None and edit_args.image is None:
         raise usage_error("--mask needs --image (the image to inpaint)")
     if edit_args.outpaint is not None and edit_args.image is None:
@@ -104,13 +105,14 @@ def check_edit_args(edit_args: EditArgs, zoom_args: ZoomArgs, num_scales: int) -
     if edit_args.image is not None and edit_args.mask is None and edit_args.outpaint is None \
             and not edit_args.keep_scales:
         raise usage_error("--image needs --mask (inpaint), --outpaint L T R B or --keep-scales k (variations)")
-    if not 0 <= edit_args.keep_scales <= num_scales:
-        raise usage_error(f"--keep-scales must be in [0, {num_scales}] for this model, got {edit_args.keep_scales}")
+    if edit_args.keep_scales < 0 or (num_scales is not None and edit_args.keep_scales > num_scales):
+        raise usage_error(f"--keep-scales must be in [0, {num_scales}] (the model's scales), got "
+                          f"{edit_args.keep_scales}")
     if edit_args.detail_prompt is not None and edit_args.scale_prompt:
         raise usage_error("--detail-prompt and --scale-prompt both set per-scale prompts: give one of them")
     if edit_args.switch_scale is not None and edit_args.detail_prompt is None:
         raise usage_error("--switch-scale needs --detail-prompt")
-    if edit_args.scale_prompt and len(edit_args.scale_prompt) != num_scales:
+    if num_scales is not None and edit_args.scale_prompt and len(edit_args.scale_prompt) != num_scales:
         raise usage_error(f"--scale-prompt was given {len(edit_args.scale_prompt)} times but this model has "
                           f"{num_scales} scales: give one per scale")
     if zoom_args.zoom and (edit_args.editing or edit_args.mixing):
