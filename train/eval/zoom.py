@@ -67,8 +67,7 @@ class ZoomEvaluation:
 def level_prompt(attributes: Mapping[str, str], magnification: int, names: Sequence[str]) -> str:
     """The prompt of a level: the visible attributes in the level's wording (1x, 2x close-up, 4x extreme)."""
     caption = caption_from_attributes({name: attributes[name] for name in names if name in attributes})
-    template = LEVEL_PROMPTS[magnification]
-    return template.format(caption if magnification == 1 else caption.removeprefix("a ").removeprefix("an "))
+    return LEVEL_PROMPTS[magnification].format(caption)
 
 
 def zoom_adherence(judge: AttributeJudge, levels: Sequence[torch.Tensor], attributes: Sequence[Mapping[str, str]],
