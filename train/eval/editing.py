@@ -55,9 +55,9 @@ class EditEvaluationConfig:
     """Source portraits (= edits) per measurement."""
     cfg_scale: float = 2.0
     """Guidance strength of every edit (the demo's best single-image scale)."""
-    keep_scales: tuple[int, ...] = (2, 3, 4)
+    keep_scales: tuple[int, ...] = (2, 3, 4, 5)
     """Variations: the numbers of kept scales measured."""
-    switch_scales: tuple[int, ...] = (2, 3, 4)
+    switch_scales: tuple[int, ...] = (2, 3, 4, 5)
     """Per-scale prompts: the switch scales measured."""
     outpaint_sides: tuple[int, int, int, int] = (16, 16, 16, 16)
     """Outpainting: LEFT TOP RIGHT BOTTOM pixels of new canvas."""
