@@ -67,6 +67,14 @@ class SamplingConfig:
     temperature: float = 1.0
     """Divide the logits by this before filtering; 0 is greedy (argmax)."""
 
+    def strengths(self, num_scales: int) -> list[float]:
+        """Guidance strength of every scale (`guidance_strengths`)."""
+        return guidance_strengths(num_scales, self.cfg_scale, self.guidance_schedule, self.guidance_off_last)
+
+    def needs_unconditional(self, num_scales: int) -> bool:
+        """Whether a condition must carry the empty-prompt rows (some scale is guided)."""
+        return unconditional_rows_needed(self.strengths(num_scales))[0]
+
     def __post_init__(self) -> None:
         if self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0 (0 disables guidance), got {self.cfg_scale}")
@@ -272,9 +280,7 @@ def sample_scales(
         constraints.check(batch, scale_sizes)
     image_seeds = resolve_seeds(seeds, batch)
     generators = [torch.Generator(device=pipeline.device).manual_seed(seed) for seed in image_seeds]
-    strengths = guidance_strengths(
-        len(scale_sizes), config.cfg_scale, config.guidance_schedule, config.guidance_off_last
-    )
+    strengths = config.strengths(len(scale_sizes))
     guided_rows = unconditional_rows_needed(strengths)
     if guided_rows[0] and not all(condition.unconditional for condition in scale_conditions):
         raise ValueError("guidance needs the unconditional rows: build the condition with unconditional=True "
@@ -331,10 +337,8 @@ def generate(
     """
     config = config or SamplingConfig()
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
-    strengths = guidance_strengths(
-        pipeline.transformer.config.num_scales, config.cfg_scale, config.guidance_schedule, config.guidance_off_last
-    )
-    condition = build_condition(pipeline, prompt_list, unconditional_rows_needed(strengths)[0])
+    unconditional = config.needs_unconditional(pipeline.transformer.config.num_scales)
+    condition = build_condition(pipeline, prompt_list, unconditional)
     frames: list[torch.Tensor] = []
     result = sample_scales(
         pipeline, condition, seeds, config, progress=progress, reference=reference, previews=return_progression,
