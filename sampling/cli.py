@@ -17,7 +17,7 @@ import torch
 from tyro.conf import OmitArgPrefixes, UseAppendAction
 
 from nextscale.errors import run_cli
-from nextscale.images import save_grid
+from nextscale.images import grid_columns, save_grid
 from nextscale.sampling.edit_cli import EditArgs, ZoomArgs, check_edit_args, run_edits, run_zoom, usage_error
 from nextscale.sampling.outputs import image_stem, save_images, save_progression
 from nextscale.sampling.pipeline import Pipeline, load_pipeline
@@ -66,8 +66,10 @@ class SampleArgs:
     batch_size: int = 8
     """Images per forward batch (each batch runs 2x rows while guidance is on)."""
     grid: bool = True
-    """Also write grid.png of every image; --no-grid for large runs (e.g. 50,000 FID samples), which then keep
+    """Also write grid.png, close to square; --no-grid for large runs (e.g. 50,000 FID samples), which then keep
     no image in memory."""
+    grid_max: int = 100
+    """grid.png shows at most the first N images (a 10 x 10 grid by default); all are saved as PNGs."""
     save_progression: bool = False
     """Also save each image's coarse-to-fine progression as a strip PNG and an animated GIF."""
     progress: bool = True
@@ -80,6 +82,8 @@ class SampleArgs:
     def __post_init__(self) -> None:
         if self.num_images < 1 or self.batch_size < 1:
             raise ValueError(f"--num-images and --batch-size must be >= 1, got {self.num_images}, {self.batch_size}")
+        if self.grid_max < 1:
+            raise ValueError(f"--grid-max must be >= 1 (or pass --no-grid), got {self.grid_max}")
 
     def sampling_config(self) -> SamplingConfig:
         return SamplingConfig(
@@ -189,8 +193,8 @@ def sample_jobs(args: SampleArgs, pipeline: Pipeline, jobs: list[str] | list[int
         if result.progression is not None:
             for row, stem in enumerate(stems):
                 written += save_progression([frame[row] for frame in result.progression], stem, args.out)
-        if args.grid:
-            images.append(result.images)
+        if args.grid and start < args.grid_max:
+            images.append(result.images[: args.grid_max - start])
     return written, torch.cat(images) if images else None
 
 
@@ -231,10 +235,13 @@ def main(args: SampleArgs) -> list[Path]:
                                     args.progress)
     else:
         written, images = sample_jobs(args, pipeline, jobs)
+    grid_note = ""
     if args.grid and images is not None:
-        columns = args.num_images if args.num_images > 1 else None  # one row per prompt, else square
-        written.append(save_grid(images, args.out / "grid.png", columns=columns))
-    grid_note = f" (grid: {args.out / 'grid.png'})" if args.grid else ""
+        shown = images[: args.grid_max]
+        written.append(save_grid(shown, args.out / "grid.png", columns=grid_columns(len(shown), args.num_images)))
+        grid_note = f" (grid: {args.out / 'grid.png'}"
+        grid_note += f", the first {len(shown)} of {len(jobs)}; --grid-max N for more)" if len(shown) < len(jobs) \
+            else ")"
     print(f"wrote {len(jobs)} images for {len(prompts)} prompts to {args.out}/{grid_note}")
     for path in written:
         print(f"  {path}")

@@ -12,7 +12,7 @@ import torch
 import tyro
 from PIL import Image
 
-from nextscale.images import to_arrays
+from nextscale.images import grid_columns, make_grid, to_arrays
 from nextscale.sampling import pipeline as pipeline_module
 from nextscale.sampling.cli import SampleArgs, main
 from nextscale.sampling.filtering import filter_logits, sample_codes, top_k_filter, top_p_filter
@@ -350,3 +350,33 @@ def test_cli_errors(tmp_path: Path, write_tiny_pipeline: Callable[..., Path], mo
     mismatched = write_tiny_pipeline(tmp_path / "mismatched", transformer_overrides={"vocab_size": 32})
     with pytest.raises(ValueError, match="vocab_size: transformer 32 vs tokenizer 64"):
         main(SampleArgs(prompt=("a",), checkpoint=str(mismatched), out=tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("count", "group", "shape"),  # shape: (columns, rows)
+    [(1, 1, (1, 1)), (4, 4, (2, 2)), (8, 4, (4, 2)), (20, 2, (4, 5)), (21, 7, (7, 3)), (160, 160, (16, 10)),
+     (97, 97, (10, 10)), (100, 1, (10, 10)), (100, 160, (10, 10))],
+)
+def test_grid_layout_is_close_to_square(count: int, group: int, shape: tuple[int, int]) -> None:
+    columns = grid_columns(count, group)
+    rows = -(-count // columns)
+    assert (columns, rows) == shape
+    square = -(-count**0.5 // 1)
+    assert columns <= 2 * square and rows <= 2 * square  # never a long strip
+    if group <= columns:
+        assert columns % group == 0  # each prompt's images stay together on one row
+    grid = make_grid(torch.zeros(count, 3, 4, 4), columns, padding=2)
+    assert grid.size == (columns * 6 + 2, rows * 6 + 2)
+
+
+def test_cli_grid_is_square_and_capped(tiny_pipeline_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    args = SampleArgs(prompt=("a portrait",), num_images=12, grid_max=9, checkpoint=str(tiny_pipeline_dir),
+                      out=tmp_path / "out", batch_size=4, progress=False, device="cpu")
+    written = main(args)
+    assert len([path for path in written if path.name != "grid.png"]) == 12
+    side = 16 + 2  # tiny images are 16 px, with 2 px of padding
+    assert Image.open(tmp_path / "out" / "grid.png").size == (3 * side + 2, 3 * side + 2)  # the first 9, 3 x 3
+    assert "the first 9 of 12; --grid-max N for more" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--grid-max must be >= 1"):
+        SampleArgs(prompt=("a portrait",), grid_max=0)
