@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -380,3 +381,37 @@ def test_cli_grid_is_square_and_capped(tiny_pipeline_dir: Path, tmp_path: Path, 
     assert "the first 9 of 12; --grid-max N for more" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--grid-max must be >= 1"):
         SampleArgs(prompt=("a portrait",), grid_max=0)
+
+
+def test_recommended_sampling_settings_travel_with_the_pipeline(
+    tiny_pipeline_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from nextscale.sampling.pipeline import load_pipeline, record_sampling
+
+    directory = Path(shutil.copytree(tiny_pipeline_dir, tmp_path / "pipeline"))
+    assert load_pipeline(directory).recommended is None
+    record_sampling(directory, 2.0, None, 1.0, "an evaluation")
+    pipeline = load_pipeline(directory)
+    assert pipeline.recommended == {"cfg_scale": 2.0, "top_k": None, "top_p": 1.0, "source": "an evaluation"}
+    args = SampleArgs(prompt=("a portrait",), checkpoint=str(directory), out=tmp_path / "out", progress=False,
+                      device="cpu")
+    config = args.sampling_config(pipeline.recommended)
+    assert (config.cfg_scale, config.top_k, config.top_p) == (2.0, None, 1.0)
+    # each option given on the command line wins; without a recommendation the defaults are SamplingConfig's
+    config = SampleArgs(cfg=3.0, top_k=5).sampling_config(pipeline.recommended)
+    assert (config.cfg_scale, config.top_k, config.top_p) == (3.0, 5, 1.0)
+    defaults = SampleArgs().sampling_config()
+    assert (defaults.cfg_scale, defaults.top_k, defaults.top_p) == (4.0, 900, 0.95)
+    main(args)
+    out = capsys.readouterr().out
+    assert "sampling with the pipeline's recommended settings (an evaluation): cfg 2, top-k off, top-p 1" in out
+    main(SampleArgs(prompt=("a portrait",), checkpoint=str(directory), out=tmp_path / "again", progress=False,
+                    device="cpu", cfg=1.0, top_k=0, top_p=0.9))
+    assert "the pipeline's recommended settings" not in capsys.readouterr().out
+    spec = json.loads((directory / "pipeline.json").read_text())
+    spec["sampling"]["top_k"] = -1
+    (directory / "pipeline.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="sampling.top_k is -1"):
+        load_pipeline(directory)
