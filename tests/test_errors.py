@@ -115,3 +115,11 @@ def test_console_scripts_print_one_line_without_traceback_and_debug_shows_it(tmp
     assert done.returncode == 2 and done.stderr.strip() == "error: --cfg must be a finite number, got nan"
     debug = subprocess.run([*command, "--debug"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ValueError" in debug.stderr
+
+
+def test_the_truncation_warning_counts_the_given_prompts_only(tiny_bert_dir):
+    from nextscale.transformer.text import TextEncoder
+
+    encoder = TextEncoder.from_pretrained(str(tiny_bert_dir), max_length=4)
+    with pytest.warns(UserWarning, match="1 of 1 prompts exceed max_length=4"):
+        encoder.encode(["a man with a beard and glasses", ""])  # "" is the unconditional row sampling adds
