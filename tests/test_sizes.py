@@ -64,7 +64,7 @@ def test_size_mistakes_are_one_line_naming_the_fix(capsys):
     assert "no size preset fits 33 px" in line
     line = error_line(capsys, TokenizerTrainConfig, ["--image-size", "32", "--model.channel-mult", "1", "2", "2", "4"],
                       tokenizer_defaults)
-    assert "do not end at the latent side 4" in line and "--model.channel-mult 1 2 4" in line
+    assert "must equal the latent side 4" in line and "--model.channel-mult 1 2 4" in line
 
 
 def test_held_out_data_is_a_plain_option_checked_before_training(capsys, tmp_path):

@@ -74,8 +74,8 @@ class TokenizerConfig:
             )
         if sizes[-1] != self.latent_size:
             raise ValueError(
-                f"scale_sizes {sizes} do not end at the latent side {self.latent_size} (image_size {self.image_size} "
-                f"/ downsampling {self.downsample} from channel_mult {self.channel_mult}): "
+                f"the last scale size must equal the latent side {self.latent_size} (image_size {self.image_size} / "
+                f"downsampling {self.downsample} from channel_mult {self.channel_mult}); got scale_sizes {sizes}: "
                 f"{size_fix(self.image_size, self.latent_size)}"
             )
         for name in ("encoder_channels", "decoder_channels"):
