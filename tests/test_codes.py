@@ -158,7 +158,7 @@ def test_arms_share_one_budget_and_resume(tmp_path):
         ArmsConfig().base, model=tiny_tokenizer_config(), data=DataConfig(image_size=16, synthetic_length=16),
         steps=2, batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=100, eval_images=8, mixed_precision="no")
     config = ArmsConfig(out=str(tmp_path / "arms"), arms=("cosine-null", "align-last"),
-                        teacher=str(tmp_path / "teacher"), teacher_resolution=16, base=base)
+                        teacher=str(tmp_path / "teacher"), teacher_resolution=16, base=base, judge=None)
     aligned = arm_config(config, "align-last")
     assert aligned.alignment.scale_weights == (0.0, 0.0, 1.0) and aligned.model == base.model
     assert (aligned.steps, aligned.seed, aligned.data) == (base.steps, base.seed, base.data)
@@ -173,3 +173,17 @@ def test_arms_share_one_budget_and_resume(tmp_path):
         arm_config(config, "nope")
     with pytest.raises(ValueError, match="need --teacher"):
         arm_config(dataclasses.replace(config, teacher=None), "align-scales")
+
+
+def test_judge_check_of_a_tokenizer():
+    from nextscale.sampling.pipeline import DEMO_PIPELINE
+    from nextscale.train.eval.arms import judge_check
+    from nextscale.train.eval.judge import AttributeJudge, render_portraits
+
+    judge = AttributeJudge.from_pretrained(DEMO_PIPELINE / "judge")
+    renders = [render_portraits(seed, 16, 64, judge.config)[0] for seed in (7, 8)]
+    tokenizer = MultiScaleVQVAE.from_pretrained(DEMO_PIPELINE / "tokenizer")
+    check = judge_check(judge, tokenizer, *renders)
+    assert set(check["agreement"]) == set(judge.config.attribute_names)
+    assert min(check["agreement"].values()) >= 0.75  # the demo tokenizer keeps the attributes
+    assert 0 < check["frechet_distance_real_vs_real"] and 0 < check["frechet_distance"]
