@@ -153,10 +153,11 @@ class MultiScaleQuantizer(nn.Module):
         self.usage_ema.mul_(0.99).add_(counts.float(), alpha=0.01)
 
     @torch.no_grad()
-    def restart_dead_codes(self, latent: torch.Tensor) -> int:
+    def restart_dead_codes(self, latent: torch.Tensor, generator: torch.Generator | None = None) -> int:
         """Re-seed codes used less than `dead_code_threshold` times per step with random latent vectors.
 
-        `latent` (b, C, h, w) is a batch of encoder outputs; returns how many codes were restarted.
+        `latent` (b, C, h, w) is a batch of encoder outputs; the vectors are drawn with `generator` (on
+        the latent's device; a training checkpoints it); returns how many codes were restarted.
         With several processes, call it with the same `latent` everywhere (e.g. gathered) so weights
         stay identical.
         """
@@ -169,7 +170,7 @@ class MultiScaleQuantizer(nn.Module):
         if dead.numel() == 0:
             return 0
         pool = rearrange(latent.float(), "b c h w -> (b h w) c")
-        pick = torch.randint(0, pool.shape[0], (dead.numel(),), device=pool.device)
+        pick = torch.randint(0, pool.shape[0], (dead.numel(),), device=pool.device, generator=generator)
         self.embedding.weight.data[dead] = pool[pick].to(self.embedding.weight.dtype)
         self.usage_ema[dead] = threshold * 2  # grace period before the next restart
         return int(dead.numel())
