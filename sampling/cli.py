@@ -120,12 +120,10 @@ def settings_note(args: SampleArgs, recommended: dict | None, config: SamplingCo
 MAX_SEED = 2**63 - 1
 
 
-def validate(args: SampleArgs) -> list[str]:
-    """Check every option before a model is loaded; return the prompts. ValueError/OSError name the option.
-
-    Numbers must be finite, seeds of every image within [0, 2^63 - 1], the prompts file a readable UTF-8
-    text file, --out a directory that can be written (created if missing).
-    """
+def validate(args: SampleArgs) -> list[str] | list[int]:
+    """Check the options before a model is loaded; return the prompts (or class labels). ValueError names
+    the option: numbers must be finite, the seed of every image within [0, 2^63 - 1], the prompts file a
+    readable UTF-8 text file, --out a directory that can be written (created if missing)."""
     for name, value in (("--cfg", args.cfg), ("--top-p", args.top_p), ("--temperature", args.temperature)):
         if value is not None and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value}")

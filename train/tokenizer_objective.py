@@ -78,7 +78,7 @@ class TokenizerObjective(torch.nn.Module):
         losses["weighted_reconstruction"] = config.l1_weight * losses["l1"] + config.l2_weight * losses["l2"]
         loss = losses["weighted_reconstruction"] + config.quantization_weight * losses["quantization"]
         if self.head is not None and pyramid is not None:
-            losses["alignment"], _ = self.head(out.accumulated, pyramid)
+            losses["alignment"], _ = self.head(out.accumulated, out.latent, pyramid)
             loss = loss + config.alignment.weight * losses["alignment"]
         losses["loss"] = loss
         losses["latent"] = out.latent.detach()
