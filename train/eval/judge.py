@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from nextscale.checkpoint import PretrainedMixin
 from nextscale.images import from_uint8, to_uint8
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data.portraits import ATTRIBUTES
+from nextscale.train.data.portraits import ATTRIBUTES, ZOOM_LEVELS, visible_attributes
 from nextscale.train.data.sources.synthetic import SyntheticConfig, SyntheticPortraits
 from nextscale.train.optim import parameter_groups, warmup_stable_decay
 
@@ -187,19 +187,31 @@ def augment(images: torch.Tensor, config: AugmentationConfig, generator: torch.G
 
 
 def _images_and_attributes(items: list[dict]) -> tuple[list[torch.Tensor], list[dict[str, str]]]:
-    return [item["image"] for item in items], [item["attributes"] for item in items]
+    """Images and the attributes visible at each item's zoom level (the others are not scored)."""
+    return [item["image"] for item in items], [
+        {name: value for name, value in item["attributes"].items() if name in visible_attributes(item["zoom"])}
+        for item in items]
 
 
-def render_portraits(seed: int, count: int, size: int, judge_config: JudgeConfig,
-                     num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Synthetic portraits `0 .. count - 1` of `seed`: images (n, 3, H, W) uint8, labels (n, A) long."""
-    dataset = SyntheticPortraits(SyntheticConfig(size=size, seed=seed, length=count))
+def render_portraits(seed: int, count: int, size: int, judge_config: JudgeConfig, num_workers: int = 0,
+                     zoom_levels: tuple[int, ...] = (1,)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic portraits `0 .. count - 1` of `seed`, each at a level drawn from `zoom_levels`: images
+    (n, 3, H, W) uint8, labels (n, A) long, -1 where the attribute is not visible at the item's level."""
+    dataset = SyntheticPortraits(SyntheticConfig(size=size, seed=seed, length=count, zoom_levels=zoom_levels))
     loader = DataLoader(dataset, batch_size=256, num_workers=num_workers, collate_fn=_images_and_attributes)
     images, labels = [], []
     for batch_images, batch_attributes in tqdm(loader, desc=f"rendering seed {seed}", unit="batch", leave=False):
         images.append(to_uint8(torch.stack(batch_images)))
         labels.append(attribute_indices(batch_attributes, judge_config))
     return torch.cat(images), torch.cat(labels)
+
+
+def attribute_loss(logits: Mapping[str, torch.Tensor], labels: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    """Mean over attributes of the cross-entropy over the images where each is scored (label >= 0);
+    attributes scored in none of the images are left out."""
+    losses = [F.cross_entropy(logits[name], labels[:, a], ignore_index=-1)
+              for a, name in enumerate(names) if (labels[:, a] >= 0).any()]
+    return torch.stack(losses).mean()
 
 
 @torch.no_grad()
@@ -249,7 +261,12 @@ class JudgeTrainConfig:
     reconstruction_fraction: float = 0.4
     """Fraction of each batch drawn from the reconstructions (ignored without a tokenizer)."""
     validation_size: int = 2048
-    """Held-out portraits for the validation metrics."""
+    """Held-out portraits for the validation metrics (per zoom level)."""
+    zoom_levels: tuple[int, ...] = (1,)
+    """Zoom levels (1, 2, 4) of the training renders, drawn per portrait; every attribute is trained and
+    validated only at the levels where it is visible (`visible_attributes`)."""
+    init_from: str | None = None
+    """Start from the weights of a saved judge (e.g. checkpoints/demo/judge) of the same architecture."""
     train_seed: int = 2
     """Synthetic seed of the training renders (0 trains the other models; 1 and 1_000_003 are held out)."""
     validation_seed: int = 1
@@ -266,6 +283,8 @@ class JudgeTrainConfig:
             raise ValueError(f"reconstruction_fraction must be in [0, 1), got {self.reconstruction_fraction}")
         if self.steps < 1 or self.batch_size < 2:
             raise ValueError("need steps >= 1 and batch_size >= 2 (batch norm)")
+        if not self.zoom_levels or any(level not in ZOOM_LEVELS for level in self.zoom_levels):
+            raise ValueError(f"zoom_levels must be a non-empty tuple of {ZOOM_LEVELS}, got {self.zoom_levels}")
         if any(ATTRIBUTES.get(name) != values for name, values in
                zip(self.model.attribute_names, self.model.attribute_values)):
             raise ValueError("the judge trains on the synthetic portraits: its attributes must come from ATTRIBUTES")
@@ -284,9 +303,9 @@ def train_judge(config: JudgeTrainConfig) -> tuple[AttributeJudge, dict]:
             raise ValueError(f"the tokenizer works at {tokenizer.config.image_size} px, the judge at {size} px: "
                              "set --model.image-size to match")
     train_images, train_labels = render_portraits(config.train_seed, config.train_pool, size, model_config,
-                                                  config.num_workers)
-    validation_images, validation_labels = render_portraits(config.validation_seed, config.validation_size, size,
-                                                            model_config, config.num_workers)
+                                                  config.num_workers, config.zoom_levels)
+    validation = {level: render_portraits(config.validation_seed, config.validation_size, size, model_config,
+                                          config.num_workers, (level,)) for level in sorted(set(config.zoom_levels))}
     reconstruction_count, train_reconstructions = 0, train_images[:0]
     if tokenizer is not None and config.reconstruction_fraction > 0:
         reconstruction_count = min(config.reconstruction_pool, config.train_pool)
@@ -295,6 +314,11 @@ def train_judge(config: JudgeTrainConfig) -> tuple[AttributeJudge, dict]:
 
     torch.manual_seed(config.seed)
     judge = AttributeJudge(model_config)
+    if config.init_from is not None:
+        initial = AttributeJudge.from_pretrained(config.init_from)
+        if initial.config != model_config:
+            raise ValueError(f"{config.init_from} is a judge of another architecture: {initial.config}")
+        judge.load_state_dict(initial.state_dict())
     optimizer = torch.optim.AdamW(parameter_groups(judge, config.weight_decay), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
     reconstructed_per_batch = round(config.batch_size * config.reconstruction_fraction) if reconstruction_count else 0
@@ -312,8 +336,7 @@ def train_judge(config: JudgeTrainConfig) -> tuple[AttributeJudge, dict]:
             images = torch.cat([images, train_reconstructions[chosen]])
             labels = torch.cat([labels, train_labels[chosen]])
         logits = judge(augment(from_uint8(images), config.augmentation, generator))
-        loss = sum(F.cross_entropy(logits[name], labels[:, a]) for a, name in enumerate(model_config.attribute_names))
-        loss = loss / len(model_config.attribute_names)
+        loss = attribute_loss(logits, labels, model_config.attribute_names)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -322,8 +345,12 @@ def train_judge(config: JudgeTrainConfig) -> tuple[AttributeJudge, dict]:
             progress.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.4f}")
     train_seconds = time.perf_counter() - start - render_seconds
 
-    metrics = validate(judge, validation_images, validation_labels, tokenizer)
-    metrics.update(
+    levels = {level: validate(judge, images, labels, tokenizer, visible_attributes(level))
+              for level, (images, labels) in validation.items()}
+    metrics = dict(levels[min(levels)])  # the lowest level's metrics at the top, as without zoom
+    if len(levels) > 1:
+        metrics["levels"] = {str(level): level_metrics for level, level_metrics in levels.items()}
+    metrics.update(zoom_levels=list(config.zoom_levels), init_from=config.init_from,
         train_seed=config.train_seed, validation_seed=config.validation_seed, steps=config.steps,
         tokenizer=config.tokenizer, render_seconds=round(render_seconds, 1), train_seconds=round(train_seconds, 1),
         validation_seconds=round(time.perf_counter() - start - render_seconds - train_seconds, 1),
@@ -336,15 +363,18 @@ def train_judge(config: JudgeTrainConfig) -> tuple[AttributeJudge, dict]:
 
 
 def validate(judge: AttributeJudge, images: torch.Tensor, labels: torch.Tensor,
-             tokenizer: MultiScaleVQVAE | None = None) -> dict:
+             tokenizer: MultiScaleVQVAE | None = None, scored: Sequence[str] | None = None) -> dict:
     """Per-attribute accuracy on held-out renders and, given a tokenizer, on their reconstructions
-    (against the renders' true attributes) and the agreement of the predictions on both."""
+    (against the renders' true attributes) and the agreement of the predictions on both; only the
+    attributes in `scored` (default: all), e.g. those visible at the renders' zoom level."""
     names = judge.config.attribute_names
-    predicted = predict_all(judge, images)
+    keep = [a for a, name in enumerate(names) if scored is None or name in scored]
+    names, labels = [names[a] for a in keep], labels[:, keep]
+    predicted = predict_all(judge, images)[:, keep]
     metrics: dict = {"num_images": len(images), "accuracy_real": attribute_accuracy(predicted, labels, names),
                      "exact_match_real": float((predicted == labels).all(1).float().mean())}
     if tokenizer is not None:
-        predicted_reconstructed = predict_all(judge, reconstruct(tokenizer, images))
+        predicted_reconstructed = predict_all(judge, reconstruct(tokenizer, images))[:, keep]
         metrics.update(
             accuracy_reconstruction=attribute_accuracy(predicted_reconstructed, labels, names),
             exact_match_reconstruction=float((predicted_reconstructed == labels).all(1).float().mean()),
@@ -354,7 +384,11 @@ def validate(judge: AttributeJudge, images: torch.Tensor, labels: torch.Tensor,
 
 
 def format_judge_metrics(metrics: dict) -> str:
-    """Per-attribute table: accuracy on renders, on reconstructions, and their agreement."""
+    """Per-attribute table: accuracy on renders, on reconstructions, and their agreement (per zoom level)."""
+    if metrics.get("levels"):
+        tables = [f"zoom {level}x\n" + format_judge_metrics({**metrics, **level_metrics, "levels": None})
+                  for level, level_metrics in metrics["levels"].items()]
+        return "\n".join(tables)
     columns = [("real", "accuracy_real"), ("recon", "accuracy_reconstruction"), ("agree", "agreement")]
     columns = [(title, key) for title, key in columns if key in metrics]
     lines = [f"{'attribute':<12}" + "".join(f"{title:>8}" for title, _ in columns)]
