@@ -13,6 +13,7 @@ from nextscale.train.eval.adherence import (
     diversity,
     evaluate,
     frechet_distance,
+    level_prompt_set,
     prompt_set,
 )
 from nextscale.train.eval.judge import AttributeJudge, JudgeConfig
@@ -36,6 +37,14 @@ def test_prompt_set_covers_every_value_and_is_deterministic():
     assert [t.text for t in triples] == [t.text for t in prompt_set(5, seed=0)[1]]
     assert all(len(t.attributes) == 3 and "gender" in t.attributes for t in triples)
     assert all(not (t.attributes.get("gender") == "woman" and t.attributes.get("beard") == "yes") for t in triples)
+
+
+def test_level_prompts_name_one_visible_attribute_each():
+    close = level_prompt_set(4)
+    assert {name for spec in close for name in spec.attributes} == {"gender", "beard", "glasses", "skin", "smile"}
+    assert all(spec.text.startswith("an extreme close-up of the eyes of ") and len(spec.attributes) == 1
+               for spec in close)
+    assert len(level_prompt_set(2)) == len(prompt_set(1, 0)[0])
 
 
 def test_adherence_counts_only_asked_attributes():
@@ -67,3 +76,5 @@ def test_evaluation_end_to_end_on_a_tiny_budget(tiny_pipeline_dir, tmp_path):
     table = (tmp_path / "eval" / "evaluation.md").read_text()
     assert "real renders" in table and "tokenizer reconstructions" in table and "cfg 3" in table
     assert (tmp_path / "eval" / "progression.png").is_file()
+    assert set(saved["zoom"]) == {"2", "4"} and "Zoom 4x" in table
+    assert set(saved["zoom"]["4"]["generated"]["per_attribute"]) == {"gender", "beard", "glasses", "skin", "smile"}
