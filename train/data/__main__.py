@@ -10,6 +10,8 @@ import torch
 import tyro
 
 from nextscale.images import make_grid
+from nextscale.train.data.captions import caption_from_attributes
+from nextscale.train.data.portraits import visible_attributes
 from nextscale.train.data.sources.synthetic import SyntheticConfig, SyntheticPortraits
 
 
@@ -27,6 +29,8 @@ class GridArgs:
     """Data seed."""
     zoom: tuple[int, ...] = (1,)
     """Zoom levels to show (1, 2, 4); several: one row per portrait, one column per level."""
+    exact_captions: bool = False
+    """Print the canonical caption naming every attribute visible at the level, not a training caption."""
 
 
 def main(args: GridArgs) -> None:
@@ -37,7 +41,12 @@ def main(args: GridArgs) -> None:
         for dataset in levels:
             item = dataset[i]
             images.append(item["image"])
-            print(f"{i:3d} {item['zoom']}x  {item['caption']}")
+            caption = item["caption"]
+            if args.exact_captions:
+                visible = visible_attributes(item["zoom"])
+                shown = {k: v for k, v in item["attributes"].items() if k in visible}
+                caption = caption_from_attributes(shown, level=item["zoom"])
+            print(f"{i:3d} {item['zoom']}x  {caption}")
     make_grid(torch.stack(images), columns=len(levels) if len(levels) > 1 else None).save(args.out)
 
 
