@@ -12,6 +12,10 @@ steps already give >= 99.7%). `metrics.json` also holds the "tokenizer check": t
 held-out renders' reconstructions and the agreement with the predictions on the renders themselves.
 
     python -m nextscale.train.eval.judge --out checkpoints/demo/judge --tokenizer runs/tokenizer/model
+
+With `--zoom-levels 1 2 4` it trains on portraits seen at every zoom level, each attribute scored only
+where it is visible (`visible_attributes`), and validates per level; `--init-from` starts from a saved
+judge (fine-tuning the 1x judge to the zoom levels; README, Results).
 """
 
 from __future__ import annotations
