@@ -55,6 +55,9 @@ class EvaluationConfig:
     """Pipeline directory (default: the bundled demo model)."""
     judge: str | None = None
     """Judge directory (default: the judge bundled beside the demo model)."""
+    zoom_judge: str | None = None
+    """Judge of the per-level adherence (default: `judge`), e.g. a zoom judge beside a 1x judge whose
+    features keep the Fréchet distances comparable with earlier runs."""
     out: Path = Path("outputs/evaluation")
     """Where evaluation.json, evaluation.md and progression.png go."""
     images_per_prompt: int = 16
@@ -246,7 +249,8 @@ def evaluate(config: EvaluationConfig) -> dict:
                                 "frechet_distance": frechet_distance(features, real_features)})
     best = max(report["sweep"], key=lambda row: row["single"]["mean"])
     report["best_cfg_scale"] = best["cfg_scale"]
-    report["zoom"] = {str(level): zoom_adherence(pipeline, judge, level, best["cfg_scale"], config)
+    zoom_judge = AttributeJudge.from_pretrained(config.zoom_judge) if config.zoom_judge else judge
+    report["zoom"] = {str(level): zoom_adherence(pipeline, zoom_judge, level, best["cfg_scale"], config)
                       for level in config.zoom_levels}
     report["seconds_per_image"] = seconds_per_image(pipeline, best["cfg_scale"])
 
