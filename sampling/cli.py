@@ -1,6 +1,7 @@
-"""`sample.py`'s options and logic: prompts in, PNGs (+ grid, + progressions) out.
+"""`sample.py`'s options and logic: prompts (or class labels) in, PNGs (+ grid, + progressions) out.
 
 nextscale-sample --prompt "a man with a beard" --prompt "a woman with glasses" --num-images 4 --out samples
+nextscale-sample --checkpoint var-d16 --class-label 207 --class-label 980   (a class-conditional pipeline)
 (the same as `python sample.py ...` and `python -m nextscale.sampling ...`)
 """
 
@@ -31,6 +32,9 @@ class SampleArgs:
     """A text prompt; repeat the flag for several (--prompt "a cat" --prompt "a dog")."""
     prompts_file: Path | None = None
     """A text file with one prompt per line (blank lines skipped); adds to --prompt."""
+    class_label: UseAppendAction[tuple[int, ...]] = ()
+    """A class label for a class-conditional pipeline (e.g. ImageNet 207 with a converted official VAR);
+    repeat the flag for several. Instead of --prompt."""
     num_images: int = 1
     """Images per prompt."""
     seed: int = 0
@@ -58,6 +62,9 @@ class SampleArgs:
     """Weights and activations dtype (the sampling arithmetic stays float32)."""
     batch_size: int = 8
     """Images per forward batch (each batch runs 2x rows while guidance is on)."""
+    grid: bool = True
+    """Also write grid.png of every image; --no-grid for large runs (e.g. 50,000 FID samples), which then keep
+    no image in memory."""
     save_progression: bool = False
     """Also save each image's coarse-to-fine progression as a strip PNG and an animated GIF."""
     progress: bool = True
@@ -78,15 +85,21 @@ class SampleArgs:
         )
 
 
-def read_prompts(args: SampleArgs) -> list[str]:
-    """--prompt values then the lines of --prompts-file; SystemExit when there are none."""
+def read_prompts(args: SampleArgs) -> list[str] | list[int]:
+    """--class-label values, or --prompt values then the lines of --prompts-file; SystemExit when there are
+    none or both kinds."""
+    if args.class_label:
+        if args.prompt or args.prompts_file is not None:
+            raise SystemExit("error: pass either --class-label (class-conditional pipeline) or --prompt, not both")
+        return list(args.class_label)
     prompts = list(args.prompt)
     if args.prompts_file is not None:
         if not args.prompts_file.is_file():
             raise SystemExit(f"error: --prompts-file {args.prompts_file} does not exist")
         prompts += [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
     if not prompts:
-        raise SystemExit('error: no prompt given: pass --prompt "TEXT" (repeatable) or --prompts-file FILE')
+        raise SystemExit('error: no prompt given: pass --prompt "TEXT" (repeatable), --prompts-file FILE or, '
+                         "for a class-conditional pipeline, --class-label N")
     return prompts
 
 
@@ -111,6 +124,13 @@ def main(args: SampleArgs) -> list[Path]:
     prompts = read_prompts(args)
     config = args.sampling_config()
     pipeline = open_pipeline(args)
+    num_classes = pipeline.transformer.config.num_classes
+    if num_classes and not args.class_label:
+        raise SystemExit(f"error: this checkpoint is class-conditional: pass --class-label N (0..{num_classes - 1})")
+    if args.class_label and not num_classes:
+        raise SystemExit("error: this checkpoint is text-conditioned: pass --prompt TEXT, not --class-label")
+    if not all(0 <= label < num_classes for label in args.class_label):
+        raise SystemExit(f"error: --class-label must be in [0, {num_classes}), got {list(args.class_label)}")
     jobs = [prompt for prompt in prompts for _ in range(args.num_images)]
     images, written = [], []
     for start in range(0, len(jobs), args.batch_size):
@@ -119,15 +139,19 @@ def main(args: SampleArgs) -> list[Path]:
         result = generate(
             pipeline, batch, seeds, config, progress=args.progress, return_progression=args.save_progression
         )
-        stems = [image_stem(index, prompt) for index, prompt in enumerate(batch, start)]
+        stems = [image_stem(index, f"class {prompt}" if isinstance(prompt, int) else prompt)
+                 for index, prompt in enumerate(batch, start)]
         written += save_images(result.images, stems, args.out)
         if result.progression is not None:
             for row, stem in enumerate(stems):
                 written += save_progression([frame[row] for frame in result.progression], stem, args.out)
-        images.append(result.images)
-    columns = args.num_images if args.num_images > 1 else None  # one row per prompt, else square
-    written.append(save_grid(torch.cat(images), args.out / "grid.png", columns=columns))
-    print(f"wrote {len(jobs)} images for {len(prompts)} prompts to {args.out}/ (grid: {args.out / 'grid.png'})")
+        if args.grid:
+            images.append(result.images)
+    if args.grid:
+        columns = args.num_images if args.num_images > 1 else None  # one row per prompt, else square
+        written.append(save_grid(torch.cat(images), args.out / "grid.png", columns=columns))
+    grid_note = f" (grid: {args.out / 'grid.png'})" if args.grid else ""
+    print(f"wrote {len(jobs)} images for {len(prompts)} prompts to {args.out}/{grid_note}")
     for path in written:
         print(f"  {path}")
     return written

@@ -139,7 +139,7 @@ class RecomputedLogits:
         teacher_inputs = (
             torch.cat(self.inputs, dim=1)
             if self.inputs
-            else self.text["text_pooled"].new_zeros(rows, 0, config.latent_dim)
+            else self.transformer.input_embed.weight.new_zeros(rows, 0, config.latent_dim)
         )
         logits = self.transformer(teacher_inputs, **self.text, num_scales=scale + 1)  # (rows, L', V)
         return logits[:, self.transformer.offsets[scale] :]
@@ -166,6 +166,33 @@ def encode_text(
     return {name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in embedding.items()}
 
 
+def class_rows(
+    pipeline: Pipeline, labels: list[int], unconditional: bool
+) -> dict[str, torch.Tensor]:
+    """The class-conditional counterpart of `encode_text`: {"labels": (rows,) long}, the b labels then (if
+    `unconditional`) b rows of the null class (VAR's unconditional branch)."""
+    config = pipeline.transformer.config
+    bad = [label for label in labels if not 0 <= label < config.num_classes]
+    if bad:
+        raise ValueError(f"class labels must be in [0, {config.num_classes}), got {bad}")
+    rows = [*labels, *[config.null_class] * len(labels)] if unconditional else labels
+    return {"labels": torch.tensor(rows, dtype=torch.long, device=pipeline.device)}
+
+
+def condition_rows(
+    pipeline: Pipeline, conditions: list[str] | list[int], unconditional: bool, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """The transformer's condition inputs for `start`/`forward`: text states of prompts for a text model,
+    labels for a class-conditional one (which the pipeline's transformer decides)."""
+    class_model = pipeline.transformer.config.class_conditional
+    if class_model != all(isinstance(item, int) for item in conditions):
+        wanted = "class labels (ints)" if class_model else "text prompts"
+        raise ValueError(f"this pipeline's transformer is conditioned on {wanted}, got {conditions[:4]}")
+    if class_model:
+        return class_rows(pipeline, [int(label) for label in conditions], unconditional)
+    return encode_text(pipeline, [str(prompt) for prompt in conditions], unconditional, dtype)
+
+
 def progression_frame(tokenizer: MultiScaleVQVAE, accumulated: torch.Tensor, scale: int) -> torch.Tensor:
     """The reconstruction after `scale`, area-pooled to s_k x s_k pixels and nearest-upsampled to the output
     size: (b, 3, H, W) float32. Frame 0 is the image's mean colour (1x1), then 2x2 sectors, ...; the last
@@ -181,7 +208,7 @@ def progression_frame(tokenizer: MultiScaleVQVAE, accumulated: torch.Tensor, sca
 @torch.inference_mode()
 def generate(
     pipeline: Pipeline,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Sequence[int],
     seeds: Sequence[int] | int = 0,
     config: SamplingConfig | None = None,
     *,
@@ -189,13 +216,14 @@ def generate(
     return_progression: bool = False,
     reference: bool = False,
 ) -> SamplingResult:
-    """Generate one image per prompt; image i draws from its own `torch.Generator` seeded `seeds[i]`.
+    """Generate one image per prompt (or per class label, for a class-conditional pipeline); image i draws
+    from its own `torch.Generator` seeded `seeds[i]`.
 
     The same seed gives the same image, whatever else is in the batch. Every call starts from a fresh
     inference state. `reference=True` runs the uncached reference path (for tests and benchmarks).
     """
     config = config or SamplingConfig()
-    prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompt_list = [prompts] if isinstance(prompts, (str, int)) else list(prompts)
     tokenizer, transformer = pipeline.tokenizer, pipeline.transformer
     if transformer.training or tokenizer.training:
         raise ValueError("the tokenizer and transformer are in training mode: call .eval() before sampling")
@@ -207,7 +235,7 @@ def generate(
     )
     guided_rows = unconditional_rows_needed(strengths)
     dtype = next(transformer.parameters()).dtype
-    text = encode_text(pipeline, prompt_list, guided_rows[0], dtype)
+    text = condition_rows(pipeline, prompt_list, guided_rows[0], dtype)
     source: LogitsSource = (RecomputedLogits if reference else CachedLogits)(transformer, text)
 
     codes: list[torch.Tensor] = []
