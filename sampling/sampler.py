@@ -12,6 +12,12 @@ added to the accumulated latent, which, pooled to the next scale's side, is the 
         accumulated += tokenizer.embed_scale(k, codes_k)
     images = decode(accumulated)
 
+The loop (`sample_scales`) is open at three places, so that editing, variations, per-scale prompts, zoom
+and live previews are all built on it: known codes with a token mask per scale (`ScaleConstraints`:
+where the mask is set, the known code replaces the sampled one before `embed_scale`), a condition per
+scale (`Condition`, built once from the prompts), and an `on_scale` callback after every scale.
+`generate` = `build_condition` + `sample_scales` + decode.
+
 Conditional and unconditional ("" prompt) rows run as ONE batch of 2b rows. The production path feeds
 only the new scale's tokens and reuses the cached keys/values of earlier scales (`CachedLogits`); the
 reference path (`RecomputedLogits`, `generate(..., reference=True)`) recomputes the whole prefix with
@@ -21,7 +27,7 @@ identically, so they must give the same codes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from nextscale.sampling.condition import Condition, build_condition
+from nextscale.sampling.constraints import ScaleConstraints
 from nextscale.sampling.filtering import sample_codes
 from nextscale.sampling.guidance import (
     GUIDANCE_SCHEDULES,
@@ -58,6 +66,14 @@ class SamplingConfig:
     """Nucleus: keep the most likely codes up to this probability mass; 1 keeps all; 0 is greedy."""
     temperature: float = 1.0
     """Divide the logits by this before filtering; 0 is greedy (argmax)."""
+
+    def strengths(self, num_scales: int) -> list[float]:
+        """Guidance strength of every scale (`guidance_strengths`)."""
+        return guidance_strengths(num_scales, self.cfg_scale, self.guidance_schedule, self.guidance_off_last)
+
+    def needs_unconditional(self, num_scales: int) -> bool:
+        """Whether a condition must carry the empty-prompt rows (some scale is guided)."""
+        return unconditional_rows_needed(self.strengths(num_scales))[0]
 
     def __post_init__(self) -> None:
         if self.cfg_scale < 0:
@@ -95,6 +111,10 @@ class LogitsSource(Protocol):
         """scale_inputs (rows, s*s, latent_dim) or None at scale 0 -> logits (rows, s*s, vocab_size)."""
         ...
 
+    def switch_text(self, text: dict[str, torch.Tensor]) -> None:
+        """Use other text states (same rows) from the next scale on."""
+        ...
+
 
 def keep_rows(state: InferenceState, rows: int) -> InferenceState:
     """The state of the first `rows` rows (drops the unconditional half once guidance is off)."""
@@ -116,6 +136,14 @@ class CachedLogits:
         self.transformer = transformer
         self.state = transformer.start(**text)
 
+    def switch_text(self, text: dict[str, torch.Tensor]) -> None:
+        """Condition the next scales on other text states (per-scale prompts); earlier scales' cached
+        keys and values stay as they were computed under their own condition."""
+        fresh = self.transformer.start(**text)
+        kept = keep_rows(self.state, fresh.batch_size)  # guidance may end at the same scale
+        self.state = InferenceState(fresh.condition, fresh.text_mask, fresh.text_keys, fresh.text_values,
+                                    kept.caches, kept.next_scale)
+
     def __call__(self, scale: int, scale_inputs: torch.Tensor | None, rows: int) -> torch.Tensor:
         if rows < self.state.batch_size:
             self.state = keep_rows(self.state, rows)
@@ -123,12 +151,20 @@ class CachedLogits:
 
 
 class RecomputedLogits:
-    """Reference path: no cache; at every scale the whole prefix goes through the teacher-forced pass."""
+    """Reference path: no cache; at every scale the whole prefix goes through the teacher-forced pass.
+
+    The teacher-forced pass conditions every token on one text, so this path takes one condition for
+    all scales (per-scale prompts run on the cached path, where each scale keeps its own condition).
+    """
 
     def __init__(self, transformer: NextScaleTransformer, text: dict[str, torch.Tensor]) -> None:
         self.transformer = transformer
         self.text = text
         self.inputs: list[torch.Tensor] = []  # per scale (rows, s*s, latent_dim)
+
+    def switch_text(self, text: dict[str, torch.Tensor]) -> None:
+        raise ValueError("the uncached reference path takes one condition for every scale; per-scale "
+                         "conditions run on the cached path (reference=False)")
 
     def __call__(self, scale: int, scale_inputs: torch.Tensor | None, rows: int) -> torch.Tensor:
         if scale_inputs is not None:
@@ -159,38 +195,7 @@ def encode_text(
     pipeline: Pipeline, prompts: list[str], unconditional: bool, dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
     """text_tokens/text_mask/text_pooled of the prompts, then (if `unconditional`) as many rows of ""."""
-    embedding = pipeline.text_encoder.encode([*prompts, ""] if unconditional else prompts).as_dict()
-    if unconditional:  # rows: b conditional, then the empty prompt repeated b times
-        order = torch.tensor([*range(len(prompts)), *[len(prompts)] * len(prompts)])
-        embedding = {name: tensor[order.to(tensor.device)] for name, tensor in embedding.items()}
-    return {name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in embedding.items()}
-
-
-def class_rows(
-    pipeline: Pipeline, labels: list[int], unconditional: bool
-) -> dict[str, torch.Tensor]:
-    """The class-conditional counterpart of `encode_text`: {"labels": (rows,) long}, the b labels then (if
-    `unconditional`) b rows of the null class (VAR's unconditional branch)."""
-    config = pipeline.transformer.config
-    bad = [label for label in labels if not 0 <= label < config.num_classes]
-    if bad:
-        raise ValueError(f"class labels must be in [0, {config.num_classes}), got {bad}")
-    rows = [*labels, *[config.null_class] * len(labels)] if unconditional else labels
-    return {"labels": torch.tensor(rows, dtype=torch.long, device=pipeline.device)}
-
-
-def condition_rows(
-    pipeline: Pipeline, conditions: list[str] | list[int], unconditional: bool, dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
-    """The transformer's condition inputs for `start`/`forward`: text states of prompts for a text model,
-    labels for a class-conditional one (which the pipeline's transformer decides)."""
-    class_model = pipeline.transformer.config.class_conditional
-    if class_model != all(isinstance(item, int) for item in conditions):
-        wanted = "class labels (ints)" if class_model else "text prompts"
-        raise ValueError(f"this pipeline's transformer is conditioned on {wanted}, got {conditions[:4]}")
-    if class_model:
-        return class_rows(pipeline, [int(label) for label in conditions], unconditional)
-    return encode_text(pipeline, [str(prompt) for prompt in conditions], unconditional, dtype)
+    return build_condition(pipeline, prompts, unconditional, dtype).text
 
 
 def progression_frame(tokenizer: MultiScaleVQVAE, accumulated: torch.Tensor, scale: int) -> torch.Tensor:
@@ -203,6 +208,114 @@ def progression_frame(tokenizer: MultiScaleVQVAE, accumulated: torch.Tensor, sca
     size = tokenizer.config.scale_sizes[scale]
     coarse = F.interpolate(image, size=(size, size), mode="area")
     return F.interpolate(coarse, size=image.shape[-2:], mode="nearest")
+
+
+@dataclass
+class ScaleStep:
+    """What the loop hands to `on_scale` after each scale (a UI streams `preview`)."""
+
+    scale: int
+    """The scale just finished (0 = the 1x1 map)."""
+    codes: list[torch.Tensor]
+    """Codes of scales 0..scale [(b, s_k, s_k) long, ...], constraints applied."""
+    accumulated: torch.Tensor
+    """(b, C, h, w) the accumulated latent after this scale."""
+    preview: torch.Tensor | None
+    """With previews=True: the progression frame of this scale (b, 3, H, W) float32, else None."""
+
+
+OnScale = Callable[[ScaleStep], None]
+
+
+@dataclass
+class LoopResult:
+    """What `sample_scales` returns."""
+
+    codes: list[torch.Tensor]
+    """Per-scale codes [(b, s_k, s_k) long, ...], constraints applied."""
+    accumulated: torch.Tensor
+    """(b, C, h, w) the accumulated latent after the last scale: `tokenizer.decode_latent` gives the images."""
+
+
+def per_scale(conditions: Condition | Sequence[Condition], num_scales: int) -> list[Condition]:
+    """One condition for every scale (a single one is used at every scale); checks the batch sizes agree."""
+    if isinstance(conditions, Condition):
+        return [conditions] * num_scales
+    conditions = list(conditions)
+    if len(conditions) != num_scales:
+        raise ValueError(f"got {len(conditions)} conditions for {num_scales} scales: pass one or one per scale")
+    if len({condition.batch_size for condition in conditions}) != 1:
+        raise ValueError("every scale's condition must hold the same number of prompts (one per image)")
+    return conditions
+
+
+@torch.inference_mode()
+def sample_scales(
+    pipeline: Pipeline,
+    conditions: Condition | Sequence[Condition],
+    seeds: Sequence[int] | int = 0,
+    config: SamplingConfig | None = None,
+    *,
+    constraints: ScaleConstraints | None = None,
+    on_scale: OnScale | None = None,
+    previews: bool = False,
+    progress: bool = False,
+    reference: bool = False,
+) -> LoopResult:
+    """THE scale loop: codes of every scale, from a condition (or one per scale), one generator per image.
+
+    `constraints`: where a scale's mask is set, the known code replaces the sampled one before it is
+    embedded (every image still draws its codes as usual, so a row's random stream does not depend on
+    its mask). `on_scale` is called after every scale with a `ScaleStep` (`previews=True` adds the
+    decoded progression frame). `reference=True` runs the uncached reference path (one condition only).
+    """
+    config = config or SamplingConfig()
+    tokenizer, transformer = pipeline.tokenizer, pipeline.transformer
+    if transformer.training or tokenizer.training:
+        raise ValueError("the tokenizer and transformer are in training mode: call .eval() before sampling")
+    scale_sizes = transformer.config.scale_sizes
+    scale_conditions = per_scale(conditions, len(scale_sizes))
+    batch = scale_conditions[0].batch_size
+    if constraints is not None:
+        constraints.check(batch, scale_sizes)
+    image_seeds = resolve_seeds(seeds, batch)
+    generators = [torch.Generator(device=pipeline.device).manual_seed(seed) for seed in image_seeds]
+    strengths = config.strengths(len(scale_sizes))
+    guided_rows = unconditional_rows_needed(strengths)
+    if guided_rows[0] and not all(condition.unconditional for condition in scale_conditions):
+        raise ValueError("guidance needs the unconditional rows: build the condition with unconditional=True "
+                         "(or sample with cfg_scale 0)")
+    dtype = next(transformer.parameters()).dtype
+    rows = 2 * batch if guided_rows[0] else batch
+    source: LogitsSource = (RecomputedLogits if reference else CachedLogits)(
+        transformer, scale_conditions[0].rows(rows)
+    )
+
+    codes: list[torch.Tensor] = []
+    accumulated: torch.Tensor | None = None  # (b, C, h, w), VAR's f_hat
+    for scale in tqdm(range(len(scale_sizes)), desc="scales", disable=not progress, leave=False):
+        rows = 2 * batch if guided_rows[scale] else batch
+        if scale > 0 and scale_conditions[scale] is not scale_conditions[scale - 1]:
+            source.switch_text(scale_conditions[scale].rows(rows))
+        scale_inputs = None
+        if accumulated is not None:
+            scale_inputs = tokenizer.quantizer.next_scale_input(accumulated, scale).to(dtype)  # (b, s*s, C)
+            scale_inputs = scale_inputs.repeat(rows // batch, 1, 1)  # (rows, s*s, C)
+        logits = source(scale, scale_inputs, rows)  # (rows, s*s, V)
+        if rows > batch:
+            logits = guided_logits(logits[:batch], logits[batch:], strengths[scale])
+        size = scale_sizes[scale]
+        code = sample_codes(logits, generators, config.top_k, config.top_p, config.temperature).view(batch, size, size)
+        if constraints is not None:
+            code = constraints.apply(scale, code, tokenizer.quantizer, accumulated)
+        codes.append(code)
+        contribution = tokenizer.quantizer.embed_scale(scale, code)  # (b, C, h, w)
+        accumulated = contribution if accumulated is None else accumulated + contribution
+        if on_scale is not None:
+            preview = progression_frame(tokenizer, accumulated, scale) if previews else None
+            on_scale(ScaleStep(scale, list(codes), accumulated, preview))
+    assert accumulated is not None
+    return LoopResult(codes, accumulated)
 
 
 @torch.inference_mode()
@@ -221,42 +334,16 @@ def generate(
 
     The same seed gives the same image, whatever else is in the batch. Every call starts from a fresh
     inference state. `reference=True` runs the uncached reference path (for tests and benchmarks).
+    Builds the condition (`build_condition`) and runs the one scale loop (`sample_scales`).
     """
     config = config or SamplingConfig()
     prompt_list = [prompts] if isinstance(prompts, (str, int)) else list(prompts)
-    tokenizer, transformer = pipeline.tokenizer, pipeline.transformer
-    if transformer.training or tokenizer.training:
-        raise ValueError("the tokenizer and transformer are in training mode: call .eval() before sampling")
-    batch, scale_sizes = len(prompt_list), transformer.config.scale_sizes
-    image_seeds = resolve_seeds(seeds, batch)
-    generators = [torch.Generator(device=pipeline.device).manual_seed(seed) for seed in image_seeds]
-    strengths = guidance_strengths(
-        len(scale_sizes), config.cfg_scale, config.guidance_schedule, config.guidance_off_last
-    )
-    guided_rows = unconditional_rows_needed(strengths)
-    dtype = next(transformer.parameters()).dtype
-    text = condition_rows(pipeline, prompt_list, guided_rows[0], dtype)
-    source: LogitsSource = (RecomputedLogits if reference else CachedLogits)(transformer, text)
-
-    codes: list[torch.Tensor] = []
+    unconditional = config.needs_unconditional(pipeline.transformer.config.num_scales)
+    condition = build_condition(pipeline, prompt_list, unconditional)
     frames: list[torch.Tensor] = []
-    accumulated: torch.Tensor | None = None  # (b, C, h, w), VAR's f_hat
-    for scale in tqdm(range(len(scale_sizes)), desc="scales", disable=not progress, leave=False):
-        rows = 2 * batch if guided_rows[scale] else batch
-        scale_inputs = None
-        if accumulated is not None:
-            scale_inputs = tokenizer.quantizer.next_scale_input(accumulated, scale).to(dtype)  # (b, s*s, C)
-            scale_inputs = scale_inputs.repeat(rows // batch, 1, 1)  # (rows, s*s, C)
-        logits = source(scale, scale_inputs, rows)  # (rows, s*s, V)
-        if rows > batch:
-            logits = guided_logits(logits[:batch], logits[batch:], strengths[scale])
-        size = scale_sizes[scale]
-        code = sample_codes(logits, generators, config.top_k, config.top_p, config.temperature).view(batch, size, size)
-        codes.append(code)
-        contribution = tokenizer.quantizer.embed_scale(scale, code)  # (b, C, h, w)
-        accumulated = contribution if accumulated is None else accumulated + contribution
-        if return_progression:
-            frames.append(progression_frame(tokenizer, accumulated, scale))
-    assert accumulated is not None
-    images = frames[-1] if return_progression else tokenizer.decode_latent(accumulated).float()
-    return SamplingResult(images, codes, image_seeds, frames or None)
+    result = sample_scales(
+        pipeline, condition, seeds, config, progress=progress, reference=reference, previews=return_progression,
+        on_scale=(lambda step: frames.append(step.preview)) if return_progression else None,  # type: ignore[arg-type]
+    )
+    images = frames[-1] if return_progression else pipeline.tokenizer.decode_latent(result.accumulated).float()
+    return SamplingResult(images, result.codes, resolve_seeds(seeds, len(prompt_list)), frames or None)
