@@ -65,7 +65,8 @@ def test_evaluation_end_to_end_on_a_tiny_budget(tiny_pipeline_dir, tmp_path):
     judge = AttributeJudge(JudgeConfig(image_size=16, channels=(8, 8), pooled_size=2, feature_dim=8))
     judge.save_pretrained(tmp_path / "judge")
     config = EvaluationConfig(checkpoint=str(tiny_pipeline_dir), judge=str(tmp_path / "judge"), out=tmp_path / "eval",
-                              images_per_prompt=2, num_triples=2, cfg_scales=(0.0, 3.0), batch_size=32)
+                              images_per_prompt=2, num_triples=2, cfg_scales=(0.0, 3.0), batch_size=32,
+                              zoom_levels=(2, 4))
     report = evaluate(config)
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert saved["best_cfg_scale"] in (0.0, 3.0) and len(saved["sweep"]) == 2

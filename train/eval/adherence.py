@@ -13,7 +13,7 @@ combinations) it reports, for each guidance scale of a sweep:
 - the Fréchet distance between judge features of generated and real images, beside real-vs-real and
   reconstructions-vs-real;
 - diversity: mean pairwise RMS pixel distance between images of the same prompt (real: same measure);
-- per zoom level (2x, 4x) at the best guidance scale: adherence to a prompt per visible attribute value
+- with `--zoom-levels 2 4`, per zoom level at the best guidance scale: adherence to a prompt per visible attribute value
   at that level ("a close-up of the face of a man with glasses"), beside real renders of the level.
 Writes `evaluation.json`, `evaluation.md` and `progression.png` (coarse-to-fine for four prompts).
 """
@@ -78,9 +78,9 @@ class EvaluationConfig:
     """Seed of generated images, real renders and the 3-attribute prompt set."""
     progression: bool = True
     """Also save the coarse-to-fine progression of four prompts."""
-    zoom_levels: tuple[int, ...] = (2, 4)
+    zoom_levels: tuple[int, ...] = ()
     """Zoom levels (2, 4) whose per-level adherence is measured at the best guidance scale (1x is the main
-    table); () skips it."""
+    table); needs a judge trained on those levels (`--zoom-judge`); () skips it."""
 
     def sampling(self, cfg_scale: float) -> SamplingConfig:
         return SamplingConfig(cfg_scale=cfg_scale, top_k=self.top_k, top_p=self.top_p, temperature=self.temperature)
