@@ -12,7 +12,7 @@ def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"== {machine['device']}, {machine['threads']} threads, torch {machine['torch']}, load average "
         f"{machine['load_average_start']:.1f} -> {machine.get('load_average_end', float('nan')):.1f} "
-        f"on {machine['cpu_count']} cores, {machine['started']} ==",
+        f"on {machine['cpu_count']} cores, {machine['started']}, {machine.get('clock', 'wall')} clock ==",
         f"GEMM peak: fp32 {results['peak_flops']['float32'] / 1e9:.0f} GFLOP/s, "
         f"bf16 {results['peak_flops']['bfloat16'] / 1e9:.0f} GFLOP/s",
     ]
@@ -89,6 +89,17 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"memory over {growth['calls']} generate calls (demo, batch {growth['batch']}): "
                      f"{growth['megabytes'][1]:.0f} -> {growth['megabytes'][-1]:.0f} MB "
                      f"(growth {growth['growth_mb']:+.1f} MB)")
+    if "compile" in results:
+        entry = results["compile"]
+        lines += ["", f"torch.compile of the blocks, demo shape, fp32: first calls {entry['compile_seconds']:.0f} s"]
+        for batch, row in entry["batches"].items():
+            even = row["break_even_calls"]
+            lines.append(
+                f"  batch {batch}: eager {row['eager_seconds']:.3f} s, compiled {row['compiled_seconds']:.3f} s "
+                f"({row['speedup']:.2f}x; transformer {row['eager_transformer_seconds']:.3f} -> "
+                f"{row['compiled_transformer_seconds']:.3f} s); pays after "
+                + (f"{even:.0f} calls" if even is not None else "never")
+            )
     lines.append(f"peak RSS of the suite: {results['peak_rss_mb']:.0f} MB; "
                  f"{results['machine'].get('seconds', 0) / 60:.1f} minutes")
     return "\n".join(lines)
@@ -108,7 +119,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
         return None
     machine = results["machine"]
     label = (f"{machine['device']}, {machine['threads']} thread(s), load {machine['load_average_start']:.1f}-"
-             f"{machine.get('load_average_end', 0):.1f}")
+             f"{machine.get('load_average_end', 0):.1f}, {machine.get('clock', 'wall')} clock")
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     if "resolution" in results:
         sweep = results["resolution"]

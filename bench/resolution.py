@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import torch
 
 from bench.baselines import next_scale_loop
-from bench.common import TEXT_LENGTH, VAR_SCALES, median_seconds, peak_memory, perturbed, random_text
+from bench.common import TEXT_LENGTH, VAR_SCALES, median_seconds, now, peak_memory, perturbed, random_text
 from nextscale.sampling.sampler import SamplingConfig
 from nextscale.scales import scale_offsets, total_tokens
 from nextscale.transformer import NextScaleTransformer, TransformerConfig
@@ -41,11 +40,11 @@ def scale_seconds(transformer: NextScaleTransformer, text: dict[str, torch.Tenso
     state = transformer.start(**text)
     times = []
     for scale in range(model.num_scales):
-        start = time.perf_counter()
+        start = now()
         tokens = offsets[scale + 1] - offsets[scale]
         inputs = None if scale == 0 else text["text_pooled"].new_zeros(2 * batch, tokens, model.latent_dim)
         transformer.forward_scale(state, scale, inputs)
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return times
 
 
@@ -61,10 +60,10 @@ def resolution_section(
         model = replace(shape, scale_sizes=scales)
         torch.manual_seed(0)
         transformer = perturbed(NextScaleTransformer(model).to(device))
-        with peak_memory(device) as memory:
-            next_scale_loop(transformer, text, batch, config)
         loop = partial(next_scale_loop, transformer, text, batch, config)
-        seconds = median_seconds({"loop": loop}, repeats)["loop"]
+        with peak_memory(device) as memory:
+            loop()  # also the warm-up
+        seconds = median_seconds({"loop": loop}, repeats, warmup=0)["loop"]
         per_scale = scale_seconds(transformer, text, batch)
         rows.append(
             {

@@ -4,9 +4,9 @@ Every figure is the median of `--repeats` runs after one warm-up, with a fixed t
 comparison is measured side by side (interleaved runs) in the same process. Prints a table and writes
 `suite.json` and `performance.png` under `--out`.
 
-    python -m bench                                   # this CPU: about 25 minutes on 2 loaded cores
+    python -m bench                                   # this CPU: about 25 minutes on 2 loaded cores, 1 thread
     python -m bench --sections sampling baselines --repeats 3
-    python -m bench --device cuda --wide-depth 16 --wide-batches 1 8 16   # a GPU: the real d16 width
+    python -m bench --device cuda --wide-depth 16 --d16-batches 1 8 16   # a GPU: the real d16 width
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ from bench.common import (
     load_average,
     perturbed,
     random_pipeline,
+    set_clock,
     suite_peak_rss_megabytes,
 )
+from bench.compiled import compile_section
 from bench.memory import kv_cache_bytes, memory_growth
 from bench.peak import gemm_peak
 from bench.report import format_table, plot
@@ -43,7 +45,8 @@ from bench.sampling import sampling_section
 from bench.training import attention_section, training_section
 from nextscale.transformer import NextScaleTransformer, TransformerConfig
 
-Section = Literal["peak", "sampling", "baselines", "resolution", "training", "attention", "memory"]
+Section = Literal["peak", "sampling", "baselines", "resolution", "training", "attention", "memory", "compile"]
+# compile is not in the default run: its compilation alone takes minutes on a CPU
 SECTIONS: tuple[Section, ...] = ("peak", "sampling", "baselines", "resolution", "training", "attention", "memory")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -59,14 +62,15 @@ class SuiteConfig:
     device: Literal["cpu", "cuda"] = "cpu"
     """Where to run."""
     sections: tuple[Section, ...] = SECTIONS
-    """Which parts to run (the peak always runs: it is the denominator of utilisation)."""
+    """Which parts to run (the peak always runs: it is the denominator of utilisation); `compile` (not
+    in the default) measures torch.compile of the blocks on the demo shape."""
     batches: tuple[int, ...] = (1, 8, 16)
-    """Images per call for the demo shape and the d16 layout at width 256."""
+    """Images per call for the demo shape."""
+    d16_batches: tuple[int, ...] = (1, 8)
+    """Images per call for the d16 layout (widths 256 and 1024); add 16 where time allows (a GPU)."""
     wide_depth: int = 1
     """Blocks actually run at width 1024 (16 = the real VAR-d16). Fewer on a CPU: utilisation is measured
     on those blocks and images/s is projected to 16 blocks (labelled so)."""
-    wide_batches: tuple[int, ...] = (1, 8)
-    """Images per call at width 1024."""
     baseline_batches: tuple[int, ...] = (1, 8)
     """Images per call of the equal-backbone comparison (d16 layout, width 256)."""
     resolution_sides: tuple[int, ...] = (8, 12, 16, 24, 32)
@@ -77,6 +81,9 @@ class SuiteConfig:
     """Try FlexAttention (compiled) in the attention comparison where this torch supports it."""
     memory_calls: int = 20
     """Consecutive generate calls watched for memory growth."""
+    clock: Literal["wall", "cpu"] = "wall"
+    """wall: elapsed time. cpu: CPU time of this process, for a CPU shared with other jobs (with one thread
+    it is the time the work took on its core, whatever the load; every figure is then per CPU-second)."""
     out: Path = Path("outputs/bench")
     """Where suite.json and performance.png go."""
 
@@ -86,9 +93,9 @@ def shapes(config: SuiteConfig) -> dict[str, tuple[TransformerConfig, int, tuple
     d16 = dict(scale_sizes=VAR_SCALES, vocab_size=4096, text_width=TEXT_WIDTH)
     return {
         "demo": (TransformerConfig.preset("demo", text_width=TEXT_WIDTH), 6, config.batches),
-        "d16-w256": (TransformerConfig(depth=16, width=256, num_heads=4, **d16), 16, config.batches),
+        "d16-w256": (TransformerConfig(depth=16, width=256, num_heads=4, **d16), 16, config.d16_batches),
         "d16-w1024": (TransformerConfig(depth=config.wide_depth, width=1024, num_heads=16, **d16), 16,
-                      config.wide_batches),
+                      config.d16_batches),
     }
 
 
@@ -107,12 +114,16 @@ def machine(config: SuiteConfig) -> dict[str, Any]:
         "torch": torch.__version__,
         "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "load_average_start": load_average(),
+        "clock": config.clock,
     }
 
 
 def main(config: SuiteConfig) -> dict[str, Any]:
     torch.set_num_threads(config.threads)
     device = torch.device(config.device)
+    if config.clock == "cpu" and device.type == "cuda":
+        raise SystemExit("error: --clock cpu times the host only; use --clock wall on a GPU")
+    set_clock(config.clock)
     results: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()}}
     results["machine"] = machine(config)
     log = lambda text: print(text, flush=True)
@@ -162,6 +173,8 @@ def main(config: SuiteConfig) -> dict[str, Any]:
             "growth": memory_growth(random_pipeline(all_shapes["demo"][0], device, torch.float32),
                                     config.memory_calls, 4, device),
         }
+    if section("compile"):
+        results["compile"] = compile_section(all_shapes["demo"][0], (1, 8), config.repeats, device)
     results["machine"]["load_average_end"] = load_average()
     results["machine"]["seconds"] = time.perf_counter() - started
     results["peak_rss_mb"] = suite_peak_rss_megabytes()

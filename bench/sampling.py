@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bench.common import PROMPT, TEXT_LENGTH, peak_memory, random_pipeline, synchronize
+from bench.common import PROMPT, TEXT_LENGTH, now, peak_memory, random_pipeline, synchronize
 from nextscale.sampling.pipeline import Pipeline
 from nextscale.sampling.sampler import SamplingConfig, generate
 from nextscale.tokenizer import MultiScaleVQVAE
@@ -49,13 +48,13 @@ def timed_parts(device: torch.device) -> Iterator[dict[str, float]]:
             if depth[0]:
                 return function(*args, **kwargs)
             depth[0] += 1
-            start = time.perf_counter()
+            start = now()
             try:
                 result = function(*args, **kwargs)
                 synchronize(device)
                 return result
             finally:
-                totals[part] += time.perf_counter() - start
+                totals[part] += now() - start
                 depth[0] -= 1
 
         return wrapper
@@ -92,10 +91,10 @@ def measure_generate(
     for _ in range(repeats):
         for name, pipeline in pipelines.items():
             with timed_parts(device) as parts:
-                start = time.perf_counter()
+                start = now()
                 generate(pipeline, prompts, 0, config)
                 synchronize(device)
-                seconds = time.perf_counter() - start
+                seconds = now() - start
             runs[name].append({"total": seconds, **parts})
     for name, values in runs.items():
         medians = {key: statistics.median(run[key] for run in values) for key in values[0]}

@@ -200,6 +200,14 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
+    def compile_blocks(self) -> NextScaleTransformer:
+        """`torch.compile` every block (shape-dynamic, so the scales' growing token and key counts share
+        one graph); returns self. The first call pays the compilation (minutes on a CPU): it pays for
+        long sampling runs, not for a few images (README "Performance" has the measurement)."""
+        for block in self.blocks:
+            block.compile(dynamic=True)
+        return self
+
     # -- shared pieces of the teacher-forced and the incremental path --------------------------------
 
     def _check_text(
