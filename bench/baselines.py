@@ -14,6 +14,7 @@ used as
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -22,8 +23,8 @@ from torch import nn
 
 from bench.common import TEXT_LENGTH, median_seconds, random_text, synchronize
 from nextscale.sampling.filtering import sample_codes
-from nextscale.sampling.guidance import guidance_strengths, guided_logits
-from nextscale.sampling.sampler import SamplingConfig
+from nextscale.sampling.guidance import guidance_strengths, guided_logits, unconditional_rows_needed
+from nextscale.sampling.sampler import CachedLogits, RecomputedLogits, SamplingConfig
 from nextscale.scales import scale_offsets
 from nextscale.transformer import NextScaleTransformer
 from nextscale.transformer.flops import pass_flops, sampling_flops
@@ -33,20 +34,30 @@ DIFFUSION_STEPS = (25, 50)
 
 @torch.inference_mode()
 def next_scale_loop(
-    transformer: NextScaleTransformer, text: dict[str, torch.Tensor], batch: int, config: SamplingConfig
+    transformer: NextScaleTransformer,
+    text: dict[str, torch.Tensor],
+    batch: int,
+    config: SamplingConfig,
+    cached: bool = True,
 ) -> None:
-    """The transformer and sampling step of `generate`'s loop, with random next-scale inputs."""
+    """The transformer and sampling step of the sampler's scale loop through its own logits sources (the
+    KV cache, or the reference that recomputes the prefix), with random next-scale inputs."""
     model = transformer.config
-    strengths = guidance_strengths(model.num_scales, config.cfg_scale, config.guidance_schedule)
+    strengths = guidance_strengths(
+        model.num_scales, config.cfg_scale, config.guidance_schedule, config.guidance_off_last
+    )
+    guided_rows = unconditional_rows_needed(strengths)
     generators = [torch.Generator(device=text["text_pooled"].device).manual_seed(i) for i in range(batch)]
     offsets = scale_offsets(model.scale_sizes)
-    state = transformer.start(**text)
+    source = (CachedLogits if cached else RecomputedLogits)(transformer, text)
     for scale in range(model.num_scales):
+        rows = 2 * batch if guided_rows[scale] else batch
         tokens = offsets[scale + 1] - offsets[scale]
-        inputs = None if scale == 0 else text["text_pooled"].new_zeros(2 * batch, tokens, model.latent_dim)
-        logits = transformer.forward_scale(state, scale, inputs)
-        guided = guided_logits(logits[:batch], logits[batch:], strengths[scale])
-        sample_codes(guided, generators, config.top_k, config.top_p, config.temperature)
+        inputs = None if scale == 0 else text["text_pooled"].new_zeros(rows, tokens, model.latent_dim)
+        logits = source(scale, inputs, rows)
+        if rows > batch:
+            logits = guided_logits(logits[:batch], logits[batch:], strengths[scale])
+        sample_codes(logits, generators, config.top_k, config.top_p, config.temperature)
     synchronize(text["text_pooled"].device)
 
 
@@ -107,24 +118,37 @@ def baseline_flops(transformer: NextScaleTransformer, batch: int) -> dict[str, f
 
 
 def baselines_section(
-    transformer: NextScaleTransformer, batch: int, repeats: int, device: torch.device, dtype: torch.dtype
+    transformer: NextScaleTransformer,
+    batch: int,
+    repeats: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    variants: bool = False,
 ) -> dict[str, Any]:
-    """Seconds per image of each way at this batch, measured side by side; ratios to next-scale."""
+    """Seconds per call of each way at this batch, measured side by side; ratios to next-scale. `variants`
+    adds next-scale without the KV cache and with guidance off for the last 2 scales."""
     config = SamplingConfig()
     text = random_text(2 * batch, device, dtype)
     head = nn.Linear(transformer.config.width, transformer.config.latent_dim).to(device, dtype)
-    seconds = median_seconds(
-        {
-            "next-scale": partial(next_scale_loop, transformer, text, batch, config),
-            "raster AR": partial(raster_loop, transformer, text, batch, config),
-            "diffusion pass": partial(diffusion_pass, transformer, text, batch, head, config.cfg_scale),
-        },
-        repeats,
-    )
+    ways = {
+        "next-scale": partial(next_scale_loop, transformer, text, batch, config),
+        "raster AR": partial(raster_loop, transformer, text, batch, config),
+        "diffusion pass": partial(diffusion_pass, transformer, text, batch, head, config.cfg_scale),
+    }
+    if variants:  # the KV cache and the guidance window, against the same loop
+        ways["next-scale, no KV cache"] = partial(next_scale_loop, transformer, text, batch, config, cached=False)
+        window = replace(config, guidance_off_last=2)
+        ways["next-scale, guidance off last 2"] = partial(next_scale_loop, transformer, text, batch, window)
+    seconds = median_seconds(ways, repeats)
     per_pass = seconds.pop("diffusion pass")
     for steps in DIFFUSION_STEPS:
         seconds[f"diffusion {steps}"] = steps * per_pass
     flops = baseline_flops(transformer, batch)
+    if variants:
+        model, rows = transformer.config, 2 * batch
+        flops["next-scale, no KV cache"] = sum(s.total for s in sampling_flops(model, TEXT_LENGTH, rows, cached=False))
+        window = [rows] * (model.num_scales - 2) + [batch] * 2
+        flops["next-scale, guidance off last 2"] = sum(s.total for s in sampling_flops(model, TEXT_LENGTH, window))
     return {
         "batch": batch,
         "seconds": seconds,

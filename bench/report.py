@@ -41,11 +41,11 @@ def format_table(results: dict[str, Any]) -> str:
                      " transformer time / GEMM peak of that dtype)")
     for entry in results.get("baselines", []):
         lines += ["", f"equal backbone d16-w256, fp32, batch {entry['batch']}, guided (cost models, random weights)",
-                  f"{'way':16} {'s/call':>9} {'x slower':>9} {'x FLOPs':>8}"]
+                  f"{'way':32} {'s/call':>9} {'x slower':>9} {'x FLOPs':>8}"]
         for name, seconds in entry["seconds"].items():
             lines.append(
-                f"{name:16} {seconds:9.2f} {entry['slowdown_vs_next_scale'][name]:9.1f} "
-                f"{entry['flop_ratio_vs_next_scale'][name]:8.1f}"
+                f"{name:32} {seconds:9.2f} {entry['slowdown_vs_next_scale'][name]:9.2f} "
+                f"{entry['flop_ratio_vs_next_scale'][name]:8.2f}"
             )
         pass_seconds = entry["diffusion_pass_seconds"]
         lines.append(f"(diffusion: one guided full-grid pass measured, {pass_seconds:.3f} s, times the steps)")
@@ -137,7 +137,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
         axes[0].legend(fontsize=8)
     if "baselines" in results:
         entries = results["baselines"]
-        names = list(entries[0]["seconds"])
+        names = [name for name in entries[0]["seconds"] if all(name in entry["seconds"] for entry in entries)]
         width = 0.8 / len(entries)
         for index, entry in enumerate(entries):
             positions = [i + index * width for i in range(len(names))]

@@ -139,7 +139,8 @@ def main(config: SuiteConfig) -> dict[str, Any]:
     section("peak")
     peaks = {}
     for name, dtype in DTYPES.items():
-        peaks[name] = gemm_peak(device, dtype, (512, 1024, 2048), config.repeats)["flops"]
+        sizes = (2048, 4096, 8192) if device.type == "cuda" else (512, 1024, 2048)
+        peaks[name] = gemm_peak(device, dtype, sizes, config.repeats)["flops"]
     results["peak_flops"] = peaks
     log(f"  GEMM peak: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s")
     all_shapes = shapes(config)
@@ -148,7 +149,7 @@ def main(config: SuiteConfig) -> dict[str, Any]:
     if section("baselines"):
         backbone = perturbed(NextScaleTransformer(all_shapes["d16-w256"][0])).to(device)
         results["baselines"] = [
-            baselines_section(backbone, batch, config.repeats, device, torch.float32)
+            baselines_section(backbone, batch, config.repeats, device, torch.float32, variants=batch == 1)
             for batch in config.baseline_batches
         ]
         del backbone
