@@ -55,9 +55,9 @@ class EditEvaluationConfig:
     """Source portraits (= edits) per measurement."""
     cfg_scale: float = 2.0
     """Guidance strength of every edit (the demo's best single-image scale)."""
-    keep_scales: tuple[int, ...] = (2, 3, 4)
+    keep_scales: tuple[int, ...] = (2, 3, 4, 5)
     """Variations: the numbers of kept scales measured."""
-    switch_scales: tuple[int, ...] = (2, 3, 4)
+    switch_scales: tuple[int, ...] = (2, 3, 4, 5)
     """Per-scale prompts: the switch scales measured."""
     outpaint_sides: tuple[int, int, int, int] = (16, 16, 16, 16)
     """Outpainting: LEFT TOP RIGHT BOTTOM pixels of new canvas."""
@@ -132,8 +132,9 @@ def evaluate_inpainting(pipeline: Pipeline, judge: AttributeJudge, config: EditE
     round_trip = pipeline.tokenizer.decode(pipeline.tokenizer.encode(sources))
     others = [name for name in ATTRIBUTES if name != "glasses"]
     kept = {name: rate(judge, blended, name, [item[name] for item in attributes]) for name in others}
-    save_grid([sources, torch.where(known.unsqueeze(1), sources, torch.ones_like(sources)), blended][:3],
-              config.out / "inpaint.png")
+    shown = slice(0, 8)  # sources, the regenerated band in white, the edits
+    save_grid([sources[shown], torch.where(known.unsqueeze(1), sources, torch.ones_like(sources))[shown],
+               blended[shown]], config.out / "inpaint.png")
     return {
         "edits": len(prompts), "glasses": rate(judge, blended, "glasses", ["yes"] * len(prompts)),
         "kept_psnr_before_blend": float(masked_psnr(unblended, sources, known).mean()),
