@@ -132,7 +132,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
         for row in sweep["rows"]:
             axes[0].annotate(f"{row['side']}x{row['side']}", (row["tokens"], row["seconds"]), fontsize=8)
         axes[0].set_xlabel("tokens of the schedule")
-        axes[0].set_ylabel("seconds per image (guided)")
+        axes[0].set_ylabel(f"{machine.get('clock', 'wall')} seconds per image (guided)")
         axes[0].set_title("cost vs resolution (d16-w256, fp32, batch 1)", fontsize=10)
         axes[0].legend(fontsize=8)
     if "baselines" in results:
@@ -145,7 +145,7 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
             axes[1].bar(positions, per_image, width, label=f"batch {entry['batch']}")
         axes[1].set_yscale("log")
         axes[1].set_xticks([i + width * (len(entries) - 1) / 2 for i in range(len(names))], names, fontsize=8)
-        axes[1].set_ylabel("seconds per image (guided)")
+        axes[1].set_ylabel(f"{machine.get('clock', 'wall')} seconds per image (guided)")
         axes[1].set_title("equal backbone (d16-w256, fp32): cost models", fontsize=10)
         axes[1].legend(fontsize=8)
     figure.suptitle(label, fontsize=9)
