@@ -15,7 +15,8 @@ t text tokens, n new tokens at a scale and c keys they attend to:
     modulation       12 w^2 per block + 4 w^2 head: AdaLN from the condition, once per row and pass
     head             2 n w V
     embedding        2 n latent_dim w (teacher inputs; the start token is the condition itself)
-    prompt           2 e w (condition) + depth * 4 t e w (text keys/values): once per prompt and pass
+    prompt           2 e w (condition; 0 for a class label) + depth * 4 t e w (text keys/values): once
+                     per prompt and pass
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def pass_flops(
     first = config.first_scale_tokens
     offsets = scale_offsets(config.scale_sizes)
     embedded = tokens - max(first - (offsets[scale + 1] - tokens), 0)  # tokens that are teacher inputs
-    prompt_flops = 2 * config.text_width * width + depth * cross * 4 * text * config.text_width * width
+    condition = 0 if config.class_conditional else 2 * config.text_width * width  # a label is a lookup
+    prompt_flops = condition + depth * cross * 4 * text * config.text_width * width
     return ScaleFlops(
         scale=scale,
         tokens=tokens,
