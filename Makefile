@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PROMPT ?= a man with a beard and glasses on a blue background
 
-.PHONY: install demo test train-demo lint wheel-check
+.PHONY: install demo test train-demo lint wheel-check bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,7 @@ lint: install
 
 wheel-check: install
 	PYTHON=$(BIN)/python bash .ci/wheel
+
+bench: install
+	$(BIN)/pip install -q matplotlib
+	$(BIN)/python -m bench --clock cpu

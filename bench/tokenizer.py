@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import tyro
 
-# the repository root first: bench/sampling.py and bench/tokenizer.py would shadow the packages
 from nextscale.sampling.pipeline import DEMO_PIPELINE
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.data import DataConfig, held_out, make_dataloader

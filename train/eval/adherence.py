@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -81,9 +82,14 @@ class EvaluationConfig:
     zoom_levels: tuple[int, ...] = ()
     """Zoom levels (2, 4) whose per-level adherence is measured at the best guidance scale (1x is the main
     table); needs a judge trained on those levels (`--zoom-judge`); () skips it."""
+    guidance_off_last: int = 0
+    """Switch guidance off for the last N scales (the guidance window measured for adherence and FD)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights and activations dtype of the sampled pipeline (the judge stays float32)."""
 
     def sampling(self, cfg_scale: float) -> SamplingConfig:
-        return SamplingConfig(cfg_scale=cfg_scale, top_k=self.top_k, top_p=self.top_p, temperature=self.temperature)
+        return SamplingConfig(cfg_scale=cfg_scale, guidance_off_last=self.guidance_off_last, top_k=self.top_k,
+                              top_p=self.top_p, temperature=self.temperature)
 
 
 @dataclass(frozen=True)
@@ -224,6 +230,9 @@ def evaluate(config: EvaluationConfig) -> dict:
     # what the tokenizer's round trip alone costs: real renders encoded and decoded
     reconstructed = from_uint8(reconstruct(pipeline.tokenizer, to_uint8(real_again)))
     reconstructed_pred, reconstructed_features = judge_images(judge, reconstructed)
+    # the baselines above use the float32 tokenizer; sampling runs in the dtype asked for
+    pipeline.tokenizer.to(getattr(torch, config.dtype))
+    pipeline.transformer.to(getattr(torch, config.dtype))
     unconditional = sample_prompts(pipeline, [""] * len(prompts), config, 0.0, config.seed)
     uncond_pred, _ = judge_images(judge, unconditional)
 
