@@ -1,0 +1,107 @@
+"""The page: its tabs, the request queue, and the server that binds it to this machine.
+
+nextscale-ui                      # http://127.0.0.1:7860, the bundled demo model
+nextscale-ui --checkpoint runs/var/pipeline --port 8000 --concurrency 2
+(the same as `python -m nextscale.ui ...`; `make ui` installs the `ui` extra first)
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import tyro
+
+from nextscale.ui.config import UIConfig
+
+try:
+    import gradio as gr
+except ImportError as error:  # the optional extra is missing: one line that says how to add it
+    raise SystemExit("error: the web UI needs gradio: pip install 'nextscale[ui]' (or `make ui`)") from error
+
+from nextscale.ui.generate_tab import build_generate_tab
+from nextscale.ui.model_tab import build_model_tab, info_markdown
+from nextscale.ui.models import DEMO_NAME
+from nextscale.ui.services import Services
+
+TITLE = "nextscale"
+CACHE_CLEANUP = (600, 3600)
+"""Every 10 minutes, Gradio deletes the files it served that are older than an hour."""
+CSS = """
+.pixelated img { image-rendering: pixelated; }
+#live-preview img { min-height: 256px; }
+"""
+INTRO = (
+    "# nextscale\n"
+    "Coarse-to-fine text-to-image generation by next-scale prediction: each image is decided scale by scale, "
+    "1x1 (its mean colour), then 2x2, 3x3, ... up to the full token map."
+)
+
+
+def build_app(services: Services) -> gr.Blocks:
+    """The page, wired to `services`; `launch` it (see `serve`) or mount it."""
+    config = services.config
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=CACHE_CLEANUP) as blocks:
+        gr.Markdown(INTRO)
+        model_name = gr.State(config.checkpoint)
+        with gr.Tabs(elem_id="tabs"):
+            with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
+                build_generate_tab(services, model_name)
+            with gr.Tab("Model", id="model", elem_id="tab-model"):
+                info = build_model_tab(services, model_name)
+
+        def on_page_load(name: str | None) -> str:
+            try:
+                return info_markdown(services.registry.get(name))
+            except Exception as error:
+                record = services.log.start("page load", {"pipeline": name or DEMO_NAME})
+                return services.report_error(record, error)
+
+        blocks.load(on_page_load, inputs=[model_name], outputs=[info], queue=False)
+    return blocks.queue(max_size=config.max_queue, default_concurrency_limit=config.sampling_workers)
+
+
+def serve(config: UIConfig, block: bool = True) -> tuple[gr.Blocks, str]:
+    """Load the first model, build the page and serve it; returns (app, local URL)."""
+    services = Services.from_config(config)
+    model = services.registry.get(config.checkpoint)  # load before serving: the first request is fast
+    logging.getLogger("nextscale.ui").info("model %s loaded (%d px, scales %s)", model.name, model.image_size,
+                                           model.scale_sizes)
+    blocks = build_app(services)
+    _, url, _ = blocks.launch(
+        server_name=config.host,
+        server_port=config.port or None,
+        share=config.share,
+        inbrowser=config.open_browser,
+        max_file_size=config.upload.max_bytes,
+        show_error=False,
+        ssr_mode=False,
+        enable_monitoring=False,
+        mcp_server=False,
+        prevent_thread_lock=True,
+        css=CSS,
+        footer_links=[],
+    )
+    logging.getLogger("nextscale.ui").info("serving on %s", url)
+    if block:
+        try:
+            blocks.block_thread()
+        finally:
+            services.store.close()
+    return blocks, url
+
+
+def cli() -> None:
+    """The `nextscale-ui` console script."""
+    config = tyro.cli(UIConfig)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        serve(config)
+    except (ValueError, OSError) as error:  # a bad checkpoint, a port in use: one line, no traceback
+        raise SystemExit(f"error: {error}") from error
+
+
+if __name__ == "__main__":
+    cli()

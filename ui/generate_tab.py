@@ -1,0 +1,128 @@
+"""The Generate tab: prompts and sampling settings in; the batch forming scale by scale, the images,
+their progression GIFs and the command line that redraws them out."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from nextscale.sampling import SamplingConfig
+from nextscale.ui.commands import describe, split_prompts
+from nextscale.ui.generation import GenerateRequest, GenerateResult, ScaleFrames, run_generate
+from nextscale.ui.services import Services
+from nextscale.ui.streaming import Finished, stream
+
+DEFAULTS = SamplingConfig()
+DEFAULT_PROMPT = "a man with a beard and glasses on a blue background"
+
+
+def sampling_controls() -> dict[str, gr.components.Component]:
+    """cfg, schedule, guidance-off-last, top-k, top-p, temperature: shared by the tabs that sample."""
+    with gr.Accordion("Sampling", open=True):
+        with gr.Row():
+            cfg = gr.Slider(0, 10, value=DEFAULTS.cfg_scale, step=0.1, label="cfg", elem_id="cfg",
+                            info="guidance strength; 0 = off")
+            schedule = gr.Radio(["linear", "constant"], value=DEFAULTS.guidance_schedule, label="guidance schedule",
+                                elem_id="guidance-schedule")
+            off_last = gr.Slider(0, 10, value=DEFAULTS.guidance_off_last, step=1, label="guidance off for the last",
+                                 elem_id="guidance-off-last", info="scales without guidance (faster)")
+        with gr.Row():
+            top_k = gr.Number(DEFAULTS.top_k, precision=0, minimum=0, label="top-k", elem_id="top-k",
+                              info="0 = every code; 1 = greedy")
+            top_p = gr.Slider(0, 1, value=DEFAULTS.top_p, step=0.01, label="top-p", elem_id="top-p")
+            temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="temperature",
+                                    elem_id="temperature", info="0 = greedy")
+    return {"cfg": cfg, "schedule": schedule, "off_last": off_last, "top_k": top_k, "top_p": top_p,
+            "temperature": temperature}
+
+
+def sampling_config(cfg: float, schedule: str, off_last: float, top_k: float | None, top_p: float,
+                    temperature: float) -> SamplingConfig:
+    """The controls' values -> a validated SamplingConfig (ValueError names the bad one)."""
+    return SamplingConfig(cfg_scale=float(cfg), guidance_schedule=schedule,  # type: ignore[arg-type]
+                          guidance_off_last=int(off_last), top_k=int(top_k or 0), top_p=float(top_p),
+                          temperature=float(temperature))
+
+
+def scale_status(frames: ScaleFrames) -> str:
+    return (f"scale {frames.scale + 1}/{frames.num_scales}: {frames.size}x{frames.size} "
+            f"({frames.seconds:.2f} s)")
+
+
+def build_generate_tab(services: Services, model_name: gr.State) -> None:
+    config = services.config
+    with gr.Row():
+        with gr.Column(scale=2):
+            prompt = gr.Textbox(DEFAULT_PROMPT, lines=3, label="prompts (one per line)", elem_id="prompt")
+            with gr.Row():
+                num_images = gr.Slider(1, config.max_images, value=min(4, config.max_images), step=1,
+                                       label="images per prompt", elem_id="num-images")
+                seed = gr.Number(0, precision=0, minimum=0, label="seed", elem_id="seed",
+                                 info="image i uses seed + i")
+                random_seed = gr.Button("random seed", elem_id="random-seed", size="sm")
+            controls = sampling_controls()
+            button = gr.Button("Generate", variant="primary", elem_id="generate")
+            status = gr.Markdown("", elem_id="generate-status")
+        with gr.Column(scale=3):
+            live = gr.Image(label="forming, scale by scale", format="png", interactive=False,
+                            elem_id="live-preview", elem_classes=["pixelated"])
+            progression = gr.Gallery(label="coarse to fine (every scale)", format="png", columns=6,
+                                     elem_id="progression", elem_classes=["pixelated"], height="auto")
+    gallery = gr.Gallery(label="images", format="png", columns=4, elem_id="gallery", elem_classes=["pixelated"],
+                         height="auto")
+    with gr.Row():
+        downloads = gr.File(label="progression GIFs", file_count="multiple", interactive=False,
+                            elem_id="progression-downloads")
+        command = gr.Code(label="reproduce on the command line", language="shell", lines=4, interactive=False,
+                          elem_id="command", wrap_lines=True)
+
+    random_seed.click(lambda: secrets.randbelow(2**31), outputs=seed, queue=False)
+
+    def on_generate(prompt_text: str, count: float, base_seed: float | None, cfg: float, schedule: str,
+                    off_last: float, top_k: float | None, top_p: float, temperature: float,
+                    model: str | None) -> Iterator[dict[Any, Any]]:
+        settings = {"model": model or "demo", "prompts": split_prompts(prompt_text or ""), "num_images": count,
+                    "seed": base_seed, "cfg": cfg, "schedule": schedule, "guidance_off_last": off_last,
+                    "top_k": top_k, "top_p": top_p, "temperature": temperature}
+        record = services.log.start("generate", settings)
+        frames: list[Image.Image] = []
+        try:
+            request = GenerateRequest(tuple(settings["prompts"]), int(count), int(base_seed or 0),
+                                      sampling_config(cfg, schedule, off_last, top_k, top_p, temperature))
+            request.check(config.max_images)
+            loaded = services.registry.get(model)
+            yield {status: f"waiting for {loaded.name} ...", gallery: None, downloads: None, command: ""}
+
+            def work(report: Any) -> tuple[GenerateResult, float]:
+                with loaded.slot() as waited:  # held by this worker thread only, released when it ends
+                    return run_generate(loaded, request, services.store.new_folder(), report), waited
+
+            result: GenerateResult | None = None
+            waited = 0.0
+            for item in stream(work):
+                if isinstance(item, Finished):
+                    result, waited = item.value
+                else:
+                    frames.append(item.grid)
+                    yield {live: item.grid, progression: frames, status: scale_status(item)}
+            assert result is not None
+            message = (f"{len(result.images)} images in {result.seconds:.2f} s on {loaded.name}"
+                       f" (waited {waited:.2f} s in the queue)")
+            services.log.done(record, message)
+            yield {
+                status: message,
+                gallery: list(zip(result.images, result.captions)),
+                downloads: [str(path) for path in result.progression_gifs],
+                command: describe([result.command]),
+            }
+        except Exception as error:
+            yield {status: services.report_error(record, error)}
+
+    inputs = [prompt, num_images, seed, *controls.values(), model_name]
+    outputs = [status, live, progression, gallery, downloads, command]
+    button.click(on_generate, inputs=inputs, outputs=outputs, concurrency_id="sampling",
+                 concurrency_limit=config.sampling_workers)
