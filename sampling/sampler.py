@@ -21,7 +21,7 @@ identically, so they must give the same codes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from nextscale.sampling.condition import Condition, build_condition
+from nextscale.sampling.constraints import ScaleConstraints
 from nextscale.sampling.filtering import sample_codes
 from nextscale.sampling.guidance import (
     GUIDANCE_SCHEDULES,
@@ -95,6 +97,10 @@ class LogitsSource(Protocol):
         """scale_inputs (rows, s*s, latent_dim) or None at scale 0 -> logits (rows, s*s, vocab_size)."""
         ...
 
+    def switch_text(self, text: dict[str, torch.Tensor]) -> None:
+        """Use other text states (same rows) from the next scale on."""
+        ...
+
 
 def keep_rows(state: InferenceState, rows: int) -> InferenceState:
     """The state of the first `rows` rows (drops the unconditional half once guidance is off)."""
@@ -116,6 +122,14 @@ class CachedLogits:
         self.transformer = transformer
         self.state = transformer.start(**text)
 
+    def switch_text(self, text: dict[str, torch.Tensor]) -> None:
+        """Condition the next scales on other text states (per-scale prompts); earlier scales' cached
+        keys and values stay as they were computed under their own condition."""
+        fresh = self.transformer.start(**text)
+        kept = keep_rows(self.state, fresh.batch_size)  # guidance may end at the same scale
+        self.state = InferenceState(fresh.condition, fresh.text_mask, fresh.text_keys, fresh.text_values,
+                                    kept.caches, kept.next_scale)
+
     def __call__(self, scale: int, scale_inputs: torch.Tensor | None, rows: int) -> torch.Tensor:
         if rows < self.state.batch_size:
             self.state = keep_rows(self.state, rows)
@@ -123,12 +137,20 @@ class CachedLogits:
 
 
 class RecomputedLogits:
-    """Reference path: no cache; at every scale the whole prefix goes through the teacher-forced pass."""
+    """Reference path: no cache; at every scale the whole prefix goes through the teacher-forced pass.
+
+    The teacher-forced pass conditions every token on one text, so this path takes one condition for
+    all scales (per-scale prompts run on the cached path, where each scale keeps its own condition).
+    """
 
     def __init__(self, transformer: NextScaleTransformer, text: dict[str, torch.Tensor]) -> None:
         self.transformer = transformer
         self.text = text
         self.inputs: list[torch.Tensor] = []  # per scale (rows, s*s, latent_dim)
+
+    def switch_text(self, text: dict[str, torch.Tensor]) -> None:
+        raise ValueError("the uncached reference path takes one condition for every scale; per-scale "
+                         "conditions run on the cached path (reference=False)")
 
     def __call__(self, scale: int, scale_inputs: torch.Tensor | None, rows: int) -> torch.Tensor:
         if scale_inputs is not None:
@@ -159,11 +181,7 @@ def encode_text(
     pipeline: Pipeline, prompts: list[str], unconditional: bool, dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
     """text_tokens/text_mask/text_pooled of the prompts, then (if `unconditional`) as many rows of ""."""
-    embedding = pipeline.text_encoder.encode([*prompts, ""] if unconditional else prompts).as_dict()
-    if unconditional:  # rows: b conditional, then the empty prompt repeated b times
-        order = torch.tensor([*range(len(prompts)), *[len(prompts)] * len(prompts)])
-        embedding = {name: tensor[order.to(tensor.device)] for name, tensor in embedding.items()}
-    return {name: tensor.to(dtype) if tensor.is_floating_point() else tensor for name, tensor in embedding.items()}
+    return build_condition(pipeline, prompts, unconditional, dtype).text
 
 
 def progression_frame(tokenizer: MultiScaleVQVAE, accumulated: torch.Tensor, scale: int) -> torch.Tensor:
@@ -176,6 +194,116 @@ def progression_frame(tokenizer: MultiScaleVQVAE, accumulated: torch.Tensor, sca
     size = tokenizer.config.scale_sizes[scale]
     coarse = F.interpolate(image, size=(size, size), mode="area")
     return F.interpolate(coarse, size=image.shape[-2:], mode="nearest")
+
+
+@dataclass
+class ScaleStep:
+    """What the loop hands to `on_scale` after each scale (a UI streams `preview`)."""
+
+    scale: int
+    """The scale just finished (0 = the 1x1 map)."""
+    codes: list[torch.Tensor]
+    """Codes of scales 0..scale [(b, s_k, s_k) long, ...], constraints applied."""
+    accumulated: torch.Tensor
+    """(b, C, h, w) the accumulated latent after this scale."""
+    preview: torch.Tensor | None
+    """With previews=True: the progression frame of this scale (b, 3, H, W) float32, else None."""
+
+
+OnScale = Callable[[ScaleStep], None]
+
+
+@dataclass
+class LoopResult:
+    """What `sample_scales` returns."""
+
+    codes: list[torch.Tensor]
+    """Per-scale codes [(b, s_k, s_k) long, ...], constraints applied."""
+    accumulated: torch.Tensor
+    """(b, C, h, w) the accumulated latent after the last scale: `tokenizer.decode_latent` gives the images."""
+
+
+def per_scale(conditions: Condition | Sequence[Condition], num_scales: int) -> list[Condition]:
+    """One condition for every scale (a single one is used at every scale); checks the batch sizes agree."""
+    if isinstance(conditions, Condition):
+        return [conditions] * num_scales
+    conditions = list(conditions)
+    if len(conditions) != num_scales:
+        raise ValueError(f"got {len(conditions)} conditions for {num_scales} scales: pass one or one per scale")
+    if len({condition.batch_size for condition in conditions}) != 1:
+        raise ValueError("every scale's condition must hold the same number of prompts (one per image)")
+    return conditions
+
+
+@torch.inference_mode()
+def sample_scales(
+    pipeline: Pipeline,
+    conditions: Condition | Sequence[Condition],
+    seeds: Sequence[int] | int = 0,
+    config: SamplingConfig | None = None,
+    *,
+    constraints: ScaleConstraints | None = None,
+    on_scale: OnScale | None = None,
+    previews: bool = False,
+    progress: bool = False,
+    reference: bool = False,
+) -> LoopResult:
+    """THE scale loop: codes of every scale, from a condition (or one per scale), one generator per image.
+
+    `constraints`: where a scale's mask is set, the known code replaces the sampled one before it is
+    embedded (every image still draws its codes as usual, so a row's random stream does not depend on
+    its mask). `on_scale` is called after every scale with a `ScaleStep` (`previews=True` adds the
+    decoded progression frame). `reference=True` runs the uncached reference path (one condition only).
+    """
+    config = config or SamplingConfig()
+    tokenizer, transformer = pipeline.tokenizer, pipeline.transformer
+    if transformer.training or tokenizer.training:
+        raise ValueError("the tokenizer and transformer are in training mode: call .eval() before sampling")
+    scale_sizes = transformer.config.scale_sizes
+    scale_conditions = per_scale(conditions, len(scale_sizes))
+    batch = scale_conditions[0].batch_size
+    if constraints is not None:
+        constraints.check(batch, scale_sizes)
+    image_seeds = resolve_seeds(seeds, batch)
+    generators = [torch.Generator(device=pipeline.device).manual_seed(seed) for seed in image_seeds]
+    strengths = guidance_strengths(
+        len(scale_sizes), config.cfg_scale, config.guidance_schedule, config.guidance_off_last
+    )
+    guided_rows = unconditional_rows_needed(strengths)
+    if guided_rows[0] and not all(condition.unconditional for condition in scale_conditions):
+        raise ValueError("guidance needs the unconditional rows: build the condition with unconditional=True "
+                         "(or sample with cfg_scale 0)")
+    dtype = next(transformer.parameters()).dtype
+    rows = 2 * batch if guided_rows[0] else batch
+    source: LogitsSource = (RecomputedLogits if reference else CachedLogits)(
+        transformer, scale_conditions[0].rows(rows)
+    )
+
+    codes: list[torch.Tensor] = []
+    accumulated: torch.Tensor | None = None  # (b, C, h, w), VAR's f_hat
+    for scale in tqdm(range(len(scale_sizes)), desc="scales", disable=not progress, leave=False):
+        rows = 2 * batch if guided_rows[scale] else batch
+        if scale > 0 and scale_conditions[scale] is not scale_conditions[scale - 1]:
+            source.switch_text(scale_conditions[scale].rows(rows))
+        scale_inputs = None
+        if accumulated is not None:
+            scale_inputs = tokenizer.quantizer.next_scale_input(accumulated, scale).to(dtype)  # (b, s*s, C)
+            scale_inputs = scale_inputs.repeat(rows // batch, 1, 1)  # (rows, s*s, C)
+        logits = source(scale, scale_inputs, rows)  # (rows, s*s, V)
+        if rows > batch:
+            logits = guided_logits(logits[:batch], logits[batch:], strengths[scale])
+        size = scale_sizes[scale]
+        code = sample_codes(logits, generators, config.top_k, config.top_p, config.temperature).view(batch, size, size)
+        if constraints is not None:
+            code = constraints.apply(scale, code)
+        codes.append(code)
+        contribution = tokenizer.quantizer.embed_scale(scale, code)  # (b, C, h, w)
+        accumulated = contribution if accumulated is None else accumulated + contribution
+        if on_scale is not None:
+            preview = progression_frame(tokenizer, accumulated, scale) if previews else None
+            on_scale(ScaleStep(scale, list(codes), accumulated, preview))
+    assert accumulated is not None
+    return LoopResult(codes, accumulated)
 
 
 @torch.inference_mode()
@@ -193,42 +321,18 @@ def generate(
 
     The same seed gives the same image, whatever else is in the batch. Every call starts from a fresh
     inference state. `reference=True` runs the uncached reference path (for tests and benchmarks).
+    Builds the condition (`build_condition`) and runs the one scale loop (`sample_scales`).
     """
     config = config or SamplingConfig()
     prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
-    tokenizer, transformer = pipeline.tokenizer, pipeline.transformer
-    if transformer.training or tokenizer.training:
-        raise ValueError("the tokenizer and transformer are in training mode: call .eval() before sampling")
-    batch, scale_sizes = len(prompt_list), transformer.config.scale_sizes
-    image_seeds = resolve_seeds(seeds, batch)
-    generators = [torch.Generator(device=pipeline.device).manual_seed(seed) for seed in image_seeds]
     strengths = guidance_strengths(
-        len(scale_sizes), config.cfg_scale, config.guidance_schedule, config.guidance_off_last
+        pipeline.transformer.config.num_scales, config.cfg_scale, config.guidance_schedule, config.guidance_off_last
     )
-    guided_rows = unconditional_rows_needed(strengths)
-    dtype = next(transformer.parameters()).dtype
-    text = encode_text(pipeline, prompt_list, guided_rows[0], dtype)
-    source: LogitsSource = (RecomputedLogits if reference else CachedLogits)(transformer, text)
-
-    codes: list[torch.Tensor] = []
+    condition = build_condition(pipeline, prompt_list, unconditional_rows_needed(strengths)[0])
     frames: list[torch.Tensor] = []
-    accumulated: torch.Tensor | None = None  # (b, C, h, w), VAR's f_hat
-    for scale in tqdm(range(len(scale_sizes)), desc="scales", disable=not progress, leave=False):
-        rows = 2 * batch if guided_rows[scale] else batch
-        scale_inputs = None
-        if accumulated is not None:
-            scale_inputs = tokenizer.quantizer.next_scale_input(accumulated, scale).to(dtype)  # (b, s*s, C)
-            scale_inputs = scale_inputs.repeat(rows // batch, 1, 1)  # (rows, s*s, C)
-        logits = source(scale, scale_inputs, rows)  # (rows, s*s, V)
-        if rows > batch:
-            logits = guided_logits(logits[:batch], logits[batch:], strengths[scale])
-        size = scale_sizes[scale]
-        code = sample_codes(logits, generators, config.top_k, config.top_p, config.temperature).view(batch, size, size)
-        codes.append(code)
-        contribution = tokenizer.quantizer.embed_scale(scale, code)  # (b, C, h, w)
-        accumulated = contribution if accumulated is None else accumulated + contribution
-        if return_progression:
-            frames.append(progression_frame(tokenizer, accumulated, scale))
-    assert accumulated is not None
-    images = frames[-1] if return_progression else tokenizer.decode_latent(accumulated).float()
-    return SamplingResult(images, codes, image_seeds, frames or None)
+    result = sample_scales(
+        pipeline, condition, seeds, config, progress=progress, reference=reference, previews=return_progression,
+        on_scale=(lambda step: frames.append(step.preview)) if return_progression else None,  # type: ignore[arg-type]
+    )
+    images = frames[-1] if return_progression else pipeline.tokenizer.decode_latent(result.accumulated).float()
+    return SamplingResult(images, result.codes, resolve_seeds(seeds, len(prompt_list)), frames or None)
