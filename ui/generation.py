@@ -3,6 +3,7 @@ progression out, each scale reported as soon as it is sampled."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,8 +13,12 @@ import torch
 from PIL import Image
 
 from nextscale.images import make_grid, to_pil
-from nextscale.sampling import SamplingConfig, generate
+from nextscale.sampling import SamplingConfig
+from nextscale.sampling.condition import Condition, build_condition
+from nextscale.sampling.constraints import ScaleConstraints
+from nextscale.sampling.guidance import guidance_strengths, unconditional_rows_needed
 from nextscale.sampling.outputs import save_progression
+from nextscale.sampling.sampler import ScaleStep, sample_scales
 from nextscale.ui.commands import SampleCommand
 from nextscale.ui.models import LoadedModel
 
@@ -85,29 +90,63 @@ class GenerateResult:
 
 
 def batch_frames(frames: torch.Tensor, scale: int, num_scales: int, size: int, started: float) -> ScaleFrames:
-    """(b, 3, H, W) progression frames of one scale -> the preview grid."""
-    columns = min(frames.shape[0], 4)
+    """(b, 3, H, W) progression frames of one scale -> the preview grid (as square as the batch allows)."""
+    columns = math.ceil(math.sqrt(frames.shape[0]))
     return ScaleFrames(scale, num_scales, size, make_grid(frames, columns=columns), time.perf_counter() - started)
+
+
+def needs_unconditional(model: LoadedModel, config: SamplingConfig) -> bool:
+    """Whether guidance needs the empty-prompt rows at the first scale (then the condition must hold them)."""
+    strengths = guidance_strengths(len(model.scale_sizes), config.cfg_scale, config.guidance_schedule,
+                                   config.guidance_off_last)
+    return unconditional_rows_needed(strengths)[0]
+
+
+def sample_streaming(
+    model: LoadedModel,
+    conditions: Condition | list[Condition],
+    seeds: list[int],
+    config: SamplingConfig,
+    report: Callable[[ScaleFrames], None],
+    constraints: ScaleConstraints | None = None,
+) -> list[torch.Tensor]:
+    """Run the scale loop, report every scale's frames as soon as it is sampled (through the loop's
+    `on_scale`), and return the frames [(b, 3, H, W), ...] coarse to fine; the last is the images."""
+    sizes = model.scale_sizes
+    frames: list[torch.Tensor] = []
+    started = time.perf_counter()
+
+    def on_scale(step: ScaleStep) -> None:
+        assert step.preview is not None
+        frames.append(step.preview)
+        report(batch_frames(step.preview, step.scale, len(sizes), sizes[step.scale], started))
+
+    sample_scales(model.pipeline, conditions, seeds, config, constraints=constraints, on_scale=on_scale,
+                  previews=True)
+    return frames
+
+
+def save_progressions(frames: list[torch.Tensor], directory: Path) -> tuple[list[Path], list[Path]]:
+    """Each image's frames as a GIF and a strip PNG under `directory`: (gifs, strips)."""
+    gifs, strips = [], []
+    for index in range(frames[0].shape[0]):
+        strip, gif = save_progression([frame[index] for frame in frames], f"{index:04d}", directory)
+        gifs.append(gif)
+        strips.append(strip)
+    return gifs, strips
 
 
 def run_generate(
     model: LoadedModel, request: GenerateRequest, directory: Path, report: Callable[[ScaleFrames], None]
 ) -> GenerateResult:
-    """Sample the request on `model`, report each scale's frames, save the progression files under
-    `directory` and return everything the page shows."""
+    """Sample the request on `model`, report each scale's frames while sampling, save the progression
+    files under `directory` and return everything the page shows."""
     command = request.command(model)
     prompts, seeds = command.image_prompts(), command.image_seeds()
-    sizes = model.scale_sizes
     started = time.perf_counter()
-    result = generate(model.pipeline, prompts, seeds, request.sampling, return_progression=True)
-    assert result.progression is not None
-    for scale, frames in enumerate(result.progression):
-        report(batch_frames(frames, scale, len(sizes), sizes[scale], started))
+    condition = build_condition(model.pipeline, prompts, needs_unconditional(model, request.sampling))
+    frames = sample_streaming(model, condition, seeds, request.sampling, report)
     seconds = time.perf_counter() - started
-    gifs, strips = [], []
-    for index in range(len(prompts)):
-        strip, gif = save_progression([frames[index] for frames in result.progression], f"{index:04d}", directory)
-        gifs.append(gif)
-        strips.append(strip)
+    gifs, strips = save_progressions(frames, directory)
     captions = [f"seed {seed}: {prompt}" for seed, prompt in zip(seeds, prompts)]
-    return GenerateResult(to_pil(result.images), captions, gifs, strips, command, seconds)
+    return GenerateResult(to_pil(frames[-1]), captions, gifs, strips, command, seconds)

@@ -1,0 +1,234 @@
+"""The web UI without a browser: upload validation, the reproducing command line, streaming, the model
+registry and the generation behind the Generate tab."""
+
+from __future__ import annotations
+
+import shlex
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tyro
+from hostile_files import bomb_png, text_as_png, truncated_png
+from PIL import Image
+
+from nextscale.images import to_arrays
+from nextscale.sampling import SamplingConfig, generate
+from nextscale.sampling.cli import SampleArgs, main
+from nextscale.ui.commands import SampleCommand, format_number, split_prompts
+from nextscale.ui.config import UIConfig, UploadLimits
+from nextscale.ui.generation import GenerateRequest, ScaleFrames, run_generate
+from nextscale.ui.models import ModelError, ModelRegistry, checkpoint_key
+from nextscale.ui.outputs import OutputStore
+from nextscale.ui.streaming import Finished, stream
+from nextscale.ui.uploads import UploadError, validate_upload
+
+LIMITS = UploadLimits(max_bytes=200_000, max_pixels=1_000_000)
+
+
+# -- uploads -----------------------------------------------------------------------------------------
+
+
+def test_a_real_image_is_accepted_as_rgb(tmp_path: Path) -> None:
+    path = tmp_path / "picture.webp"
+    Image.new("RGBA", (40, 30), (10, 20, 30, 128)).save(path)
+    image = validate_upload(path, LIMITS)
+    assert image.mode == "RGB" and image.size == (40, 30)
+
+
+def empty_file(path: Path) -> Path:
+    path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda tmp: bomb_png(tmp / "bomb.png"), "decompression bomb"),
+        (lambda tmp: text_as_png(tmp / "script.png"), "is not an image"),
+        (lambda tmp: truncated_png(tmp / "cut.png"), "could not be decoded"),
+        (lambda tmp: empty_file(tmp / "empty.png"), "is empty"),
+    ],
+)
+def test_hostile_uploads_get_a_message(tmp_path: Path, make, message: str) -> None:
+    path = make(tmp_path)
+    with pytest.raises(UploadError, match=message):
+        validate_upload(path, LIMITS)
+
+
+def test_bomb_is_refused_from_its_header_without_decoding(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    path = bomb_png(tmp_path / "bomb.png", 5_000, 4_000)  # under Pillow's own limit, over ours
+    with pytest.raises(UploadError, match=r"5000 x 4000 pixels \(20 megapixels\), more than the 1 megapixel"):
+        validate_upload(path, LIMITS)
+    path = bomb_png(tmp_path / "huge.png", 40_000, 40_000)  # over Pillow's limit too
+    assert path.stat().st_size < 100_000  # 4.8 GB of pixels in a small file
+    with pytest.raises(UploadError, match="refused as a decompression bomb"):
+        validate_upload(path, LIMITS)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_size_and_format_limits(tmp_path: Path) -> None:
+    big = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)).save(big)
+    with pytest.raises(UploadError, match=r"more than the 0.2 MiB limit"):
+        validate_upload(big, LIMITS)
+    tiff = tmp_path / "picture.tiff"
+    Image.new("RGB", (8, 8)).save(tiff)
+    with pytest.raises(UploadError, match="is a TIFF image; accepted formats: PNG, JPEG"):
+        validate_upload(tiff, LIMITS)
+    with pytest.raises(UploadError, match="not a regular file"):
+        validate_upload(tmp_path, LIMITS)
+    with pytest.raises(UploadError, match="no file"):
+        validate_upload(None, LIMITS)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="must be >= 1"):
+        UIConfig(concurrency=0)
+    with pytest.raises(ValueError, match="upload limits"):
+        UploadLimits(max_bytes=0)
+    assert UIConfig().host == "127.0.0.1" and not UIConfig().share
+
+
+# -- the command line --------------------------------------------------------------------------------
+
+
+def test_numbers_and_prompts() -> None:
+    assert [format_number(value) for value in (4.0, 0.95, 1.0, 0.1)] == ["4", "0.95", "1", "0.1"]
+    assert split_prompts("  a cat \n\n a dog\n") == ["a cat", "a dog"]
+
+
+def test_command_quotes_prompts_and_counts_seeds() -> None:
+    command = SampleCommand(("it's a \"man\"", "b"), 2, 10, SamplingConfig(top_k=None), None)
+    assert shlex.split(command.line())[:3] == ["nextscale-sample", "--prompt", "it's a \"man\""]
+    assert command.image_seeds() == [10, 11, 12, 13]
+    assert command.image_prompts() == ["it's a \"man\"", "it's a \"man\"", "b", "b"]
+    single = command.single_image(2)
+    assert (single.prompts, single.num_images, single.seed) == (("b",), 1, 12)
+    assert "--top-k 0" in command.line() and "--checkpoint" not in command.line()
+
+
+def cli_images(command: SampleCommand, out: Path) -> list[np.ndarray]:
+    """Run the command line through the CLI's own parser and entry point; its PNGs in order."""
+    args = tyro.cli(SampleArgs, args=[*shlex.split(command.line())[1:], "--out", str(out), "--no-progress"])
+    paths = [path for path in main(args) if path.name != "grid.png"]
+    return [np.asarray(Image.open(path)) for path in paths]
+
+
+def test_the_shown_command_line_redraws_the_same_images(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
+    registry = ModelRegistry("cpu", "float32", 1, 1)
+    model = registry.get(str(tiny_pipeline_dir))
+    request = GenerateRequest(("a man with a beard", "a woman with red hair"), 2, 7,
+                              SamplingConfig(cfg_scale=3.0, top_k=20, top_p=0.9, temperature=0.8))
+    result = run_generate(model, request, tmp_path / "ui", lambda frames: None)
+    shown = [np.asarray(image) for image in result.images]
+    assert len(shown) == 4
+    for ours, theirs in zip(shown, cli_images(result.command, tmp_path / "all")):
+        np.testing.assert_array_equal(ours, theirs)
+    alone = cli_images(result.command.single_image(3), tmp_path / "one")
+    np.testing.assert_array_equal(shown[3], alone[0])
+
+
+# -- streaming ---------------------------------------------------------------------------------------
+
+
+def test_stream_yields_reports_in_order_then_the_result() -> None:
+    def work(report) -> str:
+        for value in range(5):
+            report(value)
+        return "done"
+
+    assert list(stream(work)) == [0, 1, 2, 3, 4, Finished("done")]
+
+
+def test_stream_raises_the_work_error_after_its_reports() -> None:
+    def work(report) -> None:
+        report("first")
+        raise RuntimeError("broken")
+
+    items = stream(work)
+    assert next(items) == "first"
+    with pytest.raises(RuntimeError, match="broken"):
+        next(items)
+
+
+# -- generation --------------------------------------------------------------------------------------
+
+
+def test_run_generate_reports_every_scale_coarse_to_fine(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
+    model = ModelRegistry("cpu", "float32", 1, 1).get(str(tiny_pipeline_dir))
+    request = GenerateRequest(("a portrait with glasses",), 4, 0, SamplingConfig())
+    reports: list[ScaleFrames] = []
+    result = run_generate(model, request, tmp_path, reports.append)
+    assert [frames.scale for frames in reports] == [0, 1, 2]
+    assert [frames.size for frames in reports] == [1, 2, 4]
+    size = model.image_size
+    cell = to_arrays(torch.zeros(1, 3, size, size)).shape[1]
+    assert reports[0].grid.size == (2 * cell + 6, 2 * cell + 6)  # four images in a padded 2 x 2 grid
+    reference = generate(model.pipeline, ["a portrait with glasses"] * 4, [0, 1, 2, 3], SamplingConfig())
+    for image, expected in zip(result.images, to_arrays(reference.images)):
+        np.testing.assert_array_equal(np.asarray(image), expected)
+    for gif in result.progression_gifs:
+        with Image.open(gif) as animation:
+            assert animation.n_frames == 3
+
+
+def test_request_checks() -> None:
+    config = SamplingConfig()
+    with pytest.raises(ValueError, match="write a prompt"):
+        GenerateRequest((), 1, 0, config).check(16)
+    with pytest.raises(ValueError, match="3 prompts x 6 images = 18 images; this server allows at most 16"):
+        GenerateRequest(("a", "b", "c"), 6, 0, config).check(16)
+    with pytest.raises(ValueError, match="the seed must be"):
+        GenerateRequest(("a",), 1, -1, config).check(16)
+
+
+# -- models and outputs ------------------------------------------------------------------------------
+
+
+def test_registry_names_caches_and_evicts(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
+    assert checkpoint_key(None) is None and checkpoint_key(" demo ") is None and checkpoint_key("") is None
+    registry = ModelRegistry("cpu", "float32", 1, 1)
+    tiny = registry.get(str(tiny_pipeline_dir))
+    assert registry.get(str(tiny_pipeline_dir) + "/") is tiny
+    info = tiny.info()
+    assert info["scales"] == "1x1 2x2 4x4" and info["conditioning"] == "text"
+    with pytest.raises(ModelError, match="has no pipeline.json"):
+        registry.get(str(tmp_path))
+    with pytest.raises(ModelError, match="cannot load"):
+        registry.get(str(tmp_path / "missing"))
+    assert registry.loaded() == [str(tiny_pipeline_dir.resolve())]
+
+
+def test_one_sampling_at_a_time_per_model(tiny_pipeline_dir: Path) -> None:
+    model = ModelRegistry("cpu", "float32", 1, 1).get(str(tiny_pipeline_dir))
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def hold() -> None:
+        with model.slot():
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            time.sleep(0.02)
+            with lock:
+                running[0] -= 1
+
+    threads = [threading.Thread(target=hold) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1
+
+
+def test_output_store_keeps_the_latest_folders(tmp_path: Path) -> None:
+    store = OutputStore(keep=2, root=tmp_path / "out")
+    folders = [store.new_folder() for _ in range(4)]
+    assert [folder.exists() for folder in folders] == [False, False, True, True]
+    store.close()
+    assert not (tmp_path / "out").exists()
