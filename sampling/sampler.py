@@ -295,7 +295,7 @@ def sample_scales(
         size = scale_sizes[scale]
         code = sample_codes(logits, generators, config.top_k, config.top_p, config.temperature).view(batch, size, size)
         if constraints is not None:
-            code = constraints.apply(scale, code)
+            code = constraints.apply(scale, code, tokenizer.quantizer, accumulated)
         codes.append(code)
         contribution = tokenizer.quantizer.embed_scale(scale, code)  # (b, C, h, w)
         accumulated = contribution if accumulated is None else accumulated + contribution
