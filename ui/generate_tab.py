@@ -13,7 +13,7 @@ from PIL import Image
 from nextscale.sampling import SamplingConfig
 from nextscale.ui.commands import describe, split_prompts
 from nextscale.ui.generation import GenerateRequest, GenerateResult, ScaleFrames, run_generate
-from nextscale.ui.services import Services
+from nextscale.ui.services import Services, escape_markdown
 from nextscale.ui.streaming import Finished, stream
 
 DEFAULTS = SamplingConfig()
@@ -95,7 +95,8 @@ def build_generate_tab(services: Services, model_name: gr.State) -> None:
                                       sampling_config(cfg, schedule, off_last, top_k, top_p, temperature))
             request.check(config.max_images)
             loaded = services.registry.get(model)
-            yield {status: f"waiting for {loaded.name} ...", gallery: None, downloads: None, command: ""}
+            name = escape_markdown(loaded.name)
+            yield {status: f"waiting for {name} ...", gallery: None, downloads: None, command: ""}
 
             def work(report: Any) -> tuple[GenerateResult, float]:
                 with loaded.slot() as waited:  # held by this worker thread only, released when it ends
@@ -110,7 +111,8 @@ def build_generate_tab(services: Services, model_name: gr.State) -> None:
                     frames.append(item.grid)
                     yield {live: item.grid, progression: frames, status: scale_status(item)}
             assert result is not None
-            message = (f"{len(result.images)} images in {result.seconds:.2f} s on {loaded.name}"
+            count = len(result.images)
+            message = (f"{count} image{'s' if count > 1 else ''} in {result.seconds:.2f} s on {name}"
                        f" (waited {waited:.2f} s in the queue)")
             services.log.done(record, message)
             yield {

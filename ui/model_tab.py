@@ -6,12 +6,12 @@ from __future__ import annotations
 import gradio as gr
 
 from nextscale.ui.models import DEMO_NAME, LoadedModel
-from nextscale.ui.services import Services
+from nextscale.ui.services import Services, escape_markdown
 
 
 def info_markdown(model: LoadedModel) -> str:
-    rows = "\n".join(f"| {name} | {value} |" for name, value in model.info().items())
-    return f"**Current model: `{model.name}`**\n\n| | |\n|---|---|\n{rows}"
+    rows = "\n".join(f"| {name} | {escape_markdown(str(value))} |" for name, value in model.info().items())
+    return f"**Current model: {escape_markdown(model.name)}**\n\n| | |\n|---|---|\n{rows}"
 
 
 def build_model_tab(services: Services, model_name: gr.State) -> gr.Markdown:
@@ -29,7 +29,8 @@ def build_model_tab(services: Services, model_name: gr.State) -> gr.Markdown:
         try:
             model = services.registry.get(name)
         except Exception as error:  # the session keeps its current model
-            return current, f"{services.report_error(record, error)}\n\n(still using `{current or DEMO_NAME}`)"
+            still = escape_markdown(current or DEMO_NAME)
+            return current, f"{services.report_error(record, error)}\n\n(still using {still})"
         services.log.done(record, f"{model.name}, {model.image_size} px, {len(model.scale_sizes)} scales")
         return model.checkpoint, info_markdown(model)
 

@@ -3,6 +3,7 @@ request log. Built once per app (no module-level state), passed to each tab's bu
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from nextscale.ui.config import UIConfig
@@ -13,6 +14,11 @@ from nextscale.ui.uploads import UploadError
 
 USER_ERRORS = (ValueError, ModelError, UploadError)
 """Errors that are the request's fault: their message is shown as it is."""
+
+
+def escape_markdown(text: str) -> str:
+    """Text shown as it is inside a Markdown component (paths keep their underscores, '*' stays '*')."""
+    return re.sub(r"([\\`*_{}\[\]<>()#+\-.!|~])", r"\\\1", text)
 
 
 @dataclass
@@ -32,7 +38,7 @@ class Services:
         else is logged with its traceback and summarised in one line (the page never shows a traceback)."""
         if isinstance(error, USER_ERRORS):
             self.log.refused(record, error)
-            return f"error: {error}"
+            return f"error: {escape_markdown(str(error))}"
         self.log.failed(record, error)
         return (f"error: the server could not complete request {record.number} ({type(error).__name__}); "
                 "the server log has the details")
