@@ -20,6 +20,7 @@ from nextscale.sampling import SamplingConfig, generate
 from nextscale.sampling.cli import SampleArgs, main
 from nextscale.ui.commands import SampleCommand, format_number, split_prompts
 from nextscale.ui.config import UIConfig, UploadLimits
+from nextscale.ui.edits import EditRequest, editor_picture, mask_layer, painted_mask, run_edit
 from nextscale.ui.generation import GenerateRequest, ScaleFrames, run_generate
 from nextscale.ui.models import ModelError, ModelRegistry, checkpoint_key
 from nextscale.ui.outputs import OutputStore
@@ -232,3 +233,44 @@ def test_output_store_keeps_the_latest_folders(tmp_path: Path) -> None:
     assert [folder.exists() for folder in folders] == [False, False, True, True]
     store.close()
     assert not (tmp_path / "out").exists()
+
+
+# -- editing -----------------------------------------------------------------------------------------
+
+
+def test_painted_layers_and_uploaded_masks() -> None:
+    assert painted_mask(None) is None
+    assert painted_mask([Image.new("RGBA", (8, 8), (0, 0, 0, 0))]) is None
+    layer = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    layer.putpixel((2, 3), (255, 0, 255, 40))
+    mask = np.asarray(painted_mask([layer]))
+    assert mask[3, 2] == 255 and mask.sum() == 255
+    uploaded = Image.new("L", (4, 4), 0)
+    uploaded.putpixel((0, 0), 255)
+    painted = np.asarray(mask_layer(uploaded, (8, 8)))
+    assert painted[:2, :2, 3].all() and painted[..., 3].sum() == 4 * 255
+    assert editor_picture(Image.new("RGB", (64, 32)), 512).size == (512, 256)
+
+
+def test_edits_on_the_tiny_pipeline(tiny_pipeline_dir: Path) -> None:
+    model = ModelRegistry("cpu", "float32", 1, 1).get(str(tiny_pipeline_dir))
+    source = Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8))
+    mask = Image.new("L", (32, 24), 0)
+    mask.paste(255, (8, 0, 24, 12))
+    request = EditRequest("inpaint", "a man with glasses", 0, SamplingConfig())
+    outcome = run_edit(model, request, source, mask)
+    assert outcome.before.size == outcome.after.size == (16, 16)
+    assert any("centre-cropped 32x24 to 24x24" in note for note in outcome.notes)
+    kept = np.asarray(outcome.regenerated) < 128
+    np.testing.assert_array_equal(np.asarray(outcome.after)[kept], np.asarray(outcome.before)[kept])
+    with pytest.raises(ValueError, match="paint the region to regenerate"):
+        run_edit(model, request, source, None)
+    outpainted = run_edit(model, EditRequest("outpaint", "a man", 0, SamplingConfig(), sides=(4, 0, 4, 0)), source,
+                          None)
+    assert (np.asarray(outpainted.regenerated)[:, :4] == 255).all()
+    varied = run_edit(model, EditRequest("keep scales", "a man", 0, SamplingConfig(), keep_scales=2), source, None)
+    assert varied.after.size == (16, 16)
+    with pytest.raises(ValueError, match="more than the model's 3 scales"):
+        run_edit(model, EditRequest("keep scales", "a man", 0, SamplingConfig(), keep_scales=5), source, None)
+    with pytest.raises(ValueError, match="write a prompt"):
+        EditRequest("inpaint", " ", 0, SamplingConfig()).check()

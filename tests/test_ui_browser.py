@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from browser import Server, chromium, fetch, require_browser, screenshot, serve, wait_for
+from hostile_files import bomb_png, text_as_png
 from PIL import Image
 
 DEMO_SCALES = (1, 2, 3, 4, 6, 8)
@@ -189,3 +190,104 @@ def test_model_panel_shows_the_demo_loads_a_directory_and_explains_errors(
                       30, "two images")
     assert driver.execute_script("return arguments[0].naturalWidth", images[0]) == 16
     assert f"--checkpoint {tiny_pipeline_dir.resolve()}" in text_of(driver, "command")
+
+
+def upload(driver, element_id: str, path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, f"#{element_id} input[type=file]"), 20,
+             f"the file input of #{element_id}")[0].send_keys(str(path))
+
+
+def clear_upload(driver, element_id: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    for button in driver.find_elements(By.CSS_SELECTOR, f"#{element_id} button[aria-label='Clear']"):
+        driver.execute_script("arguments[0].click()", button)
+
+
+def test_edit_refuses_hostile_uploads_with_a_message(server: Server, driver, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    open_page(driver, server)
+    open_tab(driver, "Edit")
+    hostile = [
+        (bomb_png(tmp_path / "bomb.png", 8_000, 8_000),
+         "error: bomb.png declares 8000 x 8000 pixels (64 megapixels), more than the 16 megapixel limit"),
+        (text_as_png(tmp_path / "notes.png"), "error: notes.png is not an image (accepted formats: PNG, JPEG"),
+    ]
+    for path, expected in hostile:
+        upload(driver, "edit-upload", path)
+        wait_for(lambda message=expected: message in text_of(driver, "edit-status"), 30, f"the message for {path.name}")
+        screenshot(driver, f"edit-refused-{path.stem}")
+        clear_upload(driver, "edit-upload")
+    oversized = tmp_path / "oversized.png"
+    oversized.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(11 * 1024 * 1024))  # over the 10 MiB cap
+    upload(driver, "edit-upload", oversized)
+    wait_for(lambda: "exceed the maximum allowed size of 10.0 Mb" in driver.find_element(
+        By.TAG_NAME, "body").text, 30, "Gradio's size message")
+    assert "Traceback" not in driver.page_source
+    log = server.log_text()
+    assert "request" in log and "upload refused" in log and "Traceback" not in log
+
+
+def draw_stroke(driver, element_id: str) -> None:
+    """Press, drag through the middle of the brush canvas and release, as a user painting."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    canvas = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, f"#{element_id} canvas"), 20, "the canvas")
+    ActionChains(driver).move_to_element_with_offset(canvas, -30, -10).click_and_hold().move_by_offset(30, 0) \
+        .move_by_offset(30, 20).move_by_offset(-30, 10).release().perform()
+
+
+def run_edit(driver, mode: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.XPATH, f"//*[@id='edit-mode']//label[normalize-space()='{mode}']").click()
+    before = text_of(driver, "edit-status")
+    driver.find_element(By.ID, "edit-run").click()
+    return wait_for(lambda: (status := text_of(driver, "edit-status")) != before and
+                    re.match(rf"{mode} in |error: ", status) and status, 120, f"the {mode} to finish")
+
+
+def test_edit_inpaints_a_region_drawn_with_the_brush(server: Server, driver, tmp_path: Path) -> None:
+
+    source = tmp_path / "portrait.png"
+    yy, xx = np.mgrid[0:96, 0:96]
+    face = ((yy - 48) ** 2 + (xx - 48) ** 2 < 30**2)[..., None]
+    Image.fromarray(np.where(face, [230, 190, 160], [40, 90, 200]).astype(np.uint8)).save(source)
+    open_page(driver, server)
+    open_tab(driver, "Edit")
+    upload(driver, "edit-upload", source)
+    wait_for(lambda: "loaded an image of 96 x 96 pixels" in text_of(driver, "edit-status"), 30, "the upload")
+    draw_stroke(driver, "edit-canvas")
+    status = run_edit(driver, "inpaint")
+    assert status.startswith("inpaint in") and "resized 96x96 to the model's 64x64" in status, status
+
+    pictures = wait_for(lambda: len(gallery_images(driver, "edit-before-after")) >= 2 and
+                        gallery_images(driver, "edit-before-after"), 30, "the before and after images")
+    before, after = (picture(image.get_attribute("src")) for image in pictures[:2])
+    regenerated = picture(gallery_images(driver, "edit-regenerated")[0].get_attribute("src"))[..., 0] >= 128
+    assert before.shape == after.shape == (DEMO_SIZE, DEMO_SIZE, 3)
+    assert 0 < regenerated.mean() < 0.5, "the drawn stroke should cover part of the image"
+    np.testing.assert_array_equal(after[~regenerated], before[~regenerated])  # kept pixels stay as they were
+    assert np.abs(after[regenerated].astype(int) - before[regenerated]).max() > 0
+    screenshot(driver, "edit")
+
+    assert run_edit(driver, "outpaint").startswith("outpaint in")
+    assert run_edit(driver, "keep scales").startswith("keep scales in")
+    assert "error" not in text_of(driver, "edit-status")
+
+
+def test_edit_picks_a_generated_image(server: Server, driver) -> None:
+    from selenium.webdriver.common.by import By
+
+    open_page(driver, server)
+    assert generate(driver, "a man with a beard on a red background", seed=3, count=2).startswith("2 images in")
+    open_tab(driver, "Edit")
+    thumbnails = wait_for(lambda: len(gallery_images(driver, "edit-recent")) == 2 and
+                          gallery_images(driver, "edit-recent"), 30, "the generated images in the Edit tab")
+    thumbnails[1].click()
+    wait_for(lambda: "picked a generated image" in text_of(driver, "edit-status"), 30, "the pick")
+    assert driver.find_elements(By.CSS_SELECTOR, "#edit-canvas canvas")

@@ -19,6 +19,7 @@ try:
 except ImportError as error:  # the optional extra is missing: one line that says how to add it
     raise SystemExit("error: the web UI needs gradio: pip install 'nextscale[ui]' (or `make ui`)") from error
 
+from nextscale.ui.edit_tab import build_edit_tab, recent_gallery
 from nextscale.ui.generate_tab import build_generate_tab
 from nextscale.ui.model_tab import build_model_tab, info_markdown
 from nextscale.ui.models import DEMO_NAME
@@ -44,9 +45,12 @@ def build_app(services: Services) -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=CACHE_CLEANUP) as blocks:
         gr.Markdown(INTRO)
         model_name = gr.State(config.checkpoint)
+        recent = recent_gallery()
         with gr.Tabs(elem_id="tabs"):
             with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
-                build_generate_tab(services, model_name)
+                build_generate_tab(services, model_name, recent)
+            with gr.Tab("Edit", id="edit", elem_id="tab-edit"):
+                build_edit_tab(services, model_name, recent)
             with gr.Tab("Model", id="model", elem_id="tab-model"):
                 info = build_model_tab(services, model_name)
 

@@ -3,49 +3,19 @@ their progression GIFs and the command line that redraws them out."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 from PIL import Image
 
-from nextscale.sampling import SamplingConfig
 from nextscale.ui.commands import describe, split_prompts
+from nextscale.ui.controls import sampling_config, sampling_controls, seed_controls
 from nextscale.ui.generation import GenerateRequest, GenerateResult, ScaleFrames, run_generate
 from nextscale.ui.services import Services, escape_markdown
 from nextscale.ui.streaming import Finished, stream
 
-DEFAULTS = SamplingConfig()
 DEFAULT_PROMPT = "a man with a beard and glasses on a blue background"
-
-
-def sampling_controls() -> dict[str, gr.components.Component]:
-    """cfg, schedule, guidance-off-last, top-k, top-p, temperature: shared by the tabs that sample."""
-    with gr.Accordion("Sampling", open=True):
-        with gr.Row():
-            cfg = gr.Slider(0, 10, value=DEFAULTS.cfg_scale, step=0.1, label="cfg", elem_id="cfg",
-                            info="guidance strength; 0 = off")
-            schedule = gr.Radio(["linear", "constant"], value=DEFAULTS.guidance_schedule, label="guidance schedule",
-                                elem_id="guidance-schedule")
-            off_last = gr.Slider(0, 10, value=DEFAULTS.guidance_off_last, step=1, label="guidance off for the last",
-                                 elem_id="guidance-off-last", info="scales without guidance (faster)")
-        with gr.Row():
-            top_k = gr.Number(DEFAULTS.top_k, precision=0, minimum=0, label="top-k", elem_id="top-k",
-                              info="0 = every code; 1 = greedy")
-            top_p = gr.Slider(0, 1, value=DEFAULTS.top_p, step=0.01, label="top-p", elem_id="top-p")
-            temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="temperature",
-                                    elem_id="temperature", info="0 = greedy")
-    return {"cfg": cfg, "schedule": schedule, "off_last": off_last, "top_k": top_k, "top_p": top_p,
-            "temperature": temperature}
-
-
-def sampling_config(cfg: float, schedule: str, off_last: float, top_k: float | None, top_p: float,
-                    temperature: float) -> SamplingConfig:
-    """The controls' values -> a validated SamplingConfig (ValueError names the bad one)."""
-    return SamplingConfig(cfg_scale=float(cfg), guidance_schedule=schedule,  # type: ignore[arg-type]
-                          guidance_off_last=int(off_last), top_k=int(top_k or 0), top_p=float(top_p),
-                          temperature=float(temperature))
 
 
 def scale_status(frames: ScaleFrames) -> str:
@@ -53,17 +23,15 @@ def scale_status(frames: ScaleFrames) -> str:
             f"({frames.seconds:.2f} s)")
 
 
-def build_generate_tab(services: Services, model_name: gr.State) -> None:
+def build_generate_tab(services: Services, model_name: gr.State, recent: gr.Gallery) -> None:
+    """The tab; its images also go to `recent` (the Edit tab's choice of generated images)."""
     config = services.config
     with gr.Row():
         with gr.Column(scale=2):
             prompt = gr.Textbox(DEFAULT_PROMPT, lines=3, label="prompts (one per line)", elem_id="prompt")
-            with gr.Row():
-                num_images = gr.Slider(1, config.max_images, value=min(4, config.max_images), step=1,
-                                       label="images per prompt", elem_id="num-images")
-                seed = gr.Number(0, precision=0, minimum=0, label="seed", elem_id="seed",
-                                 info="image i uses seed + i")
-                random_seed = gr.Button("random seed", elem_id="random-seed", size="sm")
+            num_images = gr.Slider(1, config.max_images, value=min(4, config.max_images), step=1,
+                                   label="images per prompt", elem_id="num-images")
+            seed = seed_controls()
             controls = sampling_controls()
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             status = gr.Markdown("", elem_id="generate-status")
@@ -79,8 +47,6 @@ def build_generate_tab(services: Services, model_name: gr.State) -> None:
                             elem_id="progression-downloads")
         command = gr.Code(label="reproduce on the command line", language="shell", lines=4, interactive=False,
                           elem_id="command", wrap_lines=True)
-
-    random_seed.click(lambda: secrets.randbelow(2**31), outputs=seed, queue=False)
 
     def on_generate(prompt_text: str, count: float, base_seed: float | None, cfg: float, schedule: str,
                     off_last: float, top_k: float | None, top_p: float, temperature: float,
@@ -112,12 +78,13 @@ def build_generate_tab(services: Services, model_name: gr.State) -> None:
                     yield {live: item.grid, progression: frames, status: scale_status(item)}
             assert result is not None
             count = len(result.images)
-            message = (f"{count} image{'s' if count > 1 else ''} in {result.seconds:.2f} s on {name}"
+            message = (f"{count} image{'s' if count > 1 else ''} in {result.seconds:.2f} s on {loaded.name}"
                        f" (waited {waited:.2f} s in the queue)")
             services.log.done(record, message)
             yield {
-                status: message,
+                status: escape_markdown(message),
                 gallery: list(zip(result.images, result.captions)),
+                recent: list(zip(result.images, result.captions)),
                 downloads: [str(path) for path in result.progression_gifs],
                 command: describe([result.command]),
             }
@@ -125,6 +92,6 @@ def build_generate_tab(services: Services, model_name: gr.State) -> None:
             yield {status: services.report_error(record, error)}
 
     inputs = [prompt, num_images, seed, *controls.values(), model_name]
-    outputs = [status, live, progression, gallery, downloads, command]
+    outputs = [status, live, progression, gallery, downloads, command, recent]
     button.click(on_generate, inputs=inputs, outputs=outputs, concurrency_id="sampling",
                  concurrency_limit=config.sampling_workers)
