@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import tyro
-from tyro.conf import UseAppendAction
+from tyro.conf import OmitArgPrefixes, UseAppendAction
 
 from nextscale.images import save_grid
+from nextscale.sampling.edit_cli import EditArgs, ZoomArgs, check_edit_args, run_edits, run_zoom
 from nextscale.sampling.outputs import image_stem, save_images, save_progression
 from nextscale.sampling.pipeline import Pipeline, load_pipeline
 from nextscale.sampling.sampler import SamplingConfig, generate
@@ -62,6 +63,10 @@ class SampleArgs:
     """Also save each image's coarse-to-fine progression as a strip PNG and an animated GIF."""
     progress: bool = True
     """Show a progress bar over the scales."""
+    editing: Annotated[EditArgs, OmitArgPrefixes] = EditArgs()
+    """Editing (inpaint, outpaint, variations) and per-scale prompts."""
+    zooming: Annotated[ZoomArgs, OmitArgPrefixes] = ZoomArgs()
+    """Zoom stacks."""
 
     def __post_init__(self) -> None:
         if self.num_images < 1 or self.batch_size < 1:
@@ -79,8 +84,11 @@ class SampleArgs:
 
 
 def read_prompts(args: SampleArgs) -> list[str]:
-    """--prompt values then the lines of --prompts-file; SystemExit when there are none."""
+    """--prompt values then the lines of --prompts-file (--scale-prompt alone: one image per --num-images);
+    SystemExit when there are none."""
     prompts = list(args.prompt)
+    if not prompts and args.prompts_file is None and args.editing.scale_prompt:
+        return [args.editing.scale_prompt[-1]]  # names the files; the loop takes every scale's prompt
     if args.prompts_file is not None:
         if not args.prompts_file.is_file():
             raise SystemExit(f"error: --prompts-file {args.prompts_file} does not exist")
@@ -110,10 +118,23 @@ def main(args: SampleArgs) -> list[Path]:
     """Generate `num_images` per prompt, write PNGs, grid.png and (optionally) progressions; return the paths."""
     prompts = read_prompts(args)
     config = args.sampling_config()
+    check_edit_args(args.editing, args.zooming)
     pipeline = open_pipeline(args)
+    check_edit_args(args.editing, args.zooming, pipeline.transformer.config.num_scales)
+    if args.zooming.zoom:
+        written = run_zoom(args.zooming, pipeline, prompts, args.num_images, args.seed, config, args.out,
+                           args.progress)
+        print(f"wrote a zoom of {len(prompts)} levels to {args.out}/")
+        for path in written:
+            print(f"  {path}")
+        return written
     jobs = [prompt for prompt in prompts for _ in range(args.num_images)]
     images, written = [], []
-    for start in range(0, len(jobs), args.batch_size):
+    if args.editing.editing or args.editing.mixing:
+        written, edited = run_edits(args.editing, pipeline, jobs, args.seed, config, args.batch_size, args.out,
+                                    args.progress)
+        images.append(edited)
+    for start in range(0, len(jobs) if not images else 0, args.batch_size):
         batch = jobs[start : start + args.batch_size]
         seeds = [args.seed + index for index in range(start, start + len(batch))]
         result = generate(
