@@ -291,3 +291,48 @@ def test_edit_picks_a_generated_image(server: Server, driver) -> None:
     thumbnails[1].click()
     wait_for(lambda: "picked a generated image" in text_of(driver, "edit-status"), 30, "the pick")
     assert driver.find_elements(By.CSS_SELECTOR, "#edit-canvas canvas")
+
+
+def test_mix_draws_the_mix_next_to_each_prompt_alone(server: Server, driver) -> None:
+    from selenium.webdriver.common.by import By
+
+    open_page(driver, server)
+    open_tab(driver, "Mix")
+    type_into(driver.find_element(By.CSS_SELECTOR, "#mix-num-images input[type=number]"), "2")
+    driver.execute_script(RECORD_STATUS, "#mix-status")
+    driver.find_element(By.ID, "mix-run").click()
+    status = wait_for(lambda: re.match(r"mixed 2 in |error: ", text_of(driver, "mix-status")) and
+                      text_of(driver, "mix-status"), 120, "the mix")
+    assert status.startswith("mixed 2 in"), status
+    seen = [int(match.group(1)) for line in driver.execute_script("return window.statusLog")
+            if (match := re.match(r"scale (\d+)/6", line))]
+    assert seen and seen == sorted(seen), seen
+    images = wait_for(lambda: len(gallery_images(driver, "mix-gallery")) == 6 and gallery_images(driver, "mix-gallery"),
+                      30, "six images")
+    assert all(driver.execute_script("return arguments[0].naturalWidth", image) == DEMO_SIZE for image in images)
+    command = text_of(driver, "mix-command")
+    assert "--detail-prompt 'a man with a beard and glasses' --switch-scale 3" in command
+    screenshot(driver, "mix")
+
+
+def test_zoom_plays_in_the_page_and_downloads(server: Server, driver) -> None:
+    from selenium.webdriver.common.by import By
+
+    open_page(driver, server)
+    open_tab(driver, "Zoom")
+    driver.find_element(By.ID, "zoom-run").click()
+    status = wait_for(lambda: re.match(r"zoom of |error: ", text_of(driver, "zoom-status")) and
+                      text_of(driver, "zoom-status"), 180, "the zoom")
+    assert status.startswith("zoom of 3 levels"), status
+    video = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "#zoom-video video"), 30, "the video element")
+    duration = wait_for(lambda: driver.execute_script(
+        "return arguments[0].readyState >= 1 && arguments[0].duration", video), 30, "the video's metadata")
+    assert duration > 1.0  # 24 frames between 3 levels, plus the holds
+    gif = wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "#zoom-gif img").get_attribute("src"), 30, "the GIF")
+    with Image.open(io.BytesIO(fetch(gif))) as animation:
+        assert animation.n_frames == 25 and animation.size == (256, 256)
+    assert len(gallery_images(driver, "zoom-levels")) == 3
+    links = [link.get_attribute("href") for link in driver.find_elements(By.CSS_SELECTOR, "#zoom-downloads a[href]")]
+    assert sum(link.endswith(".png") for link in links) == 3 and any(link.endswith(".mp4") for link in links), links
+    assert "nextscale-sample --zoom --prompt" in text_of(driver, "zoom-command")
+    screenshot(driver, "zoom")

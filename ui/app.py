@@ -21,9 +21,11 @@ except ImportError as error:  # the optional extra is missing: one line that say
 
 from nextscale.ui.edit_tab import build_edit_tab, recent_gallery
 from nextscale.ui.generate_tab import build_generate_tab
+from nextscale.ui.mix_tab import build_mix_tab
 from nextscale.ui.model_tab import build_model_tab, info_markdown
 from nextscale.ui.models import DEMO_NAME
 from nextscale.ui.services import Services
+from nextscale.ui.zoom_tab import build_zoom_tab
 
 TITLE = "nextscale"
 CACHE_CLEANUP = (600, 3600)
@@ -51,6 +53,10 @@ def build_app(services: Services) -> gr.Blocks:
                 build_generate_tab(services, model_name, recent)
             with gr.Tab("Edit", id="edit", elem_id="tab-edit"):
                 build_edit_tab(services, model_name, recent)
+            with gr.Tab("Mix", id="mix", elem_id="tab-mix"):
+                build_mix_tab(services, model_name)
+            with gr.Tab("Zoom", id="zoom", elem_id="tab-zoom"):
+                build_zoom_tab(services, model_name)
             with gr.Tab("Model", id="model", elem_id="tab-model"):
                 info = build_model_tab(services, model_name)
 

@@ -9,8 +9,7 @@ its seed and `--num-images 1`.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from nextscale.sampling import SamplingConfig
 
@@ -34,11 +33,19 @@ class SampleCommand:
     """The pipeline directory, None for the bundled demo."""
     dtype: str = "float32"
     """Weights dtype of the run."""
+    detail_prompt: str | None = None
+    """Per-scale prompts: the prompt of the scales from `switch_scale` on (the prompts give the layout)."""
+    switch_scale: int | None = None
+    """First scale drawn from `detail_prompt`."""
+    zoom_factor: int | None = None
+    """A zoom stack over the prompts (one level each) with this factor between levels."""
+    zoom_out: bool = False
+    """Zoom out instead of in."""
 
     def arguments(self) -> list[str]:
         """The argument list (without the program name); options equal to the CLI defaults still appear,
         so the line stays right if a default changes."""
-        args: list[str] = []
+        args: list[str] = ["--zoom"] if self.zoom_factor is not None else []
         for prompt in self.prompts:
             args += ["--prompt", prompt]
         config = self.sampling
@@ -52,6 +59,10 @@ class SampleCommand:
             "--top-p", format_number(config.top_p),
             "--temperature", format_number(config.temperature),
         ]
+        if self.detail_prompt is not None:
+            args += ["--detail-prompt", self.detail_prompt, "--switch-scale", str(self.switch_scale)]
+        if self.zoom_factor is not None:
+            args += ["--zoom-factor", str(self.zoom_factor)] + (["--zoom-out"] if self.zoom_out else [])
         if self.checkpoint is not None:
             args += ["--checkpoint", self.checkpoint]
         if self.dtype != "float32":
@@ -71,9 +82,8 @@ class SampleCommand:
         return [prompt for prompt in self.prompts for _ in range(self.num_images)]
 
     def single_image(self, index: int) -> SampleCommand:
-        """The command that redraws image `index` alone."""
-        return SampleCommand((self.image_prompts()[index],), 1, self.image_seeds()[index], self.sampling,
-                             self.checkpoint, self.dtype)
+        """The command that redraws image `index` alone (not for zooms: their prompts are levels)."""
+        return replace(self, prompts=(self.image_prompts()[index],), num_images=1, seed=self.image_seeds()[index])
 
 
 def format_number(value: float) -> str:
@@ -86,11 +96,10 @@ def split_prompts(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def describe(commands: Sequence[SampleCommand]) -> str:
-    """The text shown under the gallery: the whole run, then one line per image."""
-    lines = []
-    for command in commands:
-        lines += ["# all images of this run", command.line(), "", "# each image alone"]
-        for index in range(len(command.image_seeds())):
-            lines.append(command.single_image(index).line())
+def describe(command: SampleCommand) -> str:
+    """The text shown under the gallery: the whole run, then one line per image (when there are several)."""
+    lines = ["# all images of this run", command.line()]
+    if command.zoom_factor is None and len(command.image_seeds()) > 1:
+        lines += ["", "# each image alone"]
+        lines += [command.single_image(index).line() for index in range(len(command.image_seeds()))]
     return "\n".join(lines)

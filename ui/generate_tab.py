@@ -86,7 +86,7 @@ def build_generate_tab(services: Services, model_name: gr.State, recent: gr.Gall
                 gallery: list(zip(result.images, result.captions)),
                 recent: list(zip(result.images, result.captions)),
                 downloads: [str(path) for path in result.progression_gifs],
-                command: describe([result.command]),
+                command: describe(result.command),
             }
         except Exception as error:
             yield {status: services.report_error(record, error)}

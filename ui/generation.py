@@ -89,9 +89,10 @@ class GenerateResult:
     """Sampling time, without the wait in the queue."""
 
 
-def batch_frames(frames: torch.Tensor, scale: int, num_scales: int, size: int, started: float) -> ScaleFrames:
-    """(b, 3, H, W) progression frames of one scale -> the preview grid (as square as the batch allows)."""
-    columns = math.ceil(math.sqrt(frames.shape[0]))
+def batch_frames(frames: torch.Tensor, scale: int, num_scales: int, size: int, started: float,
+                 columns: int | None = None) -> ScaleFrames:
+    """(b, 3, H, W) progression frames of one scale -> the preview grid (default: as square as the batch)."""
+    columns = columns or math.ceil(math.sqrt(frames.shape[0]))
     return ScaleFrames(scale, num_scales, size, make_grid(frames, columns=columns), time.perf_counter() - started)
 
 
@@ -109,6 +110,7 @@ def sample_streaming(
     config: SamplingConfig,
     report: Callable[[ScaleFrames], None],
     constraints: ScaleConstraints | None = None,
+    columns: int | None = None,
 ) -> list[torch.Tensor]:
     """Run the scale loop, report every scale's frames as soon as it is sampled (through the loop's
     `on_scale`), and return the frames [(b, 3, H, W), ...] coarse to fine; the last is the images."""
@@ -119,7 +121,7 @@ def sample_streaming(
     def on_scale(step: ScaleStep) -> None:
         assert step.preview is not None
         frames.append(step.preview)
-        report(batch_frames(step.preview, step.scale, len(sizes), sizes[step.scale], started))
+        report(batch_frames(step.preview, step.scale, len(sizes), sizes[step.scale], started, columns))
 
     sample_scales(model.pipeline, conditions, seeds, config, constraints=constraints, on_scale=on_scale,
                   previews=True)
