@@ -22,10 +22,12 @@ from nextscale.ui.commands import SampleCommand, format_number, split_prompts
 from nextscale.ui.config import UIConfig, UploadLimits
 from nextscale.ui.edits import EditRequest, editor_picture, mask_layer, painted_mask, run_edit
 from nextscale.ui.generation import GenerateRequest, ScaleFrames, run_generate
+from nextscale.ui.mix import MixRequest, run_mix
 from nextscale.ui.models import ModelError, ModelRegistry, checkpoint_key
 from nextscale.ui.outputs import OutputStore
 from nextscale.ui.streaming import Finished, stream
 from nextscale.ui.uploads import UploadError, validate_upload
+from nextscale.ui.zoom import ZoomRequest, run_zoom
 
 LIMITS = UploadLimits(max_bytes=200_000, max_pixels=1_000_000)
 
@@ -274,3 +276,43 @@ def test_edits_on_the_tiny_pipeline(tiny_pipeline_dir: Path) -> None:
         run_edit(model, EditRequest("keep scales", "a man", 0, SamplingConfig(), keep_scales=5), source, None)
     with pytest.raises(ValueError, match="write a prompt"):
         EditRequest("inpaint", " ", 0, SamplingConfig()).check()
+
+
+# -- mix and zoom ------------------------------------------------------------------------------------
+
+
+def test_mix_rows_equal_each_prompt_alone_and_the_command_redraws_the_mix(tiny_pipeline_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    model = ModelRegistry("cpu", "float32", 1, 1).get(str(tiny_pipeline_dir))
+    config = SamplingConfig(cfg_scale=2.0)
+    request = MixRequest("a woman with red hair", "a man with glasses", 1, 2, 4, config)
+    reports: list[ScaleFrames] = []
+    result = run_mix(model, request, reports.append)
+    assert [frames.scale for frames in reports] == [0, 1, 2]
+    alone = generate(model.pipeline, ["a woman with red hair"] * 2, [4, 5], config)
+    for image, expected in zip(result.layout_only, to_arrays(alone.images)):
+        np.testing.assert_array_equal(np.asarray(image), expected)
+    assert "--detail-prompt 'a man with glasses' --switch-scale 1" in result.command.line()
+    for ours, theirs in zip(result.mixed, cli_images(result.command, tmp_path / "cli")):
+        np.testing.assert_array_equal(np.asarray(ours), theirs)
+    with pytest.raises(ValueError, match=r"switch scale must be in \[1, 2\]"):
+        MixRequest("a", "b", 3, 1, 0, config).check(3, 16)
+
+
+def test_zoom_writes_levels_gif_and_video_as_the_command_line_does(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
+    model = ModelRegistry("cpu", "float32", 1, 1).get(str(tiny_pipeline_dir))
+    request = ZoomRequest(("a portrait of a man", "a man with glasses", "glasses"), 2, False, 3, SamplingConfig())
+    outcome = run_zoom(model, request, tmp_path / "ui")
+    assert len(outcome.levels) == 3 and len(outcome.agreement_db) == 2
+    with Image.open(outcome.gif) as animation:
+        assert animation.n_frames == 2 * 12 + 1
+    assert outcome.video is not None and outcome.video.stat().st_size > 0
+    line = outcome.command.line()
+    assert line.startswith("nextscale-sample --zoom --prompt 'a portrait of a man'") and "--zoom-factor 2" in line
+    args = tyro.cli(SampleArgs, args=[*shlex.split(line)[1:], "--out", str(tmp_path / "cli"), "--no-progress"])
+    written = sorted(path for path in main(args) if "-level" in path.name)
+    assert len(written) == 3
+    for ours, path in zip(outcome.levels, written):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(Image.open(path)))
+    with pytest.raises(ValueError, match="a zoom needs 2 to 6 prompts"):
+        ZoomRequest(("one",), 2, False, 0, SamplingConfig()).check()
