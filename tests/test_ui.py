@@ -22,6 +22,7 @@ from nextscale.ui.commands import SampleCommand, format_number, split_prompts
 from nextscale.ui.config import UIConfig, UploadLimits
 from nextscale.ui.edits import EditRequest, editor_picture, mask_layer, painted_mask, run_edit
 from nextscale.ui.generation import GenerateRequest, ScaleFrames, run_generate
+from nextscale.ui.main import check_checkpoint
 from nextscale.ui.mix import MixRequest, run_mix
 from nextscale.ui.models import ModelError, ModelRegistry, checkpoint_key
 from nextscale.ui.outputs import OutputStore
@@ -316,3 +317,12 @@ def test_zoom_writes_levels_gif_and_video_as_the_command_line_does(tiny_pipeline
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(Image.open(path)))
     with pytest.raises(ValueError, match="a zoom needs 2 to 6 prompts"):
         ZoomRequest(("one",), 2, False, 0, SamplingConfig()).check()
+
+
+def test_quick_checkpoint_checks_before_anything_loads(tmp_path: Path) -> None:
+    for fine in (None, "", "demo", "someone/pipeline"):
+        check_checkpoint(fine)
+    with pytest.raises(SystemExit, match="has no pipeline.json"):
+        check_checkpoint(str(tmp_path))
+    with pytest.raises(SystemExit, match="does not exist"):
+        check_checkpoint(str(tmp_path / "missing"))

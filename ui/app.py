@@ -1,16 +1,9 @@
-"""The page: its tabs, the request queue, and the server that binds it to this machine.
-
-nextscale-ui                      # http://127.0.0.1:7860, the bundled demo model
-nextscale-ui --checkpoint runs/var/pipeline --port 8000 --concurrency 2
-(the same as `python -m nextscale.ui ...`; `make ui` installs the `ui` extra first)
-"""
+"""The page: its tabs, the request queue, and the server that binds it to this machine (the console
+script is `nextscale.ui.main`)."""
 
 from __future__ import annotations
 
 import logging
-import sys
-
-import tyro
 
 from nextscale.ui.config import UIConfig
 
@@ -23,7 +16,7 @@ from nextscale.ui.edit_tab import build_edit_tab, recent_gallery
 from nextscale.ui.generate_tab import build_generate_tab
 from nextscale.ui.mix_tab import build_mix_tab
 from nextscale.ui.model_tab import build_model_tab, info_markdown
-from nextscale.ui.models import DEMO_NAME
+from nextscale.ui.models import DEMO_NAME, ModelRegistry
 from nextscale.ui.services import Services
 from nextscale.ui.zoom_tab import build_zoom_tab
 
@@ -71,12 +64,9 @@ def build_app(services: Services) -> gr.Blocks:
     return blocks.queue(max_size=config.max_queue, default_concurrency_limit=config.sampling_workers)
 
 
-def serve(config: UIConfig, block: bool = True) -> tuple[gr.Blocks, str]:
-    """Load the first model, build the page and serve it; returns (app, local URL)."""
-    services = Services.from_config(config)
-    model = services.registry.get(config.checkpoint)  # load before serving: the first request is fast
-    logging.getLogger("nextscale.ui").info("model %s loaded (%d px, scales %s)", model.name, model.image_size,
-                                           model.scale_sizes)
+def serve(config: UIConfig, registry: ModelRegistry | None = None, block: bool = True) -> tuple[gr.Blocks, str]:
+    """Build the page and serve it; returns (app, local URL). Requests wait for a model still loading."""
+    services = Services(config, registry or Services.registry_for(config))
     blocks = build_app(services)
     _, url, _ = blocks.launch(
         server_name=config.host,
@@ -99,19 +89,3 @@ def serve(config: UIConfig, block: bool = True) -> tuple[gr.Blocks, str]:
         finally:
             services.store.close()
     return blocks, url
-
-
-def cli() -> None:
-    """The `nextscale-ui` console script."""
-    config = tyro.cli(UIConfig)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        serve(config)
-    except (ValueError, OSError) as error:  # a bad checkpoint, a port in use: one line, no traceback
-        raise SystemExit(f"error: {error}") from error
-
-
-if __name__ == "__main__":
-    cli()

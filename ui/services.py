@@ -28,10 +28,9 @@ class Services:
     store: OutputStore = field(default_factory=OutputStore)
     log: RequestLog = field(default_factory=RequestLog)
 
-    @classmethod
-    def from_config(cls, config: UIConfig) -> Services:
-        registry = ModelRegistry(config.device, config.dtype, config.concurrency, config.max_loaded_models)
-        return cls(config, registry)
+    @staticmethod
+    def registry_for(config: UIConfig) -> ModelRegistry:
+        return ModelRegistry(config.device, config.dtype, config.concurrency, config.max_loaded_models)
 
     def report_error(self, record: RequestRecord, error: Exception) -> str:
         """Log the error and return the page's message: the request's own fault is explained, anything
