@@ -37,6 +37,9 @@ class UIConfig:
     """Where the models run; auto = cuda when available."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights and activations dtype."""
+    threads: int = 0
+    """torch's intra-op CPU threads (0: torch's default); 1 is faster on a CPU shared with other busy
+    processes (spinning threads compete)."""
     concurrency: int = 1
     """Samplings that may run at the same time on one model; further requests wait in the queue."""
     max_queue: int = 64
@@ -59,6 +62,8 @@ class UIConfig:
         return self.concurrency * self.max_loaded_models
 
     def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: torch's default), got {self.threads}")
         if self.concurrency < 1 or self.max_queue < 1 or self.max_images < 1 or self.max_loaded_models < 1:
             raise ValueError("concurrency, max_queue, max_images and max_loaded_models must be >= 1")
         if not 0 <= self.port <= 65535:

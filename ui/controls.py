@@ -46,5 +46,5 @@ def seed_controls(prefix: str = "") -> gr.Number:
         seed = gr.Number(0, precision=0, minimum=0, label="seed", elem_id=f"{prefix}seed",
                          info="image i uses seed + i")
         random_seed = gr.Button("random seed", elem_id=f"{prefix}random-seed", size="sm")
-    random_seed.click(lambda: secrets.randbelow(2**31), outputs=seed, queue=False)
+    random_seed.click(lambda: secrets.randbelow(2**31), outputs=seed, queue=False, api_name=False)
     return seed

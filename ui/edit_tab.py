@@ -124,12 +124,12 @@ def build_edit_tab(services: Services, model_name: gr.State, recent: gr.Gallery)
         services.log.done(record, message)
         return (outcome.before, outcome.after), outcome.regenerated, escape_markdown(message)
 
-    upload.upload(on_upload, inputs=[upload, source], outputs=[source, canvas, status], concurrency_id="upload",
-                  concurrency_limit=2)
-    recent.select(on_pick, inputs=[recent], outputs=[source, canvas, status], concurrency_id="upload",
-                  concurrency_limit=2)
-    mask_upload.upload(on_mask, inputs=[mask_upload, source], outputs=[canvas, status], concurrency_id="upload",
-                       concurrency_limit=2)
+    uploads = {"concurrency_id": "upload", "concurrency_limit": 2}
+    upload.upload(on_upload, inputs=[upload, source], outputs=[source, canvas, status], api_name="upload_image",
+                  **uploads)
+    recent.select(on_pick, inputs=[recent], outputs=[source, canvas, status], api_name=False, **uploads)
+    mask_upload.upload(on_mask, inputs=[mask_upload, source], outputs=[canvas, status], api_name="upload_mask",
+                       **uploads)
     button.click(on_edit, inputs=[mode, prompt, seed, *sides, keep, *controls.values(), canvas, source, model_name],
-                 outputs=[before_after, regenerated, status], concurrency_id="sampling",
+                 outputs=[before_after, regenerated, status], api_name="edit", concurrency_id="sampling",
                  concurrency_limit=services.config.sampling_workers)

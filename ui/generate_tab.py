@@ -62,7 +62,7 @@ def build_generate_tab(services: Services, model_name: gr.State, recent: gr.Gall
             request.check(config.max_images)
             loaded = services.registry.get(model)
             name = escape_markdown(loaded.name)
-            yield {status: f"waiting for {name} ...", gallery: None, downloads: None, command: ""}
+            yield {status: f"waiting for {name} ...", progression: None, gallery: None, downloads: None, command: ""}
 
             def work(report: Any) -> tuple[GenerateResult, float]:
                 with loaded.slot() as waited:  # held by this worker thread only, released when it ends
@@ -74,8 +74,8 @@ def build_generate_tab(services: Services, model_name: gr.State, recent: gr.Gall
                 if isinstance(item, Finished):
                     result, waited = item.value
                 else:
-                    frames.append(item.grid)
-                    yield {live: item.grid, progression: frames, status: scale_status(item)}
+                    frames.append(item.grid)  # the whole strip goes once, at the end
+                    yield {live: item.grid, status: scale_status(item)}
             assert result is not None
             count = len(result.images)
             message = (f"{count} image{'s' if count > 1 else ''} in {result.seconds:.2f} s on {loaded.name}"
@@ -83,6 +83,7 @@ def build_generate_tab(services: Services, model_name: gr.State, recent: gr.Gall
             services.log.done(record, message)
             yield {
                 status: escape_markdown(message),
+                progression: frames,
                 gallery: list(zip(result.images, result.captions)),
                 recent: list(zip(result.images, result.captions)),
                 downloads: [str(path) for path in result.progression_gifs],
@@ -93,5 +94,5 @@ def build_generate_tab(services: Services, model_name: gr.State, recent: gr.Gall
 
     inputs = [prompt, num_images, seed, *controls.values(), model_name]
     outputs = [status, live, progression, gallery, downloads, command, recent]
-    button.click(on_generate, inputs=inputs, outputs=outputs, concurrency_id="sampling",
+    button.click(on_generate, inputs=inputs, outputs=outputs, api_name="generate", concurrency_id="sampling",
                  concurrency_limit=config.sampling_workers)

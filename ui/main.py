@@ -51,9 +51,13 @@ class Preload:
 
     def _run(self) -> None:
         try:
+            import torch
+
             from nextscale.ui.models import ModelRegistry
 
             config = self._config
+            if config.threads:
+                torch.set_num_threads(config.threads)
             registry = ModelRegistry(config.device, config.dtype, config.concurrency, config.max_loaded_models)
         except BaseException as error:  # handed to the main thread
             self._error = error

@@ -81,5 +81,5 @@ def build_mix_tab(services: Services, model_name: gr.State) -> None:
             yield {status: services.report_error(record, error)}
 
     button.click(on_mix, inputs=[layout, detail, switch, count, seed, *controls.values(), model_name],
-                 outputs=[status, live, gallery, command], concurrency_id="sampling",
+                 outputs=[status, live, gallery, command], api_name="mix", concurrency_id="sampling",
                  concurrency_limit=config.sampling_workers)

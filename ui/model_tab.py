@@ -34,8 +34,8 @@ def build_model_tab(services: Services, model_name: gr.State) -> gr.Markdown:
         services.log.done(record, f"{model.name}, {model.image_size} px, {len(model.scale_sizes)} scales")
         return model.checkpoint, info_markdown(model)
 
-    load.click(on_load, inputs=[path, model_name], outputs=[model_name, info], concurrency_id="load",
-               concurrency_limit=1)
-    demo.click(lambda current: on_load(DEMO_NAME, current), inputs=[model_name], outputs=[model_name, info],
+    load.click(on_load, inputs=[path, model_name], outputs=[model_name, info], api_name="load_model",
                concurrency_id="load", concurrency_limit=1)
+    demo.click(lambda current: on_load(DEMO_NAME, current), inputs=[model_name], outputs=[model_name, info],
+               api_name=False, concurrency_id="load", concurrency_limit=1)
     return info

@@ -70,5 +70,6 @@ def build_zoom_tab(services: Services, model_name: gr.State) -> None:
                 [str(path) for path in outcome.files], describe(outcome.command), escape_markdown(message))
 
     button.click(on_zoom, inputs=[prompts, factor, zoom_out, seed, *controls.values(), model_name],
-                 outputs=[video, animation, levels, downloads, command, status], concurrency_id="sampling",
+                 outputs=[video, animation, levels, downloads, command, status], api_name="zoom",
+                 concurrency_id="sampling",
                  concurrency_limit=services.config.sampling_workers)
