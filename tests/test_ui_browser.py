@@ -30,7 +30,8 @@ observer.observe(target, {subtree: true, childList: true, characterData: true});
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     require_browser()
-    with serve([], tmp_path_factory.mktemp("ui-server") / "server.log") as running:
+    # one torch thread: the server shares the CPU with this test process
+    with serve(["--threads", "1"], tmp_path_factory.mktemp("ui-server") / "server.log") as running:
         yield running
 
 

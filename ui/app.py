@@ -25,7 +25,6 @@ CACHE_CLEANUP = (600, 3600)
 """Every 10 minutes, Gradio deletes the files it served that are older than an hour."""
 CSS = """
 .pixelated img { image-rendering: pixelated; }
-#live-preview img { min-height: 256px; }
 """
 INTRO = (
     "# nextscale\n"

@@ -36,12 +36,12 @@ def build_generate_tab(services: Services, model_name: gr.State, recent: gr.Gall
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             status = gr.Markdown("", elem_id="generate-status")
         with gr.Column(scale=3):
-            live = gr.Image(label="forming, scale by scale", format="png", interactive=False,
+            live = gr.Image(label="forming, scale by scale", format="png", interactive=False, height=300,
                             elem_id="live-preview", elem_classes=["pixelated"])
             progression = gr.Gallery(label="coarse to fine (every scale)", format="png", columns=6,
-                                     elem_id="progression", elem_classes=["pixelated"], height="auto")
+                                     elem_id="progression", elem_classes=["pixelated"], height=170)
     gallery = gr.Gallery(label="images", format="png", columns=4, elem_id="gallery", elem_classes=["pixelated"],
-                         height="auto")
+                         height=330)
     with gr.Row():
         downloads = gr.File(label="progression GIFs", file_count="multiple", interactive=False,
                             elem_id="progression-downloads")

@@ -36,9 +36,9 @@ def build_mix_tab(services: Services, model_name: gr.State) -> None:
             status = gr.Markdown("", elem_id="mix-status")
         with gr.Column(scale=3):
             live = gr.Image(label="forming, scale by scale (rows: mix, layout alone, detail alone)", format="png",
-                            interactive=False, elem_id="mix-live", elem_classes=["pixelated"])
-            gallery = gr.Gallery(label="mix, then each prompt alone (same seeds)", format="png", columns=2,
-                                 elem_id="mix-gallery", elem_classes=["pixelated"], height="auto")
+                            interactive=False, height=300, elem_id="mix-live", elem_classes=["pixelated"])
+            gallery = gr.Gallery(label="mix, then each prompt alone (same seeds)", format="png", columns=3,
+                                 elem_id="mix-gallery", elem_classes=["pixelated"], height=420)
             command = gr.Code(label="reproduce the mix on the command line", language="shell", lines=3,
                               interactive=False, elem_id="mix-command", wrap_lines=True)
 
