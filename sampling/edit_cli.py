@@ -100,6 +100,9 @@ def check_edit_args(edit_args: EditArgs, zoom_args: ZoomArgs, num_scales: int | 
         raise usage_error("--outpaint needs --image (the image to extend)")
     if edit_args.keep_scales and edit_args.image is None:
         raise usage_error("--keep-scales needs --image (the image whose coarse scales are kept)")
+    for flag, path in (("--image", edit_args.image), ("--mask", edit_args.mask)):
+        if path is not None and not path.is_file():
+            raise usage_error(f"{flag} {path} does not exist or is not a file")
     if edit_args.mask is not None and edit_args.outpaint is not None:
         raise usage_error("--mask and --outpaint both say what to regenerate: give one of them")
     if edit_args.image is not None and edit_args.mask is None and edit_args.outpaint is None \

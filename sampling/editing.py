@@ -5,7 +5,7 @@ All three encode the source image with the tokenizer and teacher-force its codes
 Tian et al. 2024, Sec. 7, zero-shot editing):
 
 - inpaint: a pixel mask (white = regenerate) -> per-scale token masks (`token_masks` with
-  `edit_thresholds`: a coarse token is kept when half its cell is kept, a fine one when all of it is);
+  `edit_thresholds`: a coarse token is kept when half its cell is kept, a fine one at three quarters);
 - outpaint: the image is shrunk into a box of the canvas; everything around it is regenerated;
 - variations: the first k scales (layout and colours) come from the image, the rest from the prompt.
 
@@ -45,7 +45,7 @@ class EditOptions:
     """Keep the first k scales of the encoded image entirely (variations: layout and colours from the image)."""
     coarse_threshold: float = 0.5
     """A token of a coarse scale (side <= half the latent's) is kept when this fraction of its cell is kept."""
-    fine_threshold: float = 1.0
+    fine_threshold: float = 0.75
     """A token of a finer scale is kept when this fraction of its pixel cell is kept (1: the whole cell)."""
     requantize: bool = True
     """Re-quantise kept tokens from what the scales so far leave of the image (else: the image's own codes)."""
@@ -234,6 +234,8 @@ def edit(
         raise InputError(f"--keep-scales {options.keep_scales} is more than the model's {len(scale_sizes)} scales")
     if known is None and options.keep_scales == 0:
         raise InputError("nothing is kept: give a mask (inpaint), --outpaint sides or --keep-scales k (k >= 1)")
+    if image.shape[0] not in (1, batch) or (known is not None and known.shape[0] not in (1, batch)):
+        raise InputError(f"{batch} prompts but {image.shape[0]} images: give one image, or one per prompt")
     image = image.to(pipeline.device, next(tokenizer.parameters()).dtype).expand(batch, -1, -1, -1)
     pixels = torch.zeros(batch, size, size, dtype=torch.bool, device=pipeline.device)
     if known is not None:

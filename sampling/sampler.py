@@ -12,6 +12,12 @@ added to the accumulated latent, which, pooled to the next scale's side, is the 
         accumulated += tokenizer.embed_scale(k, codes_k)
     images = decode(accumulated)
 
+The loop (`sample_scales`) is open at three places, so that editing, variations, per-scale prompts, zoom
+and live previews are all built on it: known codes with a token mask per scale (`ScaleConstraints`:
+where the mask is set, the known code replaces the sampled one before `embed_scale`), a condition per
+scale (`Condition`, built once from the prompts), and an `on_scale` callback after every scale.
+`generate` = `build_condition` + `sample_scales` + decode.
+
 Conditional and unconditional ("" prompt) rows run as ONE batch of 2b rows. The production path feeds
 only the new scale's tokens and reuses the cached keys/values of earlier scales (`CachedLogits`); the
 reference path (`RecomputedLogits`, `generate(..., reference=True)`) recomputes the whole prefix with

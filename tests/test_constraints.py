@@ -46,7 +46,7 @@ def test_cells_of_sides_that_do_not_divide_the_image_overlap() -> None:
 
 
 def test_edit_thresholds_and_validation() -> None:
-    assert edit_thresholds((1, 2, 3, 4, 6, 8), latent_size=8) == [0.5, 0.5, 0.5, 0.5, 1.0, 1.0]
+    assert edit_thresholds((1, 2, 3, 4, 6, 8), latent_size=8) == [0.5, 0.5, 0.5, 0.5, 0.75, 0.75]
     known = torch.ones(1, 8, 8, dtype=torch.bool)
     with pytest.raises(ValueError, match="threshold"):
         token_masks(known, (1, 2), threshold=0.0)

@@ -167,6 +167,7 @@ def test_cli_edit_errors_are_one_line_with_exit_code_2(
     tiny_pipeline_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], options: dict, message: str
 ) -> None:
     save_png(np.zeros((16, 16, 3), np.uint8), tmp_path / "in.png")
+    save_png(np.zeros((16, 16, 3), np.uint8), tmp_path / "m.png")
     resolved = {key: tmp_path / value if key in ("image", "mask") else value for key, value in options.items()}
     with pytest.raises(SystemExit) as exit_info:
         main(cli_args(tmp_path, tiny_pipeline_dir, **resolved))
@@ -204,8 +205,8 @@ def test_sample_script_edits_and_zooms_with_the_bundled_model(tmp_path: Path) ->
                       "a close-up of a man with glasses", "--zoom-frames", "3", "--out", str(tmp_path / "zoom"))
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list((tmp_path / "zoom").glob("zoom-level*.png"))) == 2 and (tmp_path / "zoom" / "zoom.gif").is_file()
-    done = run_sample("--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "in.png"), "--prompt", "a",
-                      "--out", str(tmp_path / "bad"))
+    done = run_sample("--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "missing.png"), "--prompt", "a",
+                      "--out", str(tmp_path / "bad"))  # checked before the model loads
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("error: the mask is all")
-    assert "Traceback" not in done.stderr
+    missing = tmp_path / "missing.png"
+    assert done.stderr.strip().splitlines() == [f"error: --mask {missing} does not exist or is not a file"]

@@ -1,0 +1,61 @@
+"""The editing and zoom evaluation on a tiny budget, and its pure measures."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from nextscale.train.eval.editing import EditEvaluationConfig, evaluate, eye_band, masked_psnr
+from nextscale.train.eval.judge import AttributeJudge, JudgeConfig
+from nextscale.train.eval.zoom import ZoomEvaluation, level_prompt, magnifications, zoom_adherence
+
+
+def test_masked_psnr_sees_only_the_known_pixels() -> None:
+    target = torch.zeros(2, 3, 8, 8)
+    images = target.clone()
+    images[:, :, :4] = 1.0  # wrong only where unknown
+    known = torch.zeros(2, 8, 8, dtype=torch.bool)
+    known[:, 4:] = True
+    assert (masked_psnr(images, target, known) > 90).all()
+    images[:, :, 7, 7] = 0.5
+    assert (masked_psnr(images, target, known) < 90).all()
+    band = eye_band(1, 64)
+    assert not band[0, 19:34, 16:48].any() and band[0, 40:].all()
+
+
+def test_zoom_adherence_takes_any_judge_and_names_per_level() -> None:
+    torch.manual_seed(0)
+    judge = AttributeJudge(JudgeConfig(image_size=16, channels=(8, 8), pooled_size=2, feature_dim=8)).eval()
+    levels = [torch.rand(3, 3, 16, 16) * 2 - 1 for _ in range(2)]
+    predicted = judge.predict(levels[1])
+    attributes = [dict(row) for row in predicted]
+    attributes[0]["glasses"] = "no" if attributes[0]["glasses"] == "yes" else "yes"
+    scores = zoom_adherence(judge, levels, attributes, [("gender",), ("glasses", "skin")])
+    assert list(scores[0]) == ["gender"] and scores[1] == {"glasses": 2 / 3, "skin": 1.0}
+    assert magnifications(2, 4) == [1, 2, 4] and magnifications(4, 4) == [1, 4]
+    item = {"gender": "man", "glasses": "yes", "skin": "dark"}
+    assert level_prompt(item, 1, ("gender", "glasses")) == "a man with glasses"
+    assert level_prompt(item, 4, ("glasses", "skin")).startswith("an extreme close-up of the eyes of ")
+
+
+def test_editing_evaluation_end_to_end_on_a_tiny_budget(tiny_pipeline_dir, tmp_path) -> None:
+    torch.manual_seed(0)
+    judge = AttributeJudge(JudgeConfig(image_size=16, channels=(8, 8), pooled_size=2, feature_dim=8))
+    judge.save_pretrained(tmp_path / "judge")
+    config = EditEvaluationConfig(checkpoint=str(tiny_pipeline_dir), judge=str(tmp_path / "judge"),
+                                  out=tmp_path / "eval", num_edits=4, keep_scales=(1,), switch_scales=(2,),
+                                  outpaint_sides=(4, 4, 4, 4), batch_size=4,
+                                  zoom=ZoomEvaluation(factors=(2,), chains=2, zoom_out=False))
+    report = evaluate(config)
+    saved = json.loads((tmp_path / "eval" / "editing.json").read_text())
+    assert saved["inpainting"]["edits"] == 4 and 0 <= saved["inpainting"]["glasses"] <= 1
+    assert saved["inpainting"]["kept_psnr_after_blend"] > saved["inpainting"]["kept_psnr_before_blend"]
+    assert [row["keep_scales"] for row in saved["variations"]] == [1]
+    assert [row["switch_scale"] for row in saved["per_scale_prompts"]] == [2]
+    zoom_row = report["zoom"][0]
+    assert len(zoom_row["agreement_before_blend"]) == 2 and len(zoom_row["adherence"]) == 3
+    assert zoom_row["agreement_after_blend"][0] > zoom_row["agreement_before_blend"][0]
+    table = (tmp_path / "eval" / "editing.md").read_text()
+    assert "inpainting the eye band" in table and "| in x2 |" in table
+    assert (tmp_path / "eval" / "inpaint.png").is_file() and (tmp_path / "eval" / "zoom-x2" / "zoom-x2.gif").is_file()
