@@ -4,6 +4,8 @@ registry and the generation behind the Generate tab."""
 from __future__ import annotations
 
 import shlex
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -326,3 +328,14 @@ def test_quick_checkpoint_checks_before_anything_loads(tmp_path: Path) -> None:
         check_checkpoint(str(tmp_path))
     with pytest.raises(SystemExit, match="does not exist"):
         check_checkpoint(str(tmp_path / "missing"))
+
+
+def test_the_work_imports_without_gradio_and_the_app_says_how_to_get_it() -> None:
+    script = (
+        "import sys; sys.modules['gradio'] = None\n"
+        "import nextscale.ui.generation, nextscale.ui.edits, nextscale.ui.mix, nextscale.ui.zoom, nextscale.ui.main\n"
+        "try:\n    import nextscale.ui.app\nexcept SystemExit as exit:\n    print(exit.code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "error: the web UI needs gradio: pip install 'nextscale[ui]'" in result.stdout
