@@ -43,7 +43,7 @@ def build_generate_tab(services: Services, model_name: gr.State, recent: gr.Gall
     gallery = gr.Gallery(label="images", format="png", columns=4, elem_id="gallery", elem_classes=["pixelated"],
                          height=330)
     with gr.Row():
-        downloads = gr.File(label="progression GIFs", file_count="multiple", interactive=False,
+        downloads = gr.File(label="progressions (GIF, and strip PNG)", file_count="multiple", interactive=False,
                             elem_id="progression-downloads")
         command = gr.Code(label="reproduce on the command line", language="shell", lines=4, interactive=False,
                           elem_id="command", wrap_lines=True)
@@ -86,7 +86,7 @@ def build_generate_tab(services: Services, model_name: gr.State, recent: gr.Gall
                 progression: frames,
                 gallery: list(zip(result.images, result.captions)),
                 recent: list(zip(result.images, result.captions)),
-                downloads: [str(path) for path in result.progression_gifs],
+                downloads: [str(path) for path in [*result.progression_gifs, *result.progression_strips]],
                 command: describe(result.command),
             }
         except Exception as error:
