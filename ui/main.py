@@ -4,9 +4,9 @@ nextscale-ui                      # http://127.0.0.1:7860, the bundled demo mode
 nextscale-ui --checkpoint runs/var/pipeline --port 8000 --concurrency 2
 
 The first model loads in a background thread while the page is built and starts serving: the page is up
-sooner, and a request that comes before the model is ready waits for it (measured here under load: the
-page 5 s sooner than with the model loaded first; importing the web framework in parallel with the load
-was slower, both being mostly Python holding the GIL).
+sooner, and a request that comes before the model is ready waits for it. The web framework is imported
+before the load starts: importing it during the load was slower (both are mostly Python, holding the GIL;
+README, "The web UI", has the measurements).
 """
 
 from __future__ import annotations
