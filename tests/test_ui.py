@@ -22,6 +22,7 @@ from nextscale.sampling import SamplingConfig, generate
 from nextscale.sampling.cli import SampleArgs, main
 from nextscale.ui.commands import SampleCommand, format_number, split_prompts
 from nextscale.ui.config import UIConfig, UploadLimits
+from nextscale.ui.controls import number, sampling_config, whole
 from nextscale.ui.edits import EditRequest, editor_picture, mask_layer, painted_mask, run_edit
 from nextscale.ui.generation import GenerateRequest, ScaleFrames, run_generate
 from nextscale.ui.main import check_checkpoint
@@ -339,3 +340,16 @@ def test_the_work_imports_without_gradio_and_the_app_says_how_to_get_it() -> Non
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "error: the web UI needs gradio: pip install 'nextscale[ui]'" in result.stdout
+
+
+def test_control_values_are_checked_with_their_names() -> None:
+    assert whole(4.0, "seed") == 4 and number("0.5", "top-p") == 0.5
+    with pytest.raises(ValueError, match="seed is empty"):
+        whole(None, "seed")
+    with pytest.raises(ValueError, match="seed must be a whole number"):
+        whole(1.5, "seed")
+    with pytest.raises(ValueError, match="cfg must be a number, got 'a lot'"):
+        sampling_config("a lot", "linear", 0, 900, 0.95, 1.0)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        sampling_config(4, "linear", 0, None, 1.5, 1.0)
+    assert sampling_config(4, "linear", 0, None, 0.9, 1.0).top_k == 0

@@ -32,12 +32,31 @@ def sampling_controls(prefix: str = "") -> dict[str, gr.components.Component]:
             "temperature": temperature}
 
 
-def sampling_config(cfg: float, schedule: str, off_last: float, top_k: float | None, top_p: float,
-                    temperature: float) -> SamplingConfig:
+def number(value: object, name: str) -> float:
+    """A control's value as a number, or a ValueError naming the control (an emptied box, text via the API)."""
+    if value is None or value == "" or isinstance(value, bool):
+        raise ValueError(f"{name} is empty: give a number")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be a number, got {value!r}") from error
+
+
+def whole(value: object, name: str) -> int:
+    """A control's value as a whole number (ValueError naming the control otherwise)."""
+    result = number(value, name)
+    if not result.is_integer():
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(result)
+
+
+def sampling_config(cfg: object, schedule: object, off_last: object, top_k: object, top_p: object,
+                    temperature: object) -> SamplingConfig:
     """The controls' values -> a validated SamplingConfig (ValueError names the bad one)."""
-    return SamplingConfig(cfg_scale=float(cfg), guidance_schedule=schedule,  # type: ignore[arg-type]
-                          guidance_off_last=int(off_last), top_k=int(top_k or 0), top_p=float(top_p),
-                          temperature=float(temperature))
+    return SamplingConfig(cfg_scale=number(cfg, "cfg"), guidance_schedule=schedule,  # type: ignore[arg-type]
+                          guidance_off_last=whole(off_last, "guidance off for the last"),
+                          top_k=whole(0 if top_k in (None, "") else top_k, "top-k"), top_p=number(top_p, "top-p"),
+                          temperature=number(temperature, "temperature"))
 
 
 def seed_controls(prefix: str = "") -> gr.Number:

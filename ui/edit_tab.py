@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from nextscale.ui.controls import sampling_config, sampling_controls, seed_controls
+from nextscale.ui.controls import sampling_config, sampling_controls, seed_controls, whole
 from nextscale.ui.edits import EDIT_MODES, EDITOR_SIDE, EditRequest, editor_picture, mask_layer, painted_mask, run_edit
 from nextscale.ui.services import Services, escape_markdown
 from nextscale.ui.uploads import UploadError, validate_upload
@@ -109,9 +109,11 @@ def build_edit_tab(services: Services, model_name: gr.State, recent: gr.Gallery)
         try:
             if picture is None:
                 raise ValueError("upload an image or pick a generated one first")
-            request = EditRequest(edit_mode, text or "", int(base_seed or 0),  # type: ignore[arg-type]
+            margins = tuple(whole(value, f"outpaint {side}") for value, side in
+                          zip((left, top, right, bottom), ("left", "top", "right", "bottom")))
+            request = EditRequest(edit_mode, text or "", whole(base_seed, "seed"),  # type: ignore[arg-type]
                                   sampling_config(cfg, schedule, off_last, top_k, top_p, temperature),
-                                  (int(left), int(top), int(right), int(bottom)), int(keep_scales))
+                                  margins, whole(keep_scales, "keep scales"))  # type: ignore[arg-type]
             request.check()
             mask = painted_mask(painted.get("layers") if painted else None)
             loaded = services.registry.get(model)

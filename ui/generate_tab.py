@@ -10,7 +10,7 @@ import gradio as gr
 from PIL import Image
 
 from nextscale.ui.commands import describe, split_prompts
-from nextscale.ui.controls import sampling_config, sampling_controls, seed_controls
+from nextscale.ui.controls import sampling_config, sampling_controls, seed_controls, whole
 from nextscale.ui.generation import GenerateRequest, GenerateResult, ScaleFrames, run_generate
 from nextscale.ui.services import Services, escape_markdown
 from nextscale.ui.streaming import Finished, stream
@@ -57,7 +57,8 @@ def build_generate_tab(services: Services, model_name: gr.State, recent: gr.Gall
         record = services.log.start("generate", settings)
         frames: list[Image.Image] = []
         try:
-            request = GenerateRequest(tuple(settings["prompts"]), int(count), int(base_seed or 0),
+            request = GenerateRequest(tuple(settings["prompts"]), whole(count, "images per prompt"),
+                                      whole(base_seed, "seed"),
                                       sampling_config(cfg, schedule, off_last, top_k, top_p, temperature))
             request.check(config.max_images)
             loaded = services.registry.get(model)

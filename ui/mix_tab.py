@@ -10,7 +10,7 @@ import gradio as gr
 from PIL import Image
 
 from nextscale.ui.commands import describe
-from nextscale.ui.controls import sampling_config, sampling_controls, seed_controls
+from nextscale.ui.controls import sampling_config, sampling_controls, seed_controls, whole
 from nextscale.ui.generate_tab import scale_status
 from nextscale.ui.mix import ROWS, MixRequest, MixResult, run_mix
 from nextscale.ui.services import Services, escape_markdown
@@ -50,8 +50,8 @@ def build_mix_tab(services: Services, model_name: gr.State) -> None:
                     "top_k": top_k, "top_p": top_p, "temperature": temperature}
         record = services.log.start("mix", settings)
         try:
-            request = MixRequest((layout_prompt or "").strip(), (detail_prompt or "").strip(), int(switch_scale),
-                                 int(images), int(base_seed or 0),
+            request = MixRequest((layout_prompt or "").strip(), (detail_prompt or "").strip(),
+                                 whole(switch_scale, "switch scale"), whole(images, "images"), whole(base_seed, "seed"),
                                  sampling_config(cfg, schedule, off_last, top_k, top_p, temperature))
             loaded = services.registry.get(model)
             request.check(len(loaded.scale_sizes), config.max_images)

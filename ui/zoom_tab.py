@@ -8,7 +8,7 @@ from typing import Any
 import gradio as gr
 
 from nextscale.ui.commands import describe, split_prompts
-from nextscale.ui.controls import sampling_config, sampling_controls, seed_controls
+from nextscale.ui.controls import sampling_config, sampling_controls, seed_controls, whole
 from nextscale.ui.services import Services, escape_markdown
 from nextscale.ui.zoom import MAX_LEVELS, ZoomRequest, run_zoom
 
@@ -52,7 +52,8 @@ def build_zoom_tab(services: Services, model_name: gr.State) -> None:
                     "temperature": temperature}
         record = services.log.start("zoom", settings)
         try:
-            request = ZoomRequest(tuple(settings["prompts"]), int(zoom_factor), bool(outwards), int(base_seed or 0),
+            request = ZoomRequest(tuple(settings["prompts"]), whole(zoom_factor, "zoom factor"), bool(outwards),
+                                  whole(base_seed, "seed"),
                                   sampling_config(cfg, schedule, off_last, top_k, top_p, temperature))
             request.check()
             loaded = services.registry.get(model)
