@@ -49,8 +49,8 @@ class BenchArgs:
     """Sequential generations timed for the latency figures."""
     concurrency: int = 1
     """The server's --concurrency (samplings at once per model)."""
-    threads: int = 0
-    """torch threads of the server and of the in-process baseline (0: torch's default)."""
+    threads: int = 1
+    """torch threads of the server and of the in-process baseline (0: torch's default, one per core)."""
     timeout: float = 600.0
     """Seconds allowed for the whole load test."""
 
