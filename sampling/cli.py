@@ -15,7 +15,7 @@ import tyro
 from tyro.conf import OmitArgPrefixes, UseAppendAction
 
 from nextscale.images import save_grid
-from nextscale.sampling.edit_cli import EditArgs, ZoomArgs, check_edit_args, run_edits, run_zoom
+from nextscale.sampling.edit_cli import EditArgs, ZoomArgs, check_edit_args, run_edits, run_zoom, usage_error
 from nextscale.sampling.outputs import image_stem, save_images, save_progression
 from nextscale.sampling.pipeline import Pipeline, load_pipeline
 from nextscale.sampling.sampler import SamplingConfig, generate
@@ -114,11 +114,33 @@ def open_pipeline(args: SampleArgs) -> Pipeline:
         raise SystemExit(f"error: cannot load the checkpoint: {error}") from error
 
 
+def sample_jobs(args: SampleArgs, pipeline: Pipeline, jobs: list[str]) -> tuple[list[Path], torch.Tensor]:
+    """Text to image for every job (one prompt each), in batches: the written paths and the images."""
+    images, written = [], []
+    for start in range(0, len(jobs), args.batch_size):
+        batch = jobs[start : start + args.batch_size]
+        seeds = [args.seed + index for index in range(start, start + len(batch))]
+        result = generate(
+            pipeline, batch, seeds, args.sampling_config(), progress=args.progress,
+            return_progression=args.save_progression,
+        )
+        stems = [image_stem(index, prompt) for index, prompt in enumerate(batch, start)]
+        written += save_images(result.images, stems, args.out)
+        if result.progression is not None:
+            for row, stem in enumerate(stems):
+                written += save_progression([frame[row] for frame in result.progression], stem, args.out)
+        images.append(result.images)
+    return written, torch.cat(images)
+
+
 def main(args: SampleArgs) -> list[Path]:
     """Generate `num_images` per prompt, write PNGs, grid.png and (optionally) progressions; return the paths."""
     prompts = read_prompts(args)
     config = args.sampling_config()
     check_edit_args(args.editing, args.zooming)
+    if args.save_progression and (args.editing.editing or args.editing.mixing or args.zooming.zoom):
+        raise usage_error("--save-progression is for plain text-to-image sampling: drop it for edits, per-scale "
+                          "prompts and zooms")
     pipeline = open_pipeline(args)
     check_edit_args(args.editing, args.zooming, pipeline.transformer.config.num_scales)
     if args.zooming.zoom:
@@ -129,25 +151,13 @@ def main(args: SampleArgs) -> list[Path]:
             print(f"  {path}")
         return written
     jobs = [prompt for prompt in prompts for _ in range(args.num_images)]
-    images, written = [], []
     if args.editing.editing or args.editing.mixing:
-        written, edited = run_edits(args.editing, pipeline, jobs, args.seed, config, args.batch_size, args.out,
+        written, images = run_edits(args.editing, pipeline, jobs, args.seed, config, args.batch_size, args.out,
                                     args.progress)
-        images.append(edited)
-    for start in range(0, len(jobs) if not images else 0, args.batch_size):
-        batch = jobs[start : start + args.batch_size]
-        seeds = [args.seed + index for index in range(start, start + len(batch))]
-        result = generate(
-            pipeline, batch, seeds, config, progress=args.progress, return_progression=args.save_progression
-        )
-        stems = [image_stem(index, prompt) for index, prompt in enumerate(batch, start)]
-        written += save_images(result.images, stems, args.out)
-        if result.progression is not None:
-            for row, stem in enumerate(stems):
-                written += save_progression([frame[row] for frame in result.progression], stem, args.out)
-        images.append(result.images)
+    else:
+        written, images = sample_jobs(args, pipeline, jobs)
     columns = args.num_images if args.num_images > 1 else None  # one row per prompt, else square
-    written.append(save_grid(torch.cat(images), args.out / "grid.png", columns=columns))
+    written.append(save_grid(images, args.out / "grid.png", columns=columns))
     print(f"wrote {len(jobs)} images for {len(prompts)} prompts to {args.out}/ (grid: {args.out / 'grid.png'})")
     for path in written:
         print(f"  {path}")

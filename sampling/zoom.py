@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from nextscale.images import psnr
-from nextscale.sampling.blend import blur, laplacian_blend, max_levels
+from nextscale.sampling.blend import blur, collapse, gaussian_pyramid, laplacian_pyramid, max_levels
 from nextscale.sampling.editing import EditOptions, edit, outpaint_canvas
 from nextscale.sampling.pipeline import Pipeline
 from nextscale.sampling.sampler import SamplingConfig, generate, resolve_seeds
@@ -122,18 +122,38 @@ def paste_centre(parent: torch.Tensor, child: torch.Tensor, factor: int) -> torc
     return pasted
 
 
+def blend_centre(parent: torch.Tensor, child: torch.Tensor, factor: int, child_bands: int = 1,
+                 feather: float = 1.5) -> torch.Tensor:
+    """The parent with the `child_bands` finest Laplacian bands of its centre taken from the child.
+
+    The child's bands are those of the child downsampled by the factor on its own (a pasted composite
+    would put the step at the box's edge into the fine bands, i.e. draw the seam); band j mixes with the
+    feathered box mask's Gaussian pyramid at level j, so the hand-over is soft at every frequency.
+    """
+    size = parent.shape[-1]
+    start, side = centre_box(size, factor)
+    levels = max_levels(size)
+    inset_levels = max(min(levels, max_levels(side, smallest=2)), 1)
+    parent_bands = laplacian_pyramid(parent, levels)
+    child_pyramid = laplacian_pyramid(shrink(child, factor), inset_levels)
+    masks = gaussian_pyramid(blur(centre_mask(parent, factor), feather), levels)
+    mixed = list(parent_bands)
+    for band in range(min(child_bands, inset_levels - 1)):
+        scale = 2**band
+        inset = parent_bands[band].clone()
+        begin, width = start // scale, child_pyramid[band].shape[-1]
+        inset[..., begin : begin + width, begin : begin + width] = child_pyramid[band]
+        mixed[band] = (1 - masks[band]) * parent_bands[band] + masks[band] * inset
+    return collapse(mixed)
+
+
 def blend_levels(levels: Sequence[torch.Tensor], factor: int, child_bands: int = 1,
                  feather: float = 1.5) -> list[torch.Tensor]:
     """Make a wide-to-deep stack consistent (see the module docstring): returns the blended levels."""
     blended = [level.float().clone() for level in levels]
     size = blended[0].shape[-1]
-    pyramid_levels = max_levels(size)
-    keep_coarse = max(pyramid_levels - child_bands, 0)
     for index in range(len(blended) - 2, -1, -1):  # bottom-up: parents take their children's fine bands
-        parent, child = blended[index], blended[index + 1]
-        pasted = paste_centre(parent, child, factor)
-        mask = blur(centre_mask(parent, factor), feather)
-        blended[index] = laplacian_blend(parent, pasted, mask, keep_coarse, pyramid_levels)
+        blended[index] = blend_centre(blended[index], blended[index + 1], factor, child_bands, feather)
     for index in range(len(blended) - 1):  # top-down: children take their parents' low frequencies
         parent, child = blended[index], blended[index + 1]
         difference = centre(parent, factor) - shrink(child, factor)  # smooth: only coarse bands differ

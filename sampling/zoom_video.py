@@ -3,7 +3,8 @@
 A frame at zoom position t (0 = the widest level, n - 1 = the deepest) shows level i = floor(t) magnified
 by factor ** (t - i) around its centre; the region that deeper levels cover is drawn from them (the
 paper's rendering: the centre of every frame comes from the deepest level that covers it), so detail
-appears where the camera moves in instead of upsampling blur.
+appears where the camera moves in instead of upsampling blur; each deeper level fades in over the
+outer eighth of its side.
 """
 
 from __future__ import annotations
@@ -39,8 +40,19 @@ def render_frame(levels: Sequence[torch.Tensor], factor: int, position: float, f
         if side < 2:
             break
         offset = (frame_size - side) // 2
-        frame[..., offset : offset + side, offset : offset + side] = resize(level.float(), side)
+        region = frame[..., offset : offset + side, offset : offset + side]
+        weight = edge_ramp(side, max(side // 8, 1)).to(frame)
+        frame[..., offset : offset + side, offset : offset + side] = weight * resize(level.float(), side) + (
+            1 - weight) * region
     return frame.clamp(-1, 1)
+
+
+def edge_ramp(side: int, width: int) -> torch.Tensor:
+    """(side, side) weights: 1 inside, falling linearly to 0 over `width` pixels at the border, so that
+    the sharper deeper level fades into the magnified (softer) level around it."""
+    distance = torch.minimum(torch.arange(side), torch.arange(side).flip(0)).float()  # to the nearest edge
+    ramp = ((distance + 0.5) / width).clamp(max=1.0)
+    return torch.minimum(ramp[:, None], ramp[None, :])
 
 
 def zoom_frames(levels: Sequence[torch.Tensor], factor: int, frames_per_level: int = 12,

@@ -176,6 +176,15 @@ def test_cli_edit_errors_are_one_line_with_exit_code_2(
     assert len(error) == 1 and error[0].startswith("error: ") and message in error[0]
 
 
+def test_cli_refuses_progressions_of_edits(tiny_pipeline_dir: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    args = SampleArgs(prompt=("a", "b"), checkpoint=str(tiny_pipeline_dir), out=tmp_path, save_progression=True,
+                      zooming=ZoomArgs(zoom=True))
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and "--save-progression is for plain" in capsys.readouterr().err
+
+
 def test_cli_zoom_errors(tiny_pipeline_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for zoom_args, prompts, message in [(ZoomArgs(zoom=True), ("a",), "at least two prompts"),
                                         (ZoomArgs(zoom=True, zoom_factor=3), ("a", "b"), "--zoom-factor must be")]:

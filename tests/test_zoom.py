@@ -60,14 +60,15 @@ def test_blended_levels_agree_and_stay_unchanged_away_from_the_centre(factor: in
                                rtol=0)
 
 
-def test_seam_gradient_ratio_sees_a_pasted_seam_and_blending_removes_most_of_it() -> None:
+def test_seam_gradient_ratio_sees_a_pasted_seam_and_blending_removes_it() -> None:
     parent, child = smooth_images(2, 2)
     flat = torch.zeros(1, 3, 64, 64)
     assert torch.isfinite(seam_gradient_ratio(flat + torch.linspace(-1, 1, 64), 2)).all()
     pasted = paste_centre(parent, child - 0.5, 2)
     naive = float(seam_gradient_ratio(pasted, 2).mean())
     blended = float(seam_gradient_ratio(blend_levels([parent, child - 0.5], 2)[0], 2).mean())
-    assert naive > 1.5 and blended < naive
+    content = float(seam_gradient_ratio(parent, 2).mean())  # the parent alone, no seam at all
+    assert naive > 1.5 * content and blended < 1.1 * content
 
 
 def test_default_keep_scales_is_what_the_crop_determines() -> None:

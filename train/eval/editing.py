@@ -132,8 +132,9 @@ def evaluate_inpainting(pipeline: Pipeline, judge: AttributeJudge, config: EditE
     round_trip = pipeline.tokenizer.decode(pipeline.tokenizer.encode(sources))
     others = [name for name in ATTRIBUTES if name != "glasses"]
     kept = {name: rate(judge, blended, name, [item[name] for item in attributes]) for name in others}
-    save_grid([sources, torch.where(known.unsqueeze(1), sources, torch.ones_like(sources)), blended][:3],
-              config.out / "inpaint.png")
+    shown = slice(0, 8)  # sources, the regenerated band in white, the edits
+    save_grid([sources[shown], torch.where(known.unsqueeze(1), sources, torch.ones_like(sources))[shown],
+               blended[shown]], config.out / "inpaint.png")
     return {
         "edits": len(prompts), "glasses": rate(judge, blended, "glasses", ["yes"] * len(prompts)),
         "kept_psnr_before_blend": float(masked_psnr(unblended, sources, known).mean()),

@@ -138,7 +138,8 @@ def evaluate_zoom(pipeline: Pipeline, judge: AttributeJudge, config: ZoomEvaluat
         save_zoom([level[:1] for level in blended], levels[0].prompts, factor, out / stem, zoom_out=zoom_out,
                   frames_per_level=8, frame_size=128, stem=stem)
         frames = zoom_frames([level[:1] for level in blended], factor, frames_per_level=4, frame_size=128)
-        save_grid(torch.cat(frames[:: max(len(frames) // 6, 1)]), out / f"{stem}-frames.png", columns=7)
+        shown = [frames[round(i * (len(frames) - 1) / 6)] for i in range(7)]
+        save_grid(torch.cat(shown), out / f"{stem}-frames.png", columns=len(shown))
     return rows
 
 
