@@ -4,6 +4,7 @@ script is `nextscale.ui.main`)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from nextscale.ui.config import UIConfig
 
@@ -63,8 +64,9 @@ def build_app(services: Services) -> gr.Blocks:
     return blocks.queue(max_size=config.max_queue, default_concurrency_limit=config.sampling_workers)
 
 
-def serve(config: UIConfig, registry: ModelRegistry | None = None, block: bool = True) -> tuple[gr.Blocks, str]:
-    """Build the page and serve it; returns (app, local URL). Requests wait for a model still loading."""
+def serve(config: UIConfig, registry: ModelRegistry | None = None, block: bool = True,
+          on_serving: Callable[[], object] | None = None) -> tuple[gr.Blocks, str]:
+    """Build the page and serve it (then call `on_serving`); returns (app, local URL)."""
     services = Services(config, registry or Services.registry_for(config))
     blocks = build_app(services)
     _, url, _ = blocks.launch(
@@ -82,6 +84,8 @@ def serve(config: UIConfig, registry: ModelRegistry | None = None, block: bool =
         footer_links=[],
     )
     logging.getLogger("nextscale.ui").info("serving on %s", url)
+    if on_serving is not None:
+        on_serving()
     if block:
         try:
             blocks.block_thread()

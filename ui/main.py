@@ -3,10 +3,10 @@
 nextscale-ui                      # http://127.0.0.1:7860, the bundled demo model
 nextscale-ui --checkpoint runs/var/pipeline --port 8000 --concurrency 2
 
-The first model loads in a background thread while the page is built and starts serving: the page is up
-sooner, and a request that comes before the model is ready waits for it. The web framework is imported
-before the load starts: importing it during the load was slower (both are mostly Python, holding the GIL;
-README, "The web UI", has the measurements).
+The first model loads in a background thread once the page is served: the page is up sooner, and a
+request that comes before the model is ready waits for it. Loading it while the web framework was
+imported, or while the page was built, was slower (both are mostly Python, holding the GIL; README,
+"The web UI", has the measurements).
 """
 
 from __future__ import annotations
@@ -40,46 +40,20 @@ def check_checkpoint(checkpoint: str | None) -> None:
         raise SystemExit(f"error: --checkpoint {checkpoint} does not exist")
 
 
-class Preload:
-    """Creates the model registry and loads the first model in a thread; `registry()` waits only for the
-    registry (a request for the model then waits for the load itself, behind the registry's lock)."""
+def load_in_background(registry: ModelRegistry, checkpoint: str | None) -> threading.Thread:
+    """Load the first model in a thread (a request for it meanwhile waits behind the registry's lock)."""
 
-    def __init__(self, config: UIConfig) -> None:
-        self._config = config
-        self._ready = threading.Event()
-        self._registry: ModelRegistry | None = None
-        self._error: BaseException | None = None
-        threading.Thread(target=self._run, name="nextscale-ui-preload", daemon=True).start()
-
-    def _run(self) -> None:
+    def load() -> None:
         try:
-            import torch
-
-            from nextscale.ui.models import ModelRegistry
-
-            config = self._config
-            if config.threads:
-                torch.set_num_threads(config.threads)
-            registry = ModelRegistry(config.device, config.dtype, config.concurrency, config.max_loaded_models)
-        except BaseException as error:  # handed to the main thread
-            self._error = error
-            self._ready.set()
-            return
-        self._registry = registry
-        self._ready.set()
-        try:
-            model = registry.get(config.checkpoint)
+            model = registry.get(checkpoint)
         except Exception as error:  # the page shows it on every request for that model
             LOGGER.error("cannot load the first model: %s", error)
             return
         LOGGER.info("model %s loaded (%d px, scales %s)", model.name, model.image_size, model.scale_sizes)
 
-    def registry(self) -> ModelRegistry:
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._registry is not None
-        return self._registry
+    thread = threading.Thread(target=load, name="nextscale-ui-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 def cli() -> None:
@@ -88,10 +62,15 @@ def cli() -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     check_checkpoint(config.checkpoint)
-    from nextscale.ui.app import serve  # the web framework and torch: imported first, they compete for the GIL
-
-    preload = Preload(config)
     try:
-        serve(config, preload.registry())
+        import torch
+
+        from nextscale.ui.app import serve
+        from nextscale.ui.models import ModelRegistry
+
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        registry = ModelRegistry(config.device, config.dtype, config.concurrency, config.max_loaded_models)
+        serve(config, registry, on_serving=lambda: load_in_background(registry, config.checkpoint))
     except (ValueError, OSError) as error:  # a device that is missing, a port in use: one line, no traceback
         raise SystemExit(f"error: {error}") from error
