@@ -111,6 +111,27 @@ def atomic_write_dir(target: Path, write: typing.Callable[[Path], None]) -> None
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_model_dir(
+    directory: Path,
+    class_name: str,
+    config: Any,
+    state: typing.Mapping[str, torch.Tensor],
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Write a model directory (`config.json` naming `class_name` + `model.safetensors`) into an existing or
+    new `directory`, without building the model: converters write the weights they mapped directly."""
+    tensors = {}
+    for key, value in state.items():
+        value = value.detach().cpu()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        tensors[key] = value.contiguous()
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {"class": class_name, **config_to_dict(config)}
+    (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+
+
 class PretrainedMixin:
     """Adds `save_pretrained` / `from_pretrained` to an `nn.Module` with a dataclass `self.config`.
 
@@ -122,19 +143,9 @@ class PretrainedMixin:
 
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write `config.json` + `model.safetensors` atomically; `dtype` optionally casts float weights."""
-        state = {}
-        for key, value in self.state_dict().items():  # type: ignore[attr-defined]
-            value = value.detach().cpu()
-            if dtype is not None and value.is_floating_point():
-                value = value.to(dtype)
-            state[key] = value.contiguous()
-        payload = {"class": type(self).__name__, **config_to_dict(self.config)}
-
-        def write(tmp: Path) -> None:
-            (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-
-        atomic_write_dir(Path(directory), write)
+        state = self.state_dict()  # type: ignore[attr-defined]
+        name = type(self).__name__
+        atomic_write_dir(Path(directory), lambda tmp: write_model_dir(tmp, name, self.config, state, dtype))
         return Path(directory)
 
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 ScaleSizes = tuple[int, ...]
@@ -70,11 +71,24 @@ def block_causal_mask(scale_sizes: Sequence[int], device: torch.device | str | N
 
 def phi_index(scale: int, num_scales: int, num_phi: int) -> int:
     """Which of `num_phi` shared phi convs refines `scale`: the one whose tick is nearest to the scale's
-    ratio k / (K - 1) (VAR's `PhiPartiallyShared`, ticks evenly spread inside (0, 1))."""
+    ratio k / (num_scales - 1), VAR's `PhiPartiallyShared` rule exactly (FoundationVision/VAR,
+    `models/quant.py`).
+
+    The ticks are `linspace(1/(3K), 1 - 1/(3K), K)` for K == 4 phi convs and `linspace(1/(2K), 1 - 1/(2K), K)`
+    for any other K, computed in float64 as numpy does; argmin takes the first tick on a tie. Some ratios sit
+    exactly halfway between two ticks (scales 2 and 7 of VAR's 10 scales with K = 4), so the precision
+    decides: float32 would pick differently there. VAR's 10 scales with 4 convs give
+    `[0, 0, 1, 1, 1, 2, 2, 3, 3, 3]`.
+    """
+    if num_phi < 1:
+        raise ValueError(f"num_phi must be >= 1 to pick a phi conv, got {num_phi}")
+    if not 0 <= scale < num_scales:
+        raise ValueError(f"scale must be in [0, {num_scales}), got {scale}")
     if num_scales == 1:
         return 0
-    ticks = torch.linspace(1 / 3 / num_phi, 1 - 1 / 3 / num_phi, num_phi)
-    return int((ticks - scale / (num_scales - 1)).abs().argmin())
+    margin = 1 / 3 / num_phi if num_phi == 4 else 1 / 2 / num_phi
+    ticks = np.linspace(margin, 1 - margin, num_phi, dtype=np.float64)
+    return int(np.argmin(np.abs(ticks - scale / (num_scales - 1))))
 
 
 def split_scales(flat: torch.Tensor, scale_sizes: Sequence[int], dim: int = 1) -> list[torch.Tensor]:

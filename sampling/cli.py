@@ -1,6 +1,7 @@
-"""`sample.py`'s options and logic: prompts in, PNGs (+ grid, + progressions) out.
+"""`sample.py`'s options and logic: prompts (or class labels) in, PNGs (+ grid, + progressions) out.
 
 nextscale-sample --prompt "a man with a beard" --prompt "a woman with glasses" --num-images 4 --out samples
+nextscale-sample --checkpoint var-d16 --class-label 207 --class-label 980   (a class-conditional pipeline)
 (the same as `python sample.py ...` and `python -m nextscale.sampling ...`)
 """
 
@@ -32,6 +33,9 @@ class SampleArgs:
     """A text prompt; repeat the flag for several (--prompt "a cat" --prompt "a dog")."""
     prompts_file: Path | None = None
     """A text file with one prompt per line (blank lines skipped); adds to --prompt."""
+    class_label: UseAppendAction[tuple[int, ...]] = ()
+    """A class label for a class-conditional pipeline (e.g. ImageNet 207 with a converted official VAR);
+    repeat the flag for several. Instead of --prompt."""
     num_images: int = 1
     """Images per prompt."""
     seed: int = 0
@@ -59,6 +63,9 @@ class SampleArgs:
     """Weights and activations dtype (the sampling arithmetic stays float32)."""
     batch_size: int = 8
     """Images per forward batch (each batch runs 2x rows while guidance is on)."""
+    grid: bool = True
+    """Also write grid.png of every image; --no-grid for large runs (e.g. 50,000 FID samples), which then keep
+    no image in memory."""
     save_progression: bool = False
     """Also save each image's coarse-to-fine progression as a strip PNG and an animated GIF."""
     progress: bool = True
@@ -83,9 +90,13 @@ class SampleArgs:
         )
 
 
-def read_prompts(args: SampleArgs) -> list[str]:
-    """--prompt values then the lines of --prompts-file (--scale-prompt alone: one image per --num-images);
-    SystemExit when there are none."""
+def read_prompts(args: SampleArgs) -> list[str] | list[int]:
+    """--class-label values, or --prompt values then the lines of --prompts-file (--scale-prompt alone: one
+    image per --num-images); SystemExit when there are none or both kinds."""
+    if args.class_label:
+        if args.prompt or args.prompts_file is not None:
+            raise SystemExit("error: pass either --class-label (class-conditional pipeline) or --prompt, not both")
+        return list(args.class_label)
     prompts = list(args.prompt)
     if not prompts and args.prompts_file is None and args.editing.scale_prompt:
         return [args.editing.scale_prompt[-1]]  # names the files; the loop takes every scale's prompt
@@ -94,7 +105,8 @@ def read_prompts(args: SampleArgs) -> list[str]:
             raise SystemExit(f"error: --prompts-file {args.prompts_file} does not exist")
         prompts += [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
     if not prompts:
-        raise SystemExit('error: no prompt given: pass --prompt "TEXT" (repeatable) or --prompts-file FILE')
+        raise SystemExit('error: no prompt given: pass --prompt "TEXT" (repeatable), --prompts-file FILE or, '
+                         "for a class-conditional pipeline, --class-label N")
     return prompts
 
 
@@ -114,8 +126,10 @@ def open_pipeline(args: SampleArgs) -> Pipeline:
         raise SystemExit(f"error: cannot load the checkpoint: {error}") from error
 
 
-def sample_jobs(args: SampleArgs, pipeline: Pipeline, jobs: list[str]) -> tuple[list[Path], torch.Tensor]:
-    """Text to image for every job (one prompt each), in batches: the written paths and the images."""
+def sample_jobs(args: SampleArgs, pipeline: Pipeline, jobs: list[str] | list[int]
+                ) -> tuple[list[Path], torch.Tensor | None]:
+    """Text (or class label) to image for every job, in batches: the written paths and, when a grid is
+    wanted, the images (None with --no-grid, so that large runs do not keep every image in memory)."""
     images, written = [], []
     for start in range(0, len(jobs), args.batch_size):
         batch = jobs[start : start + args.batch_size]
@@ -124,13 +138,26 @@ def sample_jobs(args: SampleArgs, pipeline: Pipeline, jobs: list[str]) -> tuple[
             pipeline, batch, seeds, args.sampling_config(), progress=args.progress,
             return_progression=args.save_progression,
         )
-        stems = [image_stem(index, prompt) for index, prompt in enumerate(batch, start)]
+        stems = [image_stem(index, f"class {prompt}" if isinstance(prompt, int) else prompt)
+                 for index, prompt in enumerate(batch, start)]
         written += save_images(result.images, stems, args.out)
         if result.progression is not None:
             for row, stem in enumerate(stems):
                 written += save_progression([frame[row] for frame in result.progression], stem, args.out)
-        images.append(result.images)
-    return written, torch.cat(images)
+        if args.grid:
+            images.append(result.images)
+    return written, torch.cat(images) if images else None
+
+
+def check_condition_kind(args: SampleArgs, pipeline: Pipeline) -> None:
+    """--class-label for class-conditional checkpoints, prompts for text ones: one-line errors otherwise."""
+    num_classes = pipeline.transformer.config.num_classes
+    if num_classes and not args.class_label:
+        raise SystemExit(f"error: this checkpoint is class-conditional: pass --class-label N (0..{num_classes - 1})")
+    if args.class_label and not num_classes:
+        raise SystemExit("error: this checkpoint is text-conditioned: pass --prompt TEXT, not --class-label")
+    if not all(0 <= label < num_classes for label in args.class_label):
+        raise SystemExit(f"error: --class-label must be in [0, {num_classes}), got {list(args.class_label)}")
 
 
 def main(args: SampleArgs) -> list[Path]:
@@ -141,7 +168,10 @@ def main(args: SampleArgs) -> list[Path]:
     if args.save_progression and (args.editing.editing or args.editing.mixing or args.zooming.zoom):
         raise usage_error("--save-progression is for plain text-to-image sampling: drop it for edits, per-scale "
                           "prompts and zooms")
+    if args.class_label and (args.editing.editing or args.editing.mixing or args.zooming.zoom):
+        raise usage_error("editing, per-scale prompts and zoom take text prompts: drop --class-label")
     pipeline = open_pipeline(args)
+    check_condition_kind(args, pipeline)
     check_edit_args(args.editing, args.zooming, pipeline.transformer.config.num_scales)
     if args.zooming.zoom:
         written = run_zoom(args.zooming, pipeline, prompts, args.num_images, args.seed, config, args.out,
@@ -156,9 +186,11 @@ def main(args: SampleArgs) -> list[Path]:
                                     args.progress)
     else:
         written, images = sample_jobs(args, pipeline, jobs)
-    columns = args.num_images if args.num_images > 1 else None  # one row per prompt, else square
-    written.append(save_grid(images, args.out / "grid.png", columns=columns))
-    print(f"wrote {len(jobs)} images for {len(prompts)} prompts to {args.out}/ (grid: {args.out / 'grid.png'})")
+    if args.grid and images is not None:
+        columns = args.num_images if args.num_images > 1 else None  # one row per prompt, else square
+        written.append(save_grid(images, args.out / "grid.png", columns=columns))
+    grid_note = f" (grid: {args.out / 'grid.png'})" if args.grid else ""
+    print(f"wrote {len(jobs)} images for {len(prompts)} prompts to {args.out}/{grid_note}")
     for path in written:
         print(f"  {path}")
     return written

@@ -28,7 +28,6 @@ from nextscale.images import from_uint8
 from nextscale.sampling.blend import blend_kept
 from nextscale.sampling.condition import Condition, build_condition
 from nextscale.sampling.constraints import ScaleConstraints, edit_thresholds, token_masks
-from nextscale.sampling.guidance import guidance_strengths, unconditional_rows_needed
 from nextscale.sampling.pipeline import Pipeline
 from nextscale.sampling.sampler import SamplingConfig, sample_scales
 
@@ -195,12 +194,6 @@ def outpaint_canvas(image: torch.Tensor, sides: Sequence[int]) -> tuple[torch.Te
     return canvas, known
 
 
-def needs_unconditional(pipeline: Pipeline, config: SamplingConfig) -> bool:
-    strengths = guidance_strengths(pipeline.transformer.config.num_scales, config.cfg_scale,
-                                   config.guidance_schedule, config.guidance_off_last)
-    return unconditional_rows_needed(strengths)[0]
-
-
 @torch.inference_mode()
 def edit(
     pipeline: Pipeline,
@@ -226,7 +219,8 @@ def edit(
     elif prompts and isinstance(prompts[0], Condition):
         conditions = list(prompts)  # type: ignore[arg-type]
     else:
-        conditions = build_condition(pipeline, list(prompts), needs_unconditional(pipeline, config))  # type: ignore[arg-type]
+        unconditional = config.needs_unconditional(len(scale_sizes))
+        conditions = build_condition(pipeline, list(prompts), unconditional)  # type: ignore[arg-type]
     batch = (conditions if isinstance(conditions, Condition) else conditions[0]).batch_size
     if image.dim() != 4 or image.shape[1:] != (3, size, size):
         raise InputError(f"images must be (b, 3, {size}, {size}), got {tuple(image.shape)}: resize them first")

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 
 from nextscale.sampling.condition import Condition, scale_conditions
-from nextscale.sampling.guidance import guidance_strengths, unconditional_rows_needed
 from nextscale.sampling.pipeline import Pipeline
 from nextscale.sampling.sampler import SamplingConfig, SamplingResult, resolve_seeds, sample_scales
 
@@ -34,8 +33,7 @@ def mixed_conditions(pipeline: Pipeline, prompts_per_scale: Sequence[Sequence[st
     if len(prompts_per_scale) != num_scales:
         raise ValueError(f"got prompts for {len(prompts_per_scale)} scales, the model has {num_scales}: give one "
                          "prompt per scale")
-    strengths = guidance_strengths(num_scales, config.cfg_scale, config.guidance_schedule, config.guidance_off_last)
-    return scale_conditions(pipeline, prompts_per_scale, unconditional_rows_needed(strengths)[0])
+    return scale_conditions(pipeline, prompts_per_scale, config.needs_unconditional(num_scales))
 
 
 @torch.inference_mode()

@@ -7,8 +7,9 @@
       transformer/      config.json + model.safetensors
 
 The text encoder is frozen and external, so only its name (hub id, directory or the packaged offline
-encoder) is stored. `load_pipeline` checks that the three parts fit each other and says which field
-disagrees when they do not.
+encoder) is stored. A class-conditional transformer (`num_classes` > 0, e.g. a converted official VAR)
+has no text encoder: `"text_encoder": null`. `load_pipeline` checks that the parts fit each other and
+says which field disagrees when they do not.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class Pipeline:
 
     tokenizer: MultiScaleVQVAE
     transformer: NextScaleTransformer
-    text_encoder: TextEncoder
+    text_encoder: TextEncoder | None
+    """None for a class-conditional transformer."""
     directory: Path | None = None
 
     @property
@@ -55,35 +57,48 @@ class Pipeline:
         return next(self.transformer.parameters()).device
 
 
+def write_pipeline_spec(directory: Path, text_encoder: str | None, text_max_length: int | None) -> None:
+    """Write `pipeline.json` (parts in `tokenizer/` and `transformer/`; no text encoder for class models)."""
+    spec = {"tokenizer": "tokenizer", "transformer": "transformer", "text_encoder": text_encoder,
+            "text_max_length": text_max_length}
+    (directory / PIPELINE_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+
+
 def write_pipeline(
     directory: str | os.PathLike,
     tokenizer: MultiScaleVQVAE,
     transformer: NextScaleTransformer,
-    text_encoder: str,
-    text_max_length: int,
+    text_encoder: str | None,
+    text_max_length: int | None,
     dtype: torch.dtype | None = None,
 ) -> Path:
     """Save tokenizer and transformer side by side with `pipeline.json`, atomically."""
-    spec = {"tokenizer": "tokenizer", "transformer": "transformer", "text_encoder": text_encoder,
-            "text_max_length": text_max_length}
 
     def write(tmp: Path) -> None:
         tokenizer.save_pretrained(tmp / "tokenizer", dtype=dtype)
         transformer.save_pretrained(tmp / "transformer", dtype=dtype)
-        (tmp / PIPELINE_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        write_pipeline_spec(tmp, text_encoder, text_max_length)
 
     atomic_write_dir(Path(directory), write)
     return Path(directory)
 
 
-def check_compatible(tokenizer: MultiScaleVQVAE, transformer: NextScaleTransformer, text_width: int) -> None:
-    """Raise a ValueError naming every field where tokenizer, transformer and text encoder disagree."""
+def check_compatible(
+    tokenizer: MultiScaleVQVAE, transformer: NextScaleTransformer, text_width: int | None
+) -> None:
+    """Raise a ValueError naming every field where tokenizer, transformer and text encoder disagree
+    (`text_width` None: no text encoder, which only a class-conditional transformer may lack)."""
     problems = []
     for field in ("scale_sizes", "vocab_size", "latent_dim"):
         ours, theirs = getattr(transformer.config, field), getattr(tokenizer.config, field)
         if ours != theirs:
             problems.append(f"{field}: transformer {ours} vs tokenizer {theirs}")
-    if transformer.config.text_width != text_width:
+    if transformer.config.class_conditional:
+        if text_width is not None:
+            problems.append("text_encoder: the transformer is class-conditional and takes no text")
+    elif text_width is None:
+        problems.append("text_encoder: the transformer is text-conditioned but the pipeline names no text encoder")
+    elif transformer.config.text_width != text_width:
         problems.append(f"text_width: transformer {transformer.config.text_width} vs text encoder {text_width}")
     if problems:
         raise ValueError("the checkpoint's parts do not fit together: " + "; ".join(problems)
@@ -135,7 +150,9 @@ def load_pipeline(
         raise ValueError(f"{spec_file} lacks {missing}")
     tokenizer = MultiScaleVQVAE.from_pretrained(directory / spec["tokenizer"], map_location=device)
     transformer = NextScaleTransformer.from_pretrained(directory / spec["transformer"], map_location=device)
-    text_encoder = TextEncoder.from_pretrained(spec["text_encoder"], max_length=spec.get("text_max_length"),
-                                               device=device)
-    check_compatible(tokenizer, transformer, text_encoder.width)
+    text_encoder = None
+    if spec["text_encoder"] is not None:
+        text_encoder = TextEncoder.from_pretrained(spec["text_encoder"], max_length=spec.get("text_max_length"),
+                                                   device=device)
+    check_compatible(tokenizer, transformer, None if text_encoder is None else text_encoder.width)
     return Pipeline(tokenizer.to(dtype), transformer.to(dtype), text_encoder, directory)

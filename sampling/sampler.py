@@ -67,6 +67,14 @@ class SamplingConfig:
     temperature: float = 1.0
     """Divide the logits by this before filtering; 0 is greedy (argmax)."""
 
+    def strengths(self, num_scales: int) -> list[float]:
+        """Guidance strength of every scale (`guidance_strengths`)."""
+        return guidance_strengths(num_scales, self.cfg_scale, self.guidance_schedule, self.guidance_off_last)
+
+    def needs_unconditional(self, num_scales: int) -> bool:
+        """Whether a condition must carry the empty-prompt rows (some scale is guided)."""
+        return unconditional_rows_needed(self.strengths(num_scales))[0]
+
     def __post_init__(self) -> None:
         if self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0 (0 disables guidance), got {self.cfg_scale}")
@@ -167,7 +175,7 @@ class RecomputedLogits:
         teacher_inputs = (
             torch.cat(self.inputs, dim=1)
             if self.inputs
-            else self.text["text_pooled"].new_zeros(rows, 0, config.latent_dim)
+            else self.transformer.input_embed.weight.new_zeros(rows, 0, config.latent_dim)
         )
         logits = self.transformer(teacher_inputs, **self.text, num_scales=scale + 1)  # (rows, L', V)
         return logits[:, self.transformer.offsets[scale] :]
@@ -272,9 +280,7 @@ def sample_scales(
         constraints.check(batch, scale_sizes)
     image_seeds = resolve_seeds(seeds, batch)
     generators = [torch.Generator(device=pipeline.device).manual_seed(seed) for seed in image_seeds]
-    strengths = guidance_strengths(
-        len(scale_sizes), config.cfg_scale, config.guidance_schedule, config.guidance_off_last
-    )
+    strengths = config.strengths(len(scale_sizes))
     guided_rows = unconditional_rows_needed(strengths)
     if guided_rows[0] and not all(condition.unconditional for condition in scale_conditions):
         raise ValueError("guidance needs the unconditional rows: build the condition with unconditional=True "
@@ -315,7 +321,7 @@ def sample_scales(
 @torch.inference_mode()
 def generate(
     pipeline: Pipeline,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Sequence[int],
     seeds: Sequence[int] | int = 0,
     config: SamplingConfig | None = None,
     *,
@@ -323,18 +329,17 @@ def generate(
     return_progression: bool = False,
     reference: bool = False,
 ) -> SamplingResult:
-    """Generate one image per prompt; image i draws from its own `torch.Generator` seeded `seeds[i]`.
+    """Generate one image per prompt (or per class label, for a class-conditional pipeline); image i draws
+    from its own `torch.Generator` seeded `seeds[i]`.
 
     The same seed gives the same image, whatever else is in the batch. Every call starts from a fresh
     inference state. `reference=True` runs the uncached reference path (for tests and benchmarks).
     Builds the condition (`build_condition`) and runs the one scale loop (`sample_scales`).
     """
     config = config or SamplingConfig()
-    prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
-    strengths = guidance_strengths(
-        pipeline.transformer.config.num_scales, config.cfg_scale, config.guidance_schedule, config.guidance_off_last
-    )
-    condition = build_condition(pipeline, prompt_list, unconditional_rows_needed(strengths)[0])
+    prompt_list = [prompts] if isinstance(prompts, (str, int)) else list(prompts)
+    unconditional = config.needs_unconditional(pipeline.transformer.config.num_scales)
+    condition = build_condition(pipeline, prompt_list, unconditional)
     frames: list[torch.Tensor] = []
     result = sample_scales(
         pipeline, condition, seeds, config, progress=progress, reference=reference, previews=return_progression,

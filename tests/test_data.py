@@ -318,7 +318,8 @@ def test_abort_propagates_from_worker_processes(tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError, match="needs a path"):
         DataConfig(source="folder")
-    with pytest.raises(ValueError, match="unknown data source .folders.; choose one of folder, synthetic, webdataset"):
+    known = "class-folder, folder, synthetic, webdataset"
+    with pytest.raises(ValueError, match=f"unknown data source .folders.; choose one of {known}"):
         DataConfig(source="folders", path="x")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,6 +51,29 @@ def test_scale_arithmetic():
 def test_phi_index_spreads_over_shared_convs():
     picks = [phi_index(k, 10, 4) for k in range(10)]
     assert picks[0] == 0 and picks[-1] == 3 and sorted(set(picks)) == [0, 1, 2, 3]
+
+
+def reference_phi_rule(scale: int, num_scales: int, num_phi: int) -> int:
+    """VAR's PhiPartiallyShared as the reference fixture documents it: ticks linspace(1/3/K, 1 - 1/3/K, K)
+    when K == 4, else linspace(1/2/K, 1 - 1/2/K, K), in float64; the nearest tick to k / (SN - 1)."""
+    ticks = np.linspace(1 / 3 / num_phi, 1 - 1 / 3 / num_phi, num_phi) if num_phi == 4 else np.linspace(
+        1 / 2 / num_phi, 1 - 1 / 2 / num_phi, num_phi
+    )
+    return int(np.argmin(np.abs(ticks - scale / (num_scales - 1)))) if num_scales > 1 else 0
+
+
+@pytest.mark.parametrize("num_phi", range(1, 9))
+def test_phi_index_follows_the_reference_rule(num_phi: int):
+    for num_scales in range(1, 17):
+        ours = [phi_index(k, num_scales, num_phi) for k in range(num_scales)]
+        assert ours == [reference_phi_rule(k, num_scales, num_phi) for k in range(num_scales)], num_scales
+
+
+def test_phi_index_breaks_vars_ties_as_vars_float64_rule():
+    # scales 2 and 7 of 10 sit exactly between two ticks; float32 ticks would pick 0 and 2 there
+    assert [phi_index(k, 10, 4) for k in range(10)] == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+    # the demo's 6 scales keep the phis they were trained with
+    assert [phi_index(k, 6, 4) for k in range(6)] == [0, 0, 1, 2, 3, 3]
 
 
 def test_config_errors_say_what_to_do():
@@ -192,3 +216,19 @@ def test_alignment_teacher_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="--alignment.teacher none"):
         FrozenVisionTeacher(tmp_path / "nope")
+
+
+def test_var_architecture_options_build_and_round_trip():
+    """VAR's autoencoder pieces (level attention, two mid blocks, quant convs, asymmetric padding) all run."""
+    model = tiny_tokenizer(mid_attention=True, mid_res_blocks=2, level_attention=True, quant_convs=True,
+                           downsample_padding="asymmetric", encoder_res_blocks=2, lookup="l2").eval()
+    names = set(model.state_dict())
+    assert {"encoder.quant_conv.weight", "decoder.post_quant_conv.weight", "encoder.mid.2.conv1.weight"} <= names
+    assert "encoder.body.1.qkv.weight" not in names and "encoder.body.7.qkv.weight" in names  # lowest level only
+    assert "encoder.body.2.conv.weight" in names  # the padded stride-2 conv
+    x = images()
+    codes = model.encode(x)
+    assert [c.shape for c in codes] == [(4, 1, 1), (4, 2, 2), (4, 4, 4)]
+    assert model.decode(codes).shape == x.shape
+    default = tiny_tokenizer()
+    assert not any("quant_conv" in name for name in default.state_dict())

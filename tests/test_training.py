@@ -19,7 +19,7 @@ from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.data import DataConfig
 from nextscale.train.optim import parameter_groups, warmup_stable_decay
 from nextscale.train.tokenizer_loop import TokenizerTrainConfig, train_tokenizer
-from nextscale.train.var_loop import VarTrainConfig, drop_condition, per_scale_metrics, train_var
+from nextscale.train.var_loop import VarTrainConfig, drop_condition, drop_labels, per_scale_metrics, train_var
 from nextscale.transformer import TransformerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,6 +120,13 @@ def test_drop_condition_rate_and_content():
     assert not out["text_mask"][dropped][:, 2].any() and out["text_mask"][~dropped].all()
     _, none_dropped = drop_condition(text, null, 0.0, torch.Generator().manual_seed(0))
     assert not none_dropped.any()
+
+
+def test_drop_labels_rate_and_content():
+    labels = torch.arange(4000) % 7
+    dropped = drop_labels(labels, 7, 0.1, torch.Generator().manual_seed(0))
+    changed = dropped != labels
+    assert torch.all(dropped[changed] == 7) and 0.08 < changed.float().mean() < 0.12
 
 
 def test_per_scale_metrics():
@@ -263,3 +270,39 @@ def test_tokenizer_alignment_with_a_precomputed_teacher_cache(tmp_path):
         cache.lookup(torch.tensor([64]))
     with pytest.raises(ValueError, match="delete it"):
         TeacherFeatureCache(alignment.cache_dir, "another-teacher", (1, 2, 4))
+
+
+def write_class_folder(root: Path, classes: dict[str, tuple[int, int, int]], per_class: int = 8) -> Path:
+    """One sub-folder of flat-coloured 16 px PNGs per class (the ImageNet layout)."""
+    from PIL import Image
+
+    for name, colour in classes.items():
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            shade = tuple(max(0, c - 6 * index) for c in colour)
+            Image.new("RGB", (16, 16), shade).save(root / name / f"{index}.png")
+    return root
+
+
+def test_class_conditional_training_from_class_folders(trained_tokenizer, tmp_path):
+    from nextscale.sampling import SamplingConfig, generate
+    from nextscale.train.data.sources.class_folder import ClassFolderDataset
+
+    output, _ = trained_tokenizer
+    folder = write_class_folder(tmp_path / "images", {"red": (250, 20, 20), "blue": (20, 20, 250)})
+    data = DataConfig(source="class-folder", path=str(folder), image_size=16)
+    dataset = ClassFolderDataset(data)
+    assert dataset.classes == ["blue", "red"] and dataset[0]["label"] == 0 and dataset[15]["label"] == 1
+    config = var_run(tmp_path / "var", output / "model", Path("unused"), condition="class", data=data, steps=30,
+                     batch_size=8, eval_images=16)
+    result = train_var(config)
+    curve = [loss for _, loss in result.metrics["loss_curve"]]
+    assert curve[-1] < curve[0] - 0.3, curve
+    pipeline = load_pipeline(tmp_path / "var" / "pipeline")
+    assert pipeline.text_encoder is None and pipeline.transformer.config.num_classes == 2
+    assert not pipeline.transformer.config.cross_attention
+    images = generate(pipeline, [0, 1], 0, SamplingConfig(cfg_scale=2.0, top_k=1)).images
+    red_minus_blue = images[:, 0].mean((1, 2)) - images[:, 2].mean((1, 2))  # (2,): per image
+    assert red_minus_blue[1] > red_minus_blue[0], red_minus_blue  # class 1 ("red") comes out redder
+    with pytest.raises(ValueError, match="--data.source class-folder"):
+        var_run(tmp_path / "bad", output / "model", Path("unused"), condition="class")

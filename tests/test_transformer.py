@@ -129,6 +129,54 @@ def test_cached_incremental_logits_equal_teacher_forced(overrides: dict[str, obj
     assert cache_bytes == 2 * config.depth * 2 * config.num_tokens * config.width * 4
 
 
+def class_config(**overrides: object) -> TransformerConfig:
+    """A class-conditional tiny model with VAR's attention (qk_norm, no key bias)."""
+    settings: dict[str, object] = dict(num_classes=5, cross_attention=False, qk_norm=True, key_bias=False)
+    settings.update(overrides)
+    return tiny_config(**settings)
+
+
+def test_class_conditional_cached_logits_equal_teacher_forced() -> None:
+    config = class_config()
+    model = trained_like(config)
+    generator = torch.Generator().manual_seed(3)
+    teacher_inputs = torch.randn(3, config.num_tokens - 1, config.latent_dim, generator=generator)
+    labels = torch.tensor([0, 4, config.null_class])  # the null class is a valid label: guidance's branch
+    with torch.no_grad():
+        teacher_forced = split_scales(model(teacher_inputs, labels=labels), config.scale_sizes)
+        state = model.start(labels=labels)
+        scale_inputs = [None, *split_scales(teacher_inputs, config.scale_sizes[1:])]
+        for scale, chunk in enumerate(scale_inputs):
+            torch.testing.assert_close(model.forward_scale(state, scale, chunk), teacher_forced[scale], atol=1e-5,
+                                       rtol=1e-5)
+    # each label conditions its own row: the start token and the AdaLN modulation both see it
+    assert not torch.allclose(teacher_forced[0][0], teacher_forced[0][1], atol=1e-3)
+    assert not any("cross_attention" in name for name in model.state_dict())
+
+
+def test_key_bias_off_keeps_keys_unbiased_and_still_learns_query_and_value_biases() -> None:
+    model = trained_like(class_config())
+    attention_layer = model.blocks[0].self_attention
+    assert attention_layer.qkv.bias is None and attention_layer.query_bias is not None
+    x = torch.zeros(1, 3, 32)
+    query, key, value = attention_layer.project_qkv(x).chunk(3, dim=-1)  # a zero input shows the biases
+    assert not key.any() and torch.equal(query[0, 0], attention_layer.query_bias)
+    assert torch.equal(value[0, 0], attention_layer.value_bias)
+
+
+def test_condition_kind_errors_are_helpful() -> None:
+    class_model, text_model = NextScaleTransformer(class_config()), NextScaleTransformer(tiny_config())
+    teacher_inputs = torch.zeros(2, 13, 8)
+    with pytest.raises(ValueError, match="class-conditional: pass labels"):
+        class_model(teacher_inputs, text_pooled=torch.zeros(2, TEXT_WIDTH))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 5\]"):
+        class_model(teacher_inputs, labels=torch.tensor([0, 6]))
+    with pytest.raises(ValueError, match=r"labels must be \(b,\) int64"):
+        class_model.start()
+    with pytest.raises(ValueError, match="text-conditioned: pass text, not class labels"):
+        text_model(teacher_inputs, labels=torch.tensor([0, 1]))
+
+
 def test_forward_scale_rejects_out_of_order_and_bad_inputs() -> None:
     config = tiny_config()
     model, inputs = trained_like(config), make_inputs(config)
@@ -235,6 +283,8 @@ def test_init_starts_blocks_as_identity_and_head_small() -> None:
         ({"dropout": 1.5}, "probability"),
         ({"attention_backend": "flash"}, "attention_backend"),
         ({"depth": 0}, "depth must be a positive"),
+        ({"num_classes": 10}, "set cross_attention=False"),
+        ({"num_classes": -1}, "num_classes must be >= 0"),
     ],
 )
 def test_bad_config_raises_helpful_errors(overrides: dict[str, object], message: str) -> None:
@@ -245,6 +295,7 @@ def test_bad_config_raises_helpful_errors(overrides: dict[str, object], message:
 def test_presets() -> None:
     var16 = TransformerConfig.var(16)
     assert (var16.width, var16.num_heads, var16.head_dim) == (1024, 16, 64)
+    assert var16.qk_norm and not var16.key_bias  # VAR's attn_l2_norm and zero_k_bias
     demo = TransformerConfig.preset("demo")
     assert (demo.width, demo.depth, demo.num_heads, demo.num_tokens) == (256, 6, 4, 130)
     assert TransformerConfig.preset("tiny", vocab_size=64).vocab_size == 64

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nextscale.images import psnr
+from nextscale.images import psnr, to_pil
 from nextscale.sampling.blend import collapse, laplacian_blend, laplacian_pyramid
 from nextscale.sampling.pipeline import Pipeline
 from nextscale.sampling.sampler import SamplingConfig
@@ -22,7 +23,7 @@ from nextscale.sampling.zoom import (
     shrink,
     zoom,
 )
-from nextscale.sampling.zoom_video import render_frame, save_zoom, zoom_frames
+from nextscale.sampling.zoom_video import render_frame, save_zoom, write_mp4, zoom_frames
 
 
 def smooth_images(seed: int, count: int = 3, size: int = 64) -> list[torch.Tensor]:
@@ -108,3 +109,15 @@ def test_zoom_frames_and_files(tmp_path: Path) -> None:
     written = save_zoom(levels, ["wide", "closer", "closest"], 2, tmp_path, frames_per_level=2, frame_size=32)
     names = {path.name for path in written}
     assert {"zoom-0-level0-wide.png", "zoom-1-level2-closest.png", "zoom-0.gif", "zoom-1.gif"} <= names
+
+
+def test_mp4_only_with_imageio_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pictures = to_pil(torch.zeros(3, 3, 16, 16))
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "imageio_ffmpeg", None)  # not installed
+        assert write_mp4(pictures, tmp_path / "none.mp4") is None and not (tmp_path / "none.mp4").exists()
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    path = write_mp4(pictures, tmp_path / "zoom.mp4")
+    assert path is not None
+    frames = imageio_ffmpeg.read_frames(str(path))
+    assert next(frames)["size"] == (16, 16) and sum(1 for _ in frames) == 3

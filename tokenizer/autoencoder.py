@@ -47,6 +47,35 @@ class AttentionBlock(nn.Module):
         return x + self.proj(rearrange(out, "b 1 (h w) c -> b c h w", h=height, w=width))
 
 
+class AsymmetricDownsample(nn.Module):
+    """Halve the resolution: pad one zero row/column right and bottom, then a 3x3 stride-2 conv without
+    padding (VQGAN's and VAR's `Downsample2x`)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+def downsample(channels: int, config: TokenizerConfig) -> nn.Module:
+    """The stride-2 conv between encoder levels, padded as `config.downsample_padding` says."""
+    if config.downsample_padding == "asymmetric":
+        return AsymmetricDownsample(channels)
+    return nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+
+def mid_block(channels: int, config: TokenizerConfig) -> nn.Sequential:
+    """`mid_res_blocks` ResNet blocks at the latent resolution, the mid attention after the first."""
+    groups = config.norm_groups
+    layers: list[nn.Module] = [ResBlock(channels, channels, groups)]
+    if config.mid_attention:
+        layers.append(AttentionBlock(channels, groups))
+    layers.extend(ResBlock(channels, channels, groups) for _ in range(config.mid_res_blocks - 1))
+    return nn.Sequential(*layers)
+
+
 class Encoder(nn.Module):
     """images (b, 3, H, W) in [-1, 1] -> latent (b, latent_dim, H/d, W/d)."""
 
@@ -58,22 +87,24 @@ class Encoder(nn.Module):
         layers: list[nn.Module] = []
         channels = widths[0]
         for level, width in enumerate(widths):
+            lowest = level == len(widths) - 1
             for _ in range(config.encoder_res_blocks):
                 layers.append(ResBlock(channels, width, groups))
                 channels = width
-            if level < len(widths) - 1:
-                layers.append(nn.Conv2d(channels, channels, 3, stride=2, padding=1))
+                if lowest and config.level_attention:
+                    layers.append(AttentionBlock(channels, groups))
+            if not lowest:
+                layers.append(downsample(channels, config))
         self.body = nn.Sequential(*layers)
-        mid: list[nn.Module] = [ResBlock(channels, channels, groups)]
-        if config.mid_attention:
-            mid.append(AttentionBlock(channels, groups))
-        self.mid = nn.Sequential(*mid)
+        self.mid = mid_block(channels, config)
         self.out_norm = _norm(channels, groups)
         self.out = nn.Conv2d(channels, config.latent_dim, 3, padding=1)
+        self.quant_conv = nn.Conv2d(config.latent_dim, config.latent_dim, 3, padding=1) if config.quant_convs else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.body(self.stem(images)))
-        return self.out(F.silu(self.out_norm(h)))
+        latent = self.out(F.silu(self.out_norm(h)))
+        return latent if self.quant_conv is None else self.quant_conv(latent)
 
 
 class Decoder(nn.Module):
@@ -84,16 +115,18 @@ class Decoder(nn.Module):
         groups, base = config.norm_groups, config.decoder_channels
         widths = [base * m for m in reversed(config.channel_mult)]
         channels = widths[0]
+        self.post_quant_conv = (
+            nn.Conv2d(config.latent_dim, config.latent_dim, 3, padding=1) if config.quant_convs else None
+        )
         self.stem = nn.Conv2d(config.latent_dim, channels, 3, padding=1)
-        mid: list[nn.Module] = [ResBlock(channels, channels, groups)]
-        if config.mid_attention:
-            mid.append(AttentionBlock(channels, groups))
-        self.mid = nn.Sequential(*mid)
+        self.mid = mid_block(channels, config)
         layers: list[nn.Module] = []
         for level, width in enumerate(widths):
             for _ in range(config.decoder_res_blocks):
                 layers.append(ResBlock(channels, width, groups))
                 channels = width
+                if level == 0 and config.level_attention:  # level 0 of the decoder is the lowest resolution
+                    layers.append(AttentionBlock(channels, groups))
             if level < len(widths) - 1:
                 layers.append(nn.Upsample(scale_factor=2.0, mode="nearest"))
                 layers.append(nn.Conv2d(channels, channels, 3, padding=1))
@@ -102,5 +135,7 @@ class Decoder(nn.Module):
         self.out = nn.Conv2d(channels, config.in_channels, 3, padding=1)
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        if self.post_quant_conv is not None:
+            latent = self.post_quant_conv(latent)
         h = self.body(self.mid(self.stem(latent)))
         return self.out(F.silu(self.out_norm(h)))

@@ -43,6 +43,14 @@ class TokenizerConfig:
     """ResNet blocks per decoder level."""
     mid_attention: bool = False
     """Self-attention block at the latent resolution (VQGAN's mid block)."""
+    mid_res_blocks: int = 1
+    """ResNet blocks of the mid block; the mid attention follows the first (VAR: 2, attention between)."""
+    level_attention: bool = False
+    """Self-attention after every ResNet block of the lowest-resolution level, encoder and decoder (VAR)."""
+    quant_convs: bool = False
+    """A 3x3 conv on the latent after the encoder and before the decoder (VAR's quant_conv, post_quant_conv)."""
+    downsample_padding: Literal["symmetric", "asymmetric"] = "symmetric"
+    """Stride-2 encoder convs: padding 1 on every side, or one zero row/column right and bottom (VAR, VQGAN)."""
     lookup: Literal["cosine", "l2"] = "cosine"
     """Nearest-code rule: cosine (l2-normalised, keeps usage high) or plain Euclidean."""
     num_phi: int = 4
@@ -72,6 +80,10 @@ class TokenizerConfig:
         for name in ("encoder_channels", "decoder_channels"):
             if getattr(self, name) % self.norm_groups:
                 raise ValueError(f"{name}={getattr(self, name)} must be divisible by norm_groups={self.norm_groups}")
+        if self.mid_res_blocks < 1:
+            raise ValueError(f"mid_res_blocks must be >= 1, got {self.mid_res_blocks}")
+        if self.downsample_padding not in ("symmetric", "asymmetric"):
+            raise ValueError(f"downsample_padding must be 'symmetric' or 'asymmetric', got {self.downsample_padding!r}")
         if not 0.0 <= self.phi_mix <= 1.0:
             raise ValueError(f"phi_mix must be in [0, 1], got {self.phi_mix}")
         if self.num_phi < 0:

@@ -120,6 +120,13 @@ class CachedCodesDataset(Dataset):
         return {"codes": self.codes[index].long(), **{k: v[index] for k, v in self.text.items()}}
 
 
+def on_the_fly_class_batches(loader, tokenizer: MultiScaleVQVAE) -> Iterator[dict[str, torch.Tensor]]:
+    """Encode image batches as they come, with their class labels (the `class-folder` source)."""
+    for batch in loader:
+        codes = flatten_codes(tokenizer.encode(batch["image"].to(next(tokenizer.parameters()).device)))
+        yield {"codes": codes, "labels": batch["label"]}
+
+
 def on_the_fly_batches(
     loader, tokenizer: MultiScaleVQVAE, text_encoder: TextEncoder
 ) -> Iterator[dict[str, torch.Tensor]]:

@@ -19,11 +19,16 @@ from tqdm.auto import tqdm
 from nextscale.sampling.pipeline import write_pipeline
 from nextscale.scales import scale_offsets, unflatten_codes
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data import DataConfig, held_out, make_dataloader
+from nextscale.train.data import DataConfig, build_dataset, held_out, make_dataloader
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.runtime import TrainResult, endless_batches, finish_trackers, make_accelerator, resolve_tracker
 from nextscale.train.state import load_initial_weights, resume_checkpoint, save_checkpoint
-from nextscale.train.var_data import CachedCodesDataset, build_cache, on_the_fly_batches
+from nextscale.train.var_data import (
+    CachedCodesDataset,
+    build_cache,
+    on_the_fly_batches,
+    on_the_fly_class_batches,
+)
 from nextscale.transformer import NextScaleTransformer, TransformerConfig
 from nextscale.transformer.text import OFFLINE_TEXT_ENCODER, TextEncoder
 
@@ -45,6 +50,10 @@ class VarTrainConfig:
     """Where checkpoints, the exported model and the sampling pipeline go."""
     tokenizer: str = "runs/tokenizer/model"
     """Trained tokenizer: a directory written by train_tokenizer.py, or a hub id."""
+    condition: Literal["text", "class"] = "text"
+    """text: captions through the text encoder; class: the label of each image's class sub-folder
+    (`--data.source class-folder`, the ImageNet layout), a class-conditional model (null class for
+    guidance, no cross-attention, codes encoded on the fly)."""
     text_encoder: str = OFFLINE_TEXT_ENCODER
     """Text encoder: hub id or directory (e.g. openai/clip-vit-large-patch14), or the packaged offline MiniLM."""
     text_max_length: int | None = None
@@ -109,6 +118,9 @@ class VarTrainConfig:
             raise ValueError("steps and batch_size must be >= 1")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"cond_drop is a probability in [0, 1), got {self.cond_drop}")
+        if self.condition == "class" and self.data.source != "class-folder":
+            raise ValueError("--condition class needs class labels: use --data.source class-folder --data.path DIR "
+                             "(one sub-folder per class)")
 
 
 def drop_condition(
@@ -128,6 +140,12 @@ def drop_condition(
     return out, dropped
 
 
+def drop_labels(labels: torch.Tensor, null_class: int, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace each label (b,) by the null class with `probability` (classifier-free guidance training)."""
+    dropped = torch.rand(labels.shape[0], generator=generator, device=generator.device) < probability
+    return torch.where(dropped.to(labels.device), torch.full_like(labels, null_class), labels)
+
+
 def per_scale_metrics(logits: torch.Tensor, targets: torch.Tensor, scale_sizes: tuple[int, ...]) -> dict[str, float]:
     """Cross-entropy and accuracy of each scale: logits (b, L, V), targets (b, L)."""
     offsets = scale_offsets(scale_sizes)
@@ -142,7 +160,8 @@ def per_scale_metrics(logits: torch.Tensor, targets: torch.Tensor, scale_sizes: 
 
 
 class VarObjective(torch.nn.Module):
-    """Transformer + frozen tokenizer: codes and text in, cross-entropy over all scales out."""
+    """Transformer + frozen tokenizer: codes and the condition (text states or labels) in, cross-entropy over
+    all scales out."""
 
     def __init__(self, model: NextScaleTransformer, tokenizer: MultiScaleVQVAE, label_smoothing: float) -> None:
         super().__init__()
@@ -150,23 +169,27 @@ class VarObjective(torch.nn.Module):
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         self.label_smoothing = label_smoothing
 
-    def forward(self, codes: torch.Tensor, text: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """codes (b, L) long -> (loss, logits (b, L, V))."""
+    def forward(self, codes: torch.Tensor, condition: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """codes (b, L) long and the condition ({text_tokens, text_mask, text_pooled} or {labels}) -> (loss,
+        logits (b, L, V))."""
         with torch.no_grad(), torch.autocast(device_type=codes.device.type, enabled=False):
             inputs = self.tokenizer.teacher_inputs(unflatten_codes(codes, self.tokenizer.scale_sizes))
-        logits = self.model(inputs, text["text_tokens"], text["text_mask"], text["text_pooled"])
+        logits = self.model(inputs, **condition)
         loss = F.cross_entropy(logits.transpose(1, 2), codes, label_smoothing=self.label_smoothing)
         return loss, logits
 
 
-def matched_model_config(config: VarTrainConfig, tokenizer: MultiScaleVQVAE, text_width: int) -> TransformerConfig:
-    return dataclasses.replace(
-        config.model,
-        scale_sizes=tokenizer.config.scale_sizes,
-        vocab_size=tokenizer.config.vocab_size,
-        latent_dim=tokenizer.config.latent_dim,
-        text_width=text_width,
-    )
+def matched_model_config(
+    config: VarTrainConfig, tokenizer: MultiScaleVQVAE, text_width: int | None, num_classes: int = 0
+) -> TransformerConfig:
+    """--model with the tokenizer's scales, codebook and latent, and the text width (text models) or the
+    number of classes, without cross-attention (class models)."""
+    fitted = dataclasses.replace(config.model, scale_sizes=tokenizer.config.scale_sizes,
+                                 vocab_size=tokenizer.config.vocab_size, latent_dim=tokenizer.config.latent_dim)
+    if num_classes:
+        return dataclasses.replace(fitted, num_classes=num_classes, cross_attention=False)
+    assert text_width is not None
+    return dataclasses.replace(fitted, text_width=text_width)
 
 
 def _text_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -185,9 +208,15 @@ def train_var(config: VarTrainConfig) -> TrainResult:
     set_seed(config.seed)
     device = accelerator.device
     tokenizer = MultiScaleVQVAE.from_pretrained(config.tokenizer, map_location=device)
-    text_encoder = TextEncoder.from_pretrained(config.text_encoder, max_length=config.text_max_length, device=device)
-    null_text = text_encoder.encode([""]).as_dict()
-    model_config = matched_model_config(config, tokenizer, text_encoder.width)
+    class_mode = config.condition == "class"
+    text_encoder, null_text = None, {}
+    if class_mode:
+        model_config = matched_model_config(config, tokenizer, None, build_dataset(config.data).num_classes)
+    else:
+        text_encoder = TextEncoder.from_pretrained(config.text_encoder, max_length=config.text_max_length,
+                                                   device=device)
+        null_text = text_encoder.encode([""]).as_dict()
+        model_config = matched_model_config(config, tokenizer, text_encoder.width)
     model = NextScaleTransformer(model_config)
     if config.init_from:
         load_initial_weights(model, config.init_from)
@@ -201,7 +230,7 @@ def train_var(config: VarTrainConfig) -> TrainResult:
                                                  "learning_rate": config.learning_rate})
 
     cache_dir = Path(config.cache_dir or output_dir / "cache")
-    if config.cache:
+    if config.cache and text_encoder is not None:
         with accelerator.main_process_first():
             build_cache(cache_dir, tokenizer, config.tokenizer, text_encoder, config.data, config.cache_images,
                         progress=accelerator.is_local_main_process)
@@ -219,7 +248,10 @@ def train_var(config: VarTrainConfig) -> TrainResult:
     start_step = resume_checkpoint(accelerator, output_dir, config.resume)
 
     raw = endless_batches(accelerator, loader, start_step * config.gradient_accumulation)
-    batches: Iterator[dict] = raw if config.cache else on_the_fly_batches(raw, tokenizer, text_encoder)
+    batches: Iterator[dict] = (
+        on_the_fly_class_batches(raw, tokenizer) if text_encoder is None
+        else raw if config.cache else on_the_fly_batches(raw, tokenizer, text_encoder)
+    )
     generator = torch.Generator(device="cpu").manual_seed(config.seed * 1000 + accelerator.process_index + start_step)
 
     progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
@@ -230,9 +262,13 @@ def train_var(config: VarTrainConfig) -> TrainResult:
         for _ in range(config.gradient_accumulation):
             batch = next(batches)
             codes = batch["codes"].to(device).long()
-            text, _ = drop_condition(_text_to(batch, device), null_text, config.cond_drop, generator)
+            if class_mode:
+                labels = drop_labels(batch["labels"].to(device), model_config.null_class, config.cond_drop, generator)
+                condition = {"labels": labels}
+            else:
+                condition, _ = drop_condition(_text_to(batch, device), null_text, config.cond_drop, generator)
             with accelerator.accumulate(objective):
-                loss, logits = objective(codes, text)
+                loss, logits = objective(codes, condition)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.grad_clip > 0:
                     accelerator.clip_grad_norm_(objective.parameters(), config.grad_clip)
@@ -258,7 +294,10 @@ def train_var(config: VarTrainConfig) -> TrainResult:
     if accelerator.is_main_process:
         model.eval()
         model.save_pretrained(output_dir / "model")
-        write_pipeline(output_dir / "pipeline", tokenizer, model, config.text_encoder, text_encoder.max_length)
+        if text_encoder is None:
+            write_pipeline(output_dir / "pipeline", tokenizer, model, None, None)
+        else:
+            write_pipeline(output_dir / "pipeline", tokenizer, model, config.text_encoder, text_encoder.max_length)
         metrics = evaluate_held_out(model, tokenizer, text_encoder, config)
         metrics.update(train_steps=config.steps, train_minutes=(time.perf_counter() - started) / 60,
                        tokens_per_s=tokens_seen / (time.perf_counter() - started),
@@ -274,17 +313,21 @@ def train_var(config: VarTrainConfig) -> TrainResult:
 
 @torch.no_grad()
 def evaluate_held_out(
-    model: NextScaleTransformer, tokenizer: MultiScaleVQVAE, text_encoder: TextEncoder, config: VarTrainConfig
+    model: NextScaleTransformer, tokenizer: MultiScaleVQVAE, text_encoder: TextEncoder | None, config: VarTrainConfig
 ) -> dict:
-    """Teacher-forced per-scale loss and accuracy on held-out images with their captions."""
+    """Teacher-forced per-scale loss and accuracy on held-out images with their captions (or class labels,
+    without a text encoder)."""
     loader = make_dataloader(held_out(config.data), batch_size=64, shuffle=False, num_workers=0, drop_last=False)
     objective = VarObjective(model, tokenizer, 0.0).eval()
     sums: dict[str, float] = {}
     count = 0
     device = next(model.parameters()).device
-    for batch in on_the_fly_batches(loader, tokenizer, text_encoder):
+    batches = (on_the_fly_class_batches(loader, tokenizer) if text_encoder is None
+               else on_the_fly_batches(loader, tokenizer, text_encoder))
+    for batch in batches:
         codes = batch["codes"].to(device)
-        _, logits = objective(codes, _text_to(batch, device))
+        condition = {"labels": batch["labels"].to(device)} if text_encoder is None else _text_to(batch, device)
+        _, logits = objective(codes, condition)
         for key, value in per_scale_metrics(logits, codes, model.config.scale_sizes).items():
             sums[key] = sums.get(key, 0.0) + value * codes.shape[0]
         count += codes.shape[0]

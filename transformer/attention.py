@@ -169,12 +169,16 @@ class SelfAttention(nn.Module):
         attention_dropout: float,
         dropout: float,
         backend: AttentionBackend,
+        key_bias: bool = True,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.attention_dropout = attention_dropout
         self.backend = backend
-        self.qkv = nn.Linear(width, 3 * width)
+        self.qkv = nn.Linear(width, 3 * width, bias=key_bias)
+        # Without a key bias (VAR's `zero_k_bias`), queries and values keep theirs as separate parameters.
+        self.query_bias = None if key_bias else nn.Parameter(torch.zeros(width))
+        self.value_bias = None if key_bias else nn.Parameter(torch.zeros(width))
         self.qk_norm = QKNorm(num_heads) if qk_norm else None
         self.output = nn.Linear(width, width)
         self.output_dropout = nn.Dropout(dropout)
@@ -182,7 +186,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
         """x (b, l, width) -> (b, l, width). With `cache`, these tokens' K/V are appended to it and the
         queries attend over all cached tokens (which precede them), so no mask is needed."""
-        query, key, value = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
+        qkv = self.project_qkv(x)  # (b, l, 3 * width)
+        query, key, value = rearrange(qkv, "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
         scale = None
         if self.qk_norm is not None:
             query, key = self.qk_norm.scale_query(query), self.qk_norm.normalize_key(key)
@@ -192,6 +197,14 @@ class SelfAttention(nn.Module):
         dropout = self.attention_dropout if self.training else 0.0
         out = attention(query, key, value, mask, scale, dropout, self.backend)  # (b, h, l, d)
         return self.output_dropout(self.output(rearrange(out, "b h l d -> b l (h d)")))
+
+
+    def project_qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """x (b, l, width) -> queries | keys | values (b, l, 3 * width), the keys without bias if so configured."""
+        if self.query_bias is None or self.value_bias is None:
+            return self.qkv(x)
+        bias = torch.cat([self.query_bias, torch.zeros_like(self.query_bias), self.value_bias])
+        return F.linear(x, self.qkv.weight, bias)
 
 
 class CrossAttention(nn.Module):

@@ -7,8 +7,10 @@ Presets (a runbook per preset, as big_vision does):
   on the synthetic portraits (64 px, 130 tokens); ~3,500 tokens/s training with bf16 autocast on a
   2-core CPU (`python bench/attention.py` measures it on yours).
 - `TransformerConfig.var(depth=16)`: VAR's family (Tian et al. 2024, Sec. 4): width = 64 * depth,
-  heads = depth, drop path 0.1 * depth / 24; depth 16 without cross-attention has VAR-d16's 310M
-  parameters; cross-attention to CLIP-L text (text_width 768) makes it 369M.
+  heads = depth, drop path 0.1 * depth / 24, l2-normalised queries and keys without a key bias;
+  depth 16 without cross-attention has VAR-d16's 310M parameters; cross-attention to CLIP-L text
+  (text_width 768) makes it 369M. `TransformerConfig.var(16, num_classes=1000, cross_attention=False)`
+  is the official ImageNet VAR-d16 (what `convert_var` builds).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class TransformerConfig:
     """Width of the tokenizer's teacher-forcing inputs (its latent channels)."""
     text_width: int = 384
     """Width of the text encoder's token and pooled embeddings (384 for MiniLM, 768 for CLIP-L)."""
+    num_classes: int = 0
+    """0: text-conditioned; N > 0: class labels 0..N-1 plus a null class N for guidance (VAR's ImageNet)."""
     cross_attention: bool = True
     """Cross-attend to the text tokens in every block; False conditions on the pooled text only."""
     dropout: float = 0.0
@@ -53,6 +57,8 @@ class TransformerConfig:
     """Stochastic depth rate of the last block, linear from 0 (Huang et al. 2016; VAR uses it)."""
     qk_norm: bool = False
     """L2-normalise queries and keys with a learned per-head scale (VAR's `attn_l2_norm` stabiliser)."""
+    key_bias: bool = True
+    """Learn a bias for the self-attention keys; VAR has none (its `zero_k_bias`), which matters with qk_norm."""
     attention_backend: AttentionBackend = "sdpa"
     """`sdpa` (PyTorch), `xformers` (CUDA only, falls back to sdpa) or `naive` (reference)."""
     init_std: float = 0.0
@@ -78,10 +84,27 @@ class TransformerConfig:
         for name in ("dropout", "attention_dropout", "drop_path"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0 = text-conditioned), got {self.num_classes}")
+        if self.num_classes and self.cross_attention:
+            raise ValueError(
+                f"num_classes={self.num_classes} makes a class-conditional model, which has no text to "
+                "cross-attend to: set cross_attention=False"
+            )
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
         if self.init_std < 0 or self.head_init_scale < 0:
             raise ValueError("init_std and head_init_scale must be >= 0 (init_std 0 = width-based default)")
+
+    @property
+    def class_conditional(self) -> bool:
+        """True when the condition is a class label (`num_classes` > 0), False for text."""
+        return self.num_classes > 0
+
+    @property
+    def null_class(self) -> int:
+        """The label of the unconditional (guidance) branch of a class-conditional model."""
+        return self.num_classes
 
     @property
     def head_dim(self) -> int:
@@ -110,8 +133,11 @@ class TransformerConfig:
 
     @classmethod
     def var(cls, depth: int = 16, **overrides: Any) -> TransformerConfig:
-        """VAR's scaling rule (Tian et al. 2024, Sec. 4): width 64 * depth, depth heads of 64."""
-        settings: dict[str, Any] = dict(depth=depth, width=64 * depth, num_heads=depth, drop_path=0.1 * depth / 24)
+        """VAR's scaling rule (Tian et al. 2024, Sec. 4): width 64 * depth, depth heads of 64, and its
+        attention: l2-normalised queries and keys (`attn_l2_norm`), no key bias."""
+        settings: dict[str, Any] = dict(
+            depth=depth, width=64 * depth, num_heads=depth, drop_path=0.1 * depth / 24, qk_norm=True, key_bias=False
+        )
         settings.update(overrides)
         return cls(**settings)
 

@@ -1,4 +1,4 @@
-"""The next-scale transformer (VAR: Tian et al. 2024, "Visual Autoregressive Modeling"), text-conditioned.
+"""The next-scale transformer (VAR: Tian et al. 2024, "Visual Autoregressive Modeling"), text- or class-conditioned.
 
 All token maps of an image form one sequence of L tokens, coarse to fine. Position i of scale k
 predicts the code of token i of scale k; its input is the start token (scale 0) or the tokenizer's
@@ -6,9 +6,11 @@ teacher-forcing input for scale k (the accumulated reconstruction of scales < k,
 scale k's size). Training sees every scale in one pass under the block-causal mask; sampling runs scale
 by scale with a KV cache (`start` + `forward_scale`), and both paths give the same logits.
 
-Conditioning: the pooled text embedding is projected to the condition vector, which (a) is the start
-token and (b) modulates every block by adaptive LayerNorm (shift, scale, gate; DiT's adaLN-Zero,
-Peebles & Xie 2023, as VAR's AdaLNSelfAttn). The text tokens enter by cross-attention in every block.
+Conditioning: the pooled text embedding is projected to the condition vector (a class-conditional model
+looks its label up in a table with one extra row, the null class, as VAR's `class_emb`), which (a) is
+the start token and (b) modulates every block by adaptive LayerNorm (shift, scale, gate; DiT's
+adaLN-Zero, Peebles & Xie 2023, as VAR's AdaLNSelfAttn). The text tokens enter by cross-attention in
+every block; class-conditional models have no cross-attention.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Block(nn.Module):
             attention_dropout=config.attention_dropout,
             dropout=config.dropout,
             backend=config.attention_backend,
+            key_bias=config.key_bias,
         )
         self.norm_cross: nn.LayerNorm | None = None
         self.cross_attention: CrossAttention | None = None
@@ -144,7 +147,7 @@ class InferenceState:
 
 
 class NextScaleTransformer(nn.Module, PretrainedMixin):
-    """Predicts the codes of every scale from coarser scales and the text (VAR with text conditioning)."""
+    """Predicts the codes of every scale from coarser scales and the condition: text, or a class label (VAR)."""
 
     config_class = TransformerConfig
 
@@ -152,7 +155,10 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         super().__init__()
         self.config = config
         width, length = config.width, config.num_tokens
-        self.condition = nn.Linear(config.text_width, width)  # text_pooled -> AdaLN condition and start token
+        # The condition vector (AdaLN condition and start token): text_pooled projected, or a class embedding
+        # with row num_classes for the null class.
+        self.condition = None if config.class_conditional else nn.Linear(config.text_width, width)
+        self.class_embed = nn.Embedding(config.num_classes + 1, width) if config.class_conditional else None
         self.text_norm = nn.LayerNorm(config.text_width, eps=config.norm_eps) if config.cross_attention else None
         self.input_embed = nn.Linear(config.latent_dim, width)  # teacher-forcing inputs of scales 1..K-1
         self.position_embed = nn.Parameter(torch.empty(1, length, width))
@@ -176,7 +182,8 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
             elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
@@ -204,11 +211,12 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
     # -- shared pieces of the teacher-forced and the incremental path --------------------------------
 
     def _check_text(
-        self, text_tokens: torch.Tensor | None, text_mask: torch.Tensor | None, text_pooled: torch.Tensor
+        self, text_tokens: torch.Tensor | None, text_mask: torch.Tensor | None, text_pooled: torch.Tensor | None
     ) -> None:
         width = self.config.text_width
-        if text_pooled.ndim != 2 or text_pooled.shape[1] != width:
-            raise ValueError(f"text_pooled must be (b, {width}), got {tuple(text_pooled.shape)}")
+        if text_pooled is None or text_pooled.ndim != 2 or text_pooled.shape[1] != width:
+            got = None if text_pooled is None else tuple(text_pooled.shape)
+            raise ValueError(f"this model is text-conditioned: text_pooled must be (b, {width}), got {got}")
         if not self.config.cross_attention:
             return
         if text_tokens is None or text_mask is None:
@@ -222,6 +230,31 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
             raise TypeError(f"text_mask must be bool (True = real token), got {text_mask.dtype}; use mask.bool()")
         if not bool(text_mask.any(dim=1).all()):
             raise ValueError("every row of text_mask needs a real token (even the empty prompt has one)")
+
+    def condition_vector(
+        self,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        text_pooled: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The condition (b, width) from the pooled text (b, text_width) or the class labels (b,) long, where
+        label `num_classes` is the null class. Checks that the model's kind of condition was given."""
+        if self.class_embed is None:
+            if labels is not None:
+                raise ValueError("this model is text-conditioned: pass text, not class labels")
+            self._check_text(text_tokens, text_mask, text_pooled)
+            assert self.condition is not None and text_pooled is not None
+            return self.condition(text_pooled)
+        if text_tokens is not None or text_mask is not None or text_pooled is not None:
+            raise ValueError("this model is class-conditional: pass labels, not text")
+        num_classes = self.config.num_classes
+        if labels is None or labels.ndim != 1 or labels.dtype != torch.long:
+            got = None if labels is None else f"{tuple(labels.shape)} {labels.dtype}"
+            raise ValueError(f"this model is class-conditional: labels must be (b,) int64, got {got}")
+        if labels.numel() and not bool(((labels >= 0) & (labels <= num_classes)).all()):
+            raise ValueError(f"labels must be in [0, {num_classes}] ({num_classes} is the null class), got {labels}")
+        return self.class_embed(labels)
 
     def _text_keys_values(
         self, text_tokens: torch.Tensor | None
@@ -255,31 +288,32 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
     def forward(
         self,
         teacher_inputs: torch.Tensor,
-        text_tokens: torch.Tensor | None,
-        text_mask: torch.Tensor | None,
-        text_pooled: torch.Tensor,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        text_pooled: torch.Tensor | None = None,
         num_scales: int | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced logits of every token of the first `num_scales` scales (default: all) under the
         block-causal mask.
 
         teacher_inputs (b, L' - scale_sizes[0]**2, latent_dim): the tokenizer's inputs for scales
-        1..num_scales-1, L' = tokens of those scales; text_tokens (b, t, text_width), text_mask (b, t)
-        bool, text_pooled (b, text_width). Returns fp32 logits (b, L', vocab_size); position i predicts
-        code i of the flat sequence. A prefix gives the same logits as the full pass (block causality).
+        1..num_scales-1, L' = tokens of those scales. The condition: text_tokens (b, t, text_width),
+        text_mask (b, t) bool, text_pooled (b, text_width) for a text model; labels (b,) long for a
+        class-conditional one. Returns fp32 logits (b, L', vocab_size); position i predicts code i of
+        the flat sequence. A prefix gives the same logits as the full pass (block causality).
         """
-        self._check_text(text_tokens, text_mask, text_pooled)
+        condition = self.condition_vector(text_tokens, text_mask, text_pooled, labels)  # (b, width)
         num_scales = self.config.num_scales if num_scales is None else num_scales
         if not 1 <= num_scales <= self.config.num_scales:
             raise ValueError(f"num_scales must be in [1, {self.config.num_scales}], got {num_scales}")
         end = self.offsets[num_scales]
-        expected = (text_pooled.shape[0], end - self.offsets[1], self.config.latent_dim)
+        expected = (condition.shape[0], end - self.offsets[1], self.config.latent_dim)
         if tuple(teacher_inputs.shape) != expected:
             raise ValueError(
                 f"teacher_inputs must be {expected} (batch, tokens of scales 1.., latent_dim), "
                 f"got {tuple(teacher_inputs.shape)}"
             )
-        condition = self.condition(text_pooled)  # (b, width)
         text_keys, text_values = self._text_keys_values(text_tokens)
         x = self._embed(condition, teacher_inputs, 0, end)  # (b, L', width)
         mask = self.attention_mask[:end, :end]  # (L', L') block-causal
@@ -290,11 +324,15 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
     # -- inference: one scale at a time with a KV cache ------------------------------------------------
 
     def start(
-        self, text_tokens: torch.Tensor | None, text_mask: torch.Tensor | None, text_pooled: torch.Tensor
+        self,
+        text_tokens: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        text_pooled: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> InferenceState:
-        """Encode the prompt once: condition, per-block text keys/values, empty self-attention caches."""
-        self._check_text(text_tokens, text_mask, text_pooled)
-        condition = self.condition(text_pooled)
+        """Encode the condition once (text or class labels): condition vector, per-block text keys/values,
+        empty self-attention caches."""
+        condition = self.condition_vector(text_tokens, text_mask, text_pooled, labels)
         text_keys, text_values = self._text_keys_values(text_tokens)
         caches = [KVCache(self.config.num_tokens) for _ in self.blocks]
         return InferenceState(condition, text_mask, text_keys, text_values, caches)

@@ -47,16 +47,19 @@ def build_dataset(config: DataConfig, shuffle: bool = False) -> Dataset:
 
 
 def collate(batch: Sequence[dict]) -> dict:
-    """Items -> {"image": (b, 3, S, S), "caption": list[str], "attributes": list[dict], "index": (b,) long}.
+    """Items -> {"image": (b, 3, S, S), "caption": list[str], "attributes": list[dict], "index": (b,) long,
+    "label": (b,) long}.
 
     `index` is each image's position in a map-style source (-1 for WebDataset streams, which have none);
-    per-image caches such as precomputed teacher features are keyed by it.
+    per-image caches such as precomputed teacher features are keyed by it. `label` is the class of each
+    image in a class-labelled source (`class-folder`), -1 elsewhere.
     """
     return {
         "image": torch.stack([item["image"] for item in batch]),
         "caption": [item["caption"] for item in batch],
         "attributes": [item["attributes"] for item in batch],
         "index": torch.tensor([item.get("index", -1) for item in batch], dtype=torch.long),
+        "label": torch.tensor([item.get("label", -1) for item in batch], dtype=torch.long),
     }
 
 

@@ -51,6 +51,9 @@ class ImageFolderDataset(Dataset):
     index yields the next readable image after it (see the module docstring).
     """
 
+    captioned = True
+    """Whether images are expected to carry captions (a subclass that labels them otherwise sets False)."""
+
     def __init__(self, config: DataConfig) -> None:
         assert config.path is not None
         self.config = config
@@ -78,7 +81,7 @@ class ImageFolderDataset(Dataset):
         sidecars = {f: os.path.splitext(f)[0] + ".txt" for f in files if f not in self.captions}
         self.sidecars = {f: t for f, t in sidecars.items() if t in texts}
         uncaptioned = sum(f not in self.captions and f not in self.sidecars for f in files)
-        if uncaptioned:
+        if uncaptioned and self.captioned:
             logger.warning("%d of %d images under %s have no caption (metadata.jsonl or sidecar .txt); "
                            "they get the empty caption", uncaptioned, len(files), self.root)
         # Counts are of distinct files (a file met again next epoch is not counted again), so the bad
