@@ -14,12 +14,15 @@ import numpy as np
 import pytest
 import torch
 import tyro
+from conftest import tiny_tokenizer_config, tiny_transformer
 from hostile_files import bomb_png, text_as_png, truncated_png
 from PIL import Image
 
 from nextscale.images import to_arrays
 from nextscale.sampling import SamplingConfig, generate
 from nextscale.sampling.cli import SampleArgs, main
+from nextscale.sampling.pipeline import write_pipeline
+from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.ui.commands import SampleCommand, format_number, split_prompts
 from nextscale.ui.config import UIConfig, UploadLimits
 from nextscale.ui.controls import number, sampling_config, whole
@@ -355,3 +358,22 @@ def test_control_values_are_checked_with_their_names() -> None:
     with pytest.raises(ValueError, match="top_p must be in"):
         sampling_config(4, "linear", 0, None, 1.5, 1.0)
     assert sampling_config(4, "linear", 0, None, 0.9, 1.0).top_k == 0
+
+
+def test_a_class_conditional_pipeline_takes_class_numbers(tmp_path: Path) -> None:
+    tokenizer_config = tiny_tokenizer_config()
+    torch.manual_seed(0)
+    transformer = tiny_transformer(tokenizer_config, num_classes=5, cross_attention=False)
+    directory = write_pipeline(tmp_path / "classes", MultiScaleVQVAE(tokenizer_config).eval(), transformer, None, None)
+    model = ModelRegistry("cpu", "float32", 1, 1).get(str(directory))
+    assert model.info()["conditioning"] == "class labels 0 to 4"
+    request = GenerateRequest(("3", "1"), 1, 2, SamplingConfig(cfg_scale=1.5))
+    result = run_generate(model, request, tmp_path / "ui", lambda frames: None)
+    assert result.captions == ["seed 2: class 3", "seed 3: class 1"]
+    assert "--class-label 3 --class-label 1" in result.command.line()
+    for ours, theirs in zip(result.images, cli_images(result.command, tmp_path / "cli")):
+        np.testing.assert_array_equal(np.asarray(ours), theirs)
+    with pytest.raises(ValueError, match=r"class-conditional: write one class number \(0 to 4\) per line"):
+        run_generate(model, GenerateRequest(("a cat",), 1, 0, SamplingConfig()), tmp_path / "ui", print)
+    with pytest.raises(ValueError, match="the Mix tab needs a text-conditioned pipeline"):
+        model.require_text("Mix")

@@ -41,13 +41,15 @@ class SampleCommand:
     """A zoom stack over the prompts (one level each) with this factor between levels."""
     zoom_out: bool = False
     """Zoom out instead of in."""
+    class_labels: bool = False
+    """The prompts are class numbers of a class-conditional pipeline (`--class-label`)."""
 
     def arguments(self) -> list[str]:
         """The argument list (without the program name); options equal to the CLI defaults still appear,
         so the line stays right if a default changes."""
         args: list[str] = ["--zoom"] if self.zoom_factor is not None else []
         for prompt in self.prompts:
-            args += ["--prompt", prompt]
+            args += ["--class-label" if self.class_labels else "--prompt", prompt]
         config = self.sampling
         args += [
             "--num-images", str(self.num_images),

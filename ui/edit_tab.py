@@ -117,6 +117,7 @@ def build_edit_tab(services: Services, model_name: gr.State, recent: gr.Gallery)
             request.check()
             mask = painted_mask(painted.get("layers") if painted else None)
             loaded = services.registry.get(model)
+            loaded.require_text("Edit")
             with loaded.slot() as waited:
                 outcome = run_edit(loaded, request, picture, mask)
         except Exception as error:

@@ -16,7 +16,6 @@ from nextscale.images import make_grid, to_pil
 from nextscale.sampling import SamplingConfig
 from nextscale.sampling.condition import Condition, build_condition
 from nextscale.sampling.constraints import ScaleConstraints
-from nextscale.sampling.guidance import guidance_strengths, unconditional_rows_needed
 from nextscale.sampling.outputs import save_progression
 from nextscale.sampling.sampler import ScaleStep, sample_scales
 from nextscale.ui.commands import SampleCommand
@@ -55,7 +54,20 @@ class GenerateRequest:
         return len(self.prompts) * self.num_images
 
     def command(self, model: LoadedModel) -> SampleCommand:
-        return SampleCommand(self.prompts, self.num_images, self.seed, self.sampling, model.checkpoint, model.dtype)
+        return SampleCommand(self.prompts, self.num_images, self.seed, self.sampling, model.checkpoint, model.dtype,
+                             class_labels=model.class_conditional)
+
+
+def class_labels(prompts: list[str], num_classes: int) -> list[int]:
+    """The prompt lines of a class-conditional model as class numbers, or a ValueError saying what to write."""
+    try:
+        labels = [int(prompt) for prompt in prompts]
+    except ValueError as error:
+        raise ValueError(f"this model is class-conditional: write one class number (0 to {num_classes - 1}) per "
+                         f"line instead of text") from error
+    if any(not 0 <= label < num_classes for label in labels):
+        raise ValueError(f"class numbers must be in [0, {num_classes - 1}], got {labels}")
+    return labels
 
 
 @dataclass(frozen=True)
@@ -94,13 +106,6 @@ def batch_frames(frames: torch.Tensor, scale: int, num_scales: int, size: int, s
     """(b, 3, H, W) progression frames of one scale -> the preview grid (default: as square as the batch)."""
     columns = columns or math.ceil(math.sqrt(frames.shape[0]))
     return ScaleFrames(scale, num_scales, size, make_grid(frames, columns=columns), time.perf_counter() - started)
-
-
-def needs_unconditional(model: LoadedModel, config: SamplingConfig) -> bool:
-    """Whether guidance needs the empty-prompt rows at the first scale (then the condition must hold them)."""
-    strengths = guidance_strengths(len(model.scale_sizes), config.cfg_scale, config.guidance_schedule,
-                                   config.guidance_off_last)
-    return unconditional_rows_needed(strengths)[0]
 
 
 def sample_streaming(
@@ -146,9 +151,13 @@ def run_generate(
     command = request.command(model)
     prompts, seeds = command.image_prompts(), command.image_seeds()
     started = time.perf_counter()
-    condition = build_condition(model.pipeline, prompts, needs_unconditional(model, request.sampling))
+    given: list[str] | list[int] = prompts
+    if model.class_conditional:
+        given = class_labels(prompts, model.pipeline.transformer.config.num_classes)
+    condition = build_condition(model.pipeline, given, request.sampling.needs_unconditional(len(model.scale_sizes)))
     frames = sample_streaming(model, condition, seeds, request.sampling, report)
     seconds = time.perf_counter() - started
     gifs, strips = save_progressions(frames, directory)
-    captions = [f"seed {seed}: {prompt}" for seed, prompt in zip(seeds, prompts)]
+    kind = "class " if model.class_conditional else ""
+    captions = [f"seed {seed}: {kind}{prompt}" for seed, prompt in zip(seeds, prompts)]
     return GenerateResult(to_pil(frames[-1]), captions, gifs, strips, command, seconds)

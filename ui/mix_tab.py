@@ -54,6 +54,7 @@ def build_mix_tab(services: Services, model_name: gr.State) -> None:
                                  whole(switch_scale, "switch scale"), whole(images, "images"), whole(base_seed, "seed"),
                                  sampling_config(cfg, schedule, off_last, top_k, top_p, temperature))
             loaded = services.registry.get(model)
+            loaded.require_text("Mix")
             request.check(len(loaded.scale_sizes), config.max_images)
             yield {status: f"waiting for {escape_markdown(loaded.name)} ...", gallery: None, command: ""}
 

@@ -64,6 +64,17 @@ class LoadedModel:
         return self.pipeline.tokenizer.config.image_size
 
     @property
+    def class_conditional(self) -> bool:
+        """Whether the condition is a class label (then prompts are class numbers)."""
+        return self.pipeline.transformer.config.class_conditional
+
+    def require_text(self, tab: str) -> None:
+        """ValueError for the tabs that need prompts when this model takes class labels."""
+        if self.class_conditional:
+            raise ValueError(f"the {tab} tab needs a text-conditioned pipeline; {self.name} takes class labels "
+                             "(use the Generate tab, one class number per line)")
+
+    @property
     def scale_sizes(self) -> tuple[int, ...]:
         return tuple(self.pipeline.transformer.config.scale_sizes)
 
@@ -74,6 +85,13 @@ class LoadedModel:
         with self.slots:
             yield time.perf_counter() - waited
 
+    def conditioning(self) -> str:
+        encoder = self.pipeline.text_encoder
+        if self.class_conditional or encoder is None:
+            return f"class labels 0 to {self.pipeline.transformer.config.num_classes - 1}"
+        return (f"text: {encoder.config.name_or_path} ({encoder.kind}, width {encoder.width}, "
+                f"{encoder.max_length} tokens)")
+
     def info(self) -> dict[str, object]:
         """What the Model panel shows."""
         tokenizer, transformer = self.pipeline.tokenizer, self.pipeline.transformer
@@ -81,9 +99,7 @@ class LoadedModel:
         return {
             "checkpoint": self.name,
             "directory": str(self.pipeline.directory) if self.pipeline.directory else None,
-            "conditioning": "text",
-            "text encoder": f"{self.pipeline.text_encoder.config.name_or_path} ({self.pipeline.text_encoder.kind}, "
-            f"width {self.pipeline.text_encoder.width}, {self.pipeline.text_encoder.max_length} tokens)",
+            "conditioning": self.conditioning(),
             "image size": f"{self.image_size} x {self.image_size} px",
             "scales": " ".join(f"{size}x{size}" for size in scales),
             "tokens per image": sum(size * size for size in scales),

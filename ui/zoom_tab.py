@@ -57,6 +57,7 @@ def build_zoom_tab(services: Services, model_name: gr.State) -> None:
                                   sampling_config(cfg, schedule, off_last, top_k, top_p, temperature))
             request.check()
             loaded = services.registry.get(model)
+            loaded.require_text("Zoom")
             with loaded.slot() as waited:
                 outcome = run_zoom(loaded, request, services.store.new_folder())
         except Exception as error:
