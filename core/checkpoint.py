@@ -36,23 +36,68 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def _coerce(value: Any, annotation: Any) -> Any:
-    """Turn JSON lists back into the tuples a frozen config declares."""
-    origin = typing.get_origin(annotation)
+class ConfigTypeError(ValueError):
+    """A config.json value of the wrong type."""
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Check a JSON value against the field's annotation; return it as the config holds it (lists become
+    the tuples a frozen config declares, ints the floats a float field declares).
+
+    Raises ConfigTypeError naming the field: "32" for an int, 6.0 for a depth, null where None is not
+    allowed are mistakes in a hand-edited config.json, not values to guess about.
+    """
+    if annotation is Any:
+        return value
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            if arg is type(None) and value is None:
-                return None
-        return _coerce(value, next(a for a in typing.get_args(annotation) if a is not type(None)))
-    if origin is tuple and isinstance(value, list):
-        args = typing.get_args(annotation)
-        inner = args[0] if args else Any
-        return tuple(_coerce(v, inner) for v in value)
-    return value
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, name)
+            except ConfigTypeError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigTypeError(f"{name} is {value!r}, expected one of {list(args)}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigTypeError(f"{name} is {value!r}, expected a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
+        if args and len(args) != len(value):
+            raise ConfigTypeError(f"{name} is {value!r}, expected {len(args)} values")
+        return tuple(_coerce(v, args[i] if args else Any, f"{name}[{i}]") for i, v in enumerate(value))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif dataclasses.is_dataclass(annotation) and isinstance(annotation, type):
+        if isinstance(value, dict):
+            return config_from_dict(annotation, value)
+    else:
+        return value
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        annotation, f"a {getattr(annotation, '__name__', annotation)} object")
+    raise ConfigTypeError(f"{name} is {json.dumps(value)}, expected {expected}")
 
 
 def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build the dataclass `cls` from a dict, naming unknown keys instead of failing obscurely."""
+    """Build the dataclass `cls` from a dict, naming unknown keys and ill-typed values."""
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object for {cls.__name__}, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -61,7 +106,7 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
             f"config.json has fields {unknown} that {cls.__name__} does not know: the checkpoint was "
             "written by a different version or is a different kind of model"
         )
-    return cls(**{k: _coerce(v, hints[k]) for k, v in data.items()})
+    return cls(**{k: _coerce(v, hints[k], k) for k, v in data.items()})
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
@@ -154,11 +199,19 @@ class PretrainedMixin:
         config_file = directory / CONFIG_NAME
         if not config_file.is_file():
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}: not a nextscale model directory")
-        data = json.loads(config_file.read_text())
+        try:
+            data = json.loads(config_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{config_file} is not valid JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{config_file} holds {type(data).__name__}, expected a JSON object of config fields")
         kind = data.pop("class", cls.__name__)
         if kind != cls.__name__:
             raise ValueError(f"{directory} holds a {kind}, not a {cls.__name__}")
-        return config_from_dict(cls.config_class, data)
+        try:
+            return config_from_dict(cls.config_class, data)
+        except (TypeError, ValueError) as error:  # ill-typed or invalid values (the config's own checks)
+            raise ValueError(f"{config_file}: {error}") from None
 
     @classmethod
     def from_pretrained(
@@ -171,8 +224,22 @@ class PretrainedMixin:
         if not weights.is_file():
             raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
         model = cls(config)  # type: ignore[call-arg]
-        state = load_file(str(weights))  # on the CPU; the model moves to `map_location` below
+        try:
+            state = load_file(str(weights))  # on the CPU; the model moves to `map_location` below
+        except Exception as error:  # SafetensorError (truncated, damaged), OSError
+            raise ValueError(f"{weights} is damaged or truncated ({type(error).__name__}: {error}); "
+                             "export or download it again") from None
         reference = model.state_dict()  # type: ignore[attr-defined]
+        mismatched = [(k, tuple(v.shape), tuple(reference[k].shape)) for k, v in state.items()
+                      if k in reference and v.shape != reference[k].shape]
+        if mismatched:
+            key, theirs, ours = mismatched[0]
+            sizes = set(theirs) ^ set(ours)
+            fields = [f"{name}={value}" for name, value in dataclasses.asdict(config).items()
+                      if isinstance(value, int) and not isinstance(value, bool) and value in sizes]
+            suspects = f"; check {', '.join(fields)} in {CONFIG_NAME}" if fields else ""
+            raise ValueError(f"{weights} does not fit its {CONFIG_NAME}: {key} has shape {theirs} in the weights, "
+                             f"{ours} for the config ({len(mismatched)} tensors differ){suspects}")
         state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
         missing, unexpected = model.load_state_dict(state, strict=False)  # type: ignore[attr-defined]
         if missing or unexpected:

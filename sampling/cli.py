@@ -7,14 +7,16 @@ nextscale-sample --checkpoint var-d16 --class-label 207 --class-label 980   (a c
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-import tyro
 from tyro.conf import OmitArgPrefixes, UseAppendAction
 
+from nextscale.errors import run_cli
 from nextscale.images import save_grid
 from nextscale.sampling.edit_cli import EditArgs, ZoomArgs, check_edit_args, run_edits, run_zoom, usage_error
 from nextscale.sampling.outputs import image_stem, save_images, save_progression
@@ -90,23 +92,64 @@ class SampleArgs:
         )
 
 
+MAX_SEED = 2**63 - 1
+
+
+def validate(args: SampleArgs) -> list[str] | list[int]:
+    """Check the options before a model is loaded; return the prompts (or class labels). ValueError names
+    the option: numbers must be finite, the seed of every image within [0, 2^63 - 1], the prompts file a
+    readable UTF-8 text file, --out a directory that can be written (created if missing)."""
+    for name, value in (("--cfg", args.cfg), ("--top-p", args.top_p), ("--temperature", args.temperature)):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
+    prompts = read_prompts(args)
+    count = len(prompts) * args.num_images
+    if not 0 <= args.seed <= MAX_SEED - (count - 1):
+        raise ValueError(f"--seed must be in [0, {MAX_SEED - (count - 1)}] (image i uses seed + i), got {args.seed}")
+    args.sampling_config()  # the sampler's own range checks
+    check_writable(args.out)
+    return prompts
+
+
+def check_writable(out: Path) -> None:
+    """--out must be a directory we can write into; it is created when missing."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a directory: pass a directory for the images")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--out {out} cannot be created ({error.strerror or error}): pass a writable directory") \
+            from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out} is not writable: pass a directory you can write into")
+
+
 def read_prompts(args: SampleArgs) -> list[str] | list[int]:
-    """--class-label values, or --prompt values then the lines of --prompts-file (--scale-prompt alone: one
-    image per --num-images); SystemExit when there are none or both kinds."""
+    """--class-label values, or --prompt values then the lines of --prompts-file (UTF-8, a byte-order mark
+    dropped; --scale-prompt alone: one image per --num-images); ValueError when there are none, both
+    kinds, or the file cannot be read."""
     if args.class_label:
         if args.prompt or args.prompts_file is not None:
-            raise SystemExit("error: pass either --class-label (class-conditional pipeline) or --prompt, not both")
+            raise ValueError("pass either --class-label (class-conditional pipeline) or --prompt, not both")
         return list(args.class_label)
     prompts = list(args.prompt)
     if not prompts and args.prompts_file is None and args.editing.scale_prompt:
         return [args.editing.scale_prompt[-1]]  # names the files; the loop takes every scale's prompt
     if args.prompts_file is not None:
-        if not args.prompts_file.is_file():
-            raise SystemExit(f"error: --prompts-file {args.prompts_file} does not exist")
-        prompts += [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
+        path = args.prompts_file
+        if not path.is_file():
+            raise ValueError(f"--prompts-file {path} does not exist or is not a regular file")
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"--prompts-file {path} is not UTF-8 text (byte {error.start}): save it as UTF-8") \
+                from None
+        except OSError as error:
+            raise ValueError(f"--prompts-file {path} cannot be read ({error.strerror or error})") from None
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
-        raise SystemExit('error: no prompt given: pass --prompt "TEXT" (repeatable), --prompts-file FILE or, '
-                         "for a class-conditional pipeline, --class-label N")
+        raise ValueError('no prompt given: pass --prompt "TEXT" (repeatable), --prompts-file FILE or, for a '
+                         "class-conditional pipeline, --class-label N")
     return prompts
 
 
@@ -114,16 +157,16 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but no CUDA device is available; use --device cpu")
+        raise ValueError("--device cuda but no CUDA device is available; use --device cpu")
     return torch.device(device)
 
 
 def open_pipeline(args: SampleArgs) -> Pipeline:
-    """load_pipeline with its errors (missing checkpoint, parts that do not fit) turned into one-line exits."""
+    """load_pipeline with its errors (missing checkpoint, parts that do not fit) as one ValueError."""
     try:
         return load_pipeline(args.checkpoint, resolve_device(args.device), DTYPES[args.dtype])
     except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: cannot load the checkpoint: {error}") from error
+        raise ValueError(f"cannot load the checkpoint: {error}") from error
 
 
 def sample_jobs(args: SampleArgs, pipeline: Pipeline, jobs: list[str] | list[int]
@@ -153,16 +196,16 @@ def check_condition_kind(args: SampleArgs, pipeline: Pipeline) -> None:
     """--class-label for class-conditional checkpoints, prompts for text ones: one-line errors otherwise."""
     num_classes = pipeline.transformer.config.num_classes
     if num_classes and not args.class_label:
-        raise SystemExit(f"error: this checkpoint is class-conditional: pass --class-label N (0..{num_classes - 1})")
+        raise ValueError(f"this checkpoint is class-conditional: pass --class-label N (0..{num_classes - 1})")
     if args.class_label and not num_classes:
-        raise SystemExit("error: this checkpoint is text-conditioned: pass --prompt TEXT, not --class-label")
+        raise ValueError("this checkpoint is text-conditioned: pass --prompt TEXT, not --class-label")
     if not all(0 <= label < num_classes for label in args.class_label):
-        raise SystemExit(f"error: --class-label must be in [0, {num_classes}), got {list(args.class_label)}")
+        raise ValueError(f"--class-label must be in [0, {num_classes}), got {list(args.class_label)}")
 
 
 def main(args: SampleArgs) -> list[Path]:
     """Generate `num_images` per prompt, write PNGs, grid.png and (optionally) progressions; return the paths."""
-    prompts = read_prompts(args)
+    prompts = validate(args)
     config = args.sampling_config()
     check_edit_args(args.editing, args.zooming)
     if args.save_progression and (args.editing.editing or args.editing.mixing or args.zooming.zoom):
@@ -197,8 +240,9 @@ def main(args: SampleArgs) -> list[Path]:
 
 
 def cli() -> None:
-    """The `nextscale-sample` console script."""
-    main(tyro.cli(SampleArgs))
+    """The `nextscale-sample` console script: mistakes end with one `error: ...` line (exit 2; --debug shows
+    the traceback)."""
+    run_cli(SampleArgs, main)
 
 
 if __name__ == "__main__":

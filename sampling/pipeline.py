@@ -125,6 +125,30 @@ def resolve_pipeline_dir(name_or_path: str) -> Path:
         ) from err
 
 
+def read_spec(spec_file: Path) -> dict:
+    """pipeline.json, checked: a JSON object with the part directories (strings), the text encoder (a string,
+    or null for a class-conditional model) and an optional text_max_length (a positive integer or null);
+    a ValueError names what is wrong."""
+    try:
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{spec_file} is not valid JSON ({error})") from None
+    if not isinstance(spec, dict):
+        raise ValueError(f"{spec_file} holds {type(spec).__name__}, expected a JSON object")
+    missing = [key for key in ("tokenizer", "transformer", "text_encoder") if key not in spec]
+    if missing:
+        raise ValueError(f"{spec_file} lacks {missing}")
+    for key in ("tokenizer", "transformer", "text_encoder"):
+        if key == "text_encoder" and spec[key] is None:
+            continue
+        if not isinstance(spec[key], str) or not spec[key]:
+            raise ValueError(f"{spec_file}: {key} is {json.dumps(spec[key])}, expected a non-empty string")
+    length = spec.get("text_max_length")
+    if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
+        raise ValueError(f"{spec_file}: text_max_length is {json.dumps(length)}, expected a positive integer or null")
+    return spec
+
+
 def load_pipeline(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
@@ -144,10 +168,7 @@ def load_pipeline(
             f"{directory} has no {PIPELINE_FILE}: expected a sampling pipeline (tokenizer/, transformer/, "
             f"{PIPELINE_FILE}) as written by train_var.py under output_dir/pipeline"
         )
-    spec = json.loads(spec_file.read_text())
-    missing = [key for key in ("tokenizer", "transformer", "text_encoder") if key not in spec]
-    if missing:
-        raise ValueError(f"{spec_file} lacks {missing}")
+    spec = read_spec(spec_file)
     tokenizer = MultiScaleVQVAE.from_pretrained(directory / spec["tokenizer"], map_location=device)
     transformer = NextScaleTransformer.from_pretrained(directory / spec["transformer"], map_location=device)
     text_encoder = None

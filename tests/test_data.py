@@ -196,11 +196,37 @@ def test_folder_captions_formats_and_nesting(tmp_path, caplog):
     assert batch["attributes"] == [{}] * 4 and dataset.tracker.bad == 0
 
 
-def test_folder_metadata_errors_name_the_line(tmp_path):
+def test_malformed_metadata_lines_are_skipped_and_counted_like_bad_files(tmp_path, caplog):
     write_good_folder(tmp_path)
-    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.jpg", "text": "ok"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"metadata.jsonl:2"):
-        ImageFolderDataset(folder_config(tmp_path))
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.jpg", "text": "ok"}\nnot json\n{"text": "no name"}\n')
+    dataset = ImageFolderDataset(folder_config(tmp_path, max_bad_fraction=1.0))
+    assert dict(dataset.tracker.counts) == {"bad_metadata": 2}
+    assert "metadata.jsonl:2 (bad_metadata)" in caplog.text
+    assert dataset[dataset.files.index("a.jpg")]["caption"] == "ok"
+    # the bad-fraction threshold covers them: 2 bad lines of 6 inputs tried is over 10%
+    small = ImageFolderDataset(folder_config(tmp_path, max_bad_fraction=0.1))
+    with pytest.raises(TooManyBadFiles, match="bad_metadata: 2"):
+        for index in range(len(small)):
+            small[index]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs and /dev/zero are POSIX")
+def test_only_regular_files_are_read_with_a_byte_cap(tmp_path):
+    """A FIFO named like an image would block a read forever, /dev/zero never ends: both are skipped unread."""
+    import os
+    import socket
+
+    write_good_folder(tmp_path)
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "sock.webp"))
+    (tmp_path / "big.png").write_bytes(encoded(noise_image(200, 200), "PNG"))
+    dataset = ImageFolderDataset(folder_config(tmp_path, max_bad_fraction=1.0, max_file_bytes=60_000))
+    items = [dataset[i] for i in range(len(dataset))]
+    server.close()
+    assert all(item["image"].shape == (3, 16, 16) for item in items)
+    assert dict(dataset.tracker.counts) == {"not_a_regular_file": 3, "too_large": 1}
 
 
 @pytest.mark.parametrize(
@@ -370,6 +396,25 @@ def test_webdataset_shards(tmp_path, shuffle, num_workers):
         assert dict(loader.dataset.tracker.counts) == {"not_an_image": 1}
 
 
+def test_an_empty_or_short_shard_is_named_when_training_gets_no_batch(tmp_path):
+    pytest.importorskip("webdataset")
+    from conftest import tiny_tokenizer_config
+
+    from nextscale.train.tokenizer_loop import TokenizerTrainConfig, train_tokenizer
+
+    with tarfile.open(tmp_path / "short.tar", "w") as tar:
+        add_member(tar, "s000.jpg", encoded(noise_image(seed=0), "JPEG"))
+        add_member(tar, "s000.txt", b"one caption\n")
+    with tarfile.open(tmp_path / "empty.tar", "w"):
+        pass
+    data = DataConfig(source="webdataset", path=str(tmp_path / "{short,empty}.tar"), image_size=16)
+    config = TokenizerTrainConfig(output_dir=str(tmp_path / "run"), model=tiny_tokenizer_config(), data=data,
+                                  eval_data=DataConfig(image_size=16, synthetic_length=8), steps=2, batch_size=4,
+                                  mixed_precision="no", tracker="none", eval_images=8)
+    with pytest.raises(ValueError, match=r"no batch of 4 in a whole pass.*short.tar: 1.*empty.tar: 0"):
+        train_tokenizer(config)
+
+
 def test_webdataset_with_more_readers_than_shards(tmp_path):
     pytest.importorskip("webdataset")
     path = write_shards(tmp_path)
@@ -383,3 +428,29 @@ def test_webdataset_missing_package_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "webdataset", None)  # makes `import webdataset` fail
     with pytest.raises(ImportError, match=r"pip install 'nextscale\[data\]'"):
         build_dataset(DataConfig(source="webdataset", path=str(tmp_path / "{0..1}.tar")))
+
+
+def test_the_transformer_holds_out_data_it_never_trains_on_for_every_source(tmp_path):
+    from nextscale.train.var_data import evaluation_split
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for index in range(20):
+        (folder / f"{index:02d}.png").write_bytes(encoded(noise_image(seed=index), "PNG"))
+    split = evaluation_split(folder_config(folder), None, eval_images=5)
+    assert list(split.evaluation.indices) == [9, 19]
+    assert list(split.train.indices) == [i for i in range(20) if i not in (9, 19)]
+    assert split.description == f"every 10th of 20 items of {folder} (2), never trained on"
+    given = evaluation_split(folder_config(folder), DataConfig(image_size=16), eval_images=5)
+    assert len(given.train) == 20 and given.description.startswith("--eval-data (synthetic")
+    synthetic = evaluation_split(DataConfig(image_size=16, synthetic_length=8), None, eval_images=5)
+    assert synthetic.evaluation.config.seed != synthetic.train.config.seed
+    if pytest.importorskip("webdataset"):
+        (tmp_path / "shards").mkdir()
+        pattern = write_shards(tmp_path / "shards")
+        shards = evaluation_split(DataConfig(source="webdataset", path=pattern, image_size=16), None, 5)
+        assert [Path(url).name for url in shards.train.urls] == ["shard-00000.tar"]
+        assert [Path(url).name for url in shards.evaluation.urls] == ["shard-00001.tar"]
+        single = str(tmp_path / "shards" / "shard-00000.tar")
+        alone = evaluation_split(DataConfig(source="webdataset", path=single, image_size=16), None, 5)
+        assert alone.evaluation is None and "pass --eval-data" in alone.description

@@ -15,13 +15,12 @@ from nextscale.train.eval.judge import (
     AttributeJudge,
     AugmentationConfig,
     JudgeConfig,
-    JudgeTrainConfig,
     attribute_accuracy,
     attribute_indices,
     augment,
     format_judge_metrics,
-    train_judge,
 )
+from nextscale.train.judge_loop import JudgeTrainConfig, train_judge
 
 TINY = JudgeConfig(image_size=32, channels=(8, 16, 32), pooled_size=4, feature_dim=32)
 
@@ -90,15 +89,15 @@ def test_augment_is_identity_when_off_and_reproducible_when_on():
 
 
 def test_tiny_training_learns(tmp_path: Path, one_thread: None):
-    config = JudgeTrainConfig(out=str(tmp_path / "judge"), steps=300, batch_size=32, learning_rate=3e-3, model=TINY,
-                              train_pool=512, validation_size=128)
+    config = JudgeTrainConfig(output_dir=str(tmp_path / "judge"), steps=300, batch_size=32, learning_rate=3e-3,
+                              model=TINY, train_pool=512, eval_images=128, tracker="none")
     judge, metrics = train_judge(config)
-    losses = metrics["train_loss"]
+    losses = [loss for _, loss in metrics["loss_curve"]]
     assert losses[-1] < 0.7 * losses[0], losses
     accuracy = metrics["accuracy_real"]
     assert accuracy["background"] > 0.6 and accuracy["hair_color"] > 0.45, accuracy  # chance: 0.17 and 0.2
     assert json.loads((tmp_path / "judge" / "metrics.json").read_text())["accuracy_real"] == accuracy
-    assert AttributeJudge.from_pretrained(tmp_path / "judge").config == judge.config
+    assert AttributeJudge.from_pretrained(tmp_path / "judge" / "model").config == judge.config
 
 
 def test_tokenizer_check_path(tmp_path: Path, one_thread: None):
@@ -107,19 +106,23 @@ def test_tokenizer_check_path(tmp_path: Path, one_thread: None):
                                        channel_mult=(1, 2, 2, 2), encoder_channels=16, decoder_channels=16,
                                        decoder_res_blocks=1, norm_groups=8)
     MultiScaleVQVAE(tokenizer_config).save_pretrained(tmp_path / "tokenizer")
-    config = JudgeTrainConfig(out=str(tmp_path / "judge"), tokenizer=str(tmp_path / "tokenizer"), steps=5,
-                              batch_size=8, model=TINY, train_pool=32, reconstruction_pool=16, validation_size=16)
+    config = JudgeTrainConfig(output_dir=str(tmp_path / "judge"), tokenizer=str(tmp_path / "tokenizer"), steps=5,
+                              batch_size=8, model=TINY, train_pool=32, reconstruction_pool=16, eval_images=16,
+                              tracker="none")
     _, metrics = train_judge(config)
     for key in ("accuracy_real", "accuracy_reconstruction", "agreement"):
         assert set(metrics[key]) == set(ATTRIBUTES)
         assert all(0.0 <= value <= 1.0 for value in metrics[key].values())
     table = format_judge_metrics(metrics)
     assert "recon" in table and "agree" in table and "background" in table
-    mismatched = JudgeTrainConfig(out=str(tmp_path / "other"), tokenizer=str(tmp_path / "tokenizer"), steps=1)
+    mismatched = JudgeTrainConfig(output_dir=str(tmp_path / "other"), tokenizer=str(tmp_path / "tokenizer"), steps=1,
+                                  tracker="none")
     with pytest.raises(ValueError, match="image-size"):
         train_judge(mismatched)
 
 
 def test_cli_parses_the_documented_command():
-    config = tyro.cli(JudgeTrainConfig, args=["--out", "x", "--tokenizer", "runs/tokenizer/model", "--steps", "7"])
-    assert (config.out, config.tokenizer, config.steps, config.model) == ("x", "runs/tokenizer/model", 7, JudgeConfig())
+    args = ["--output-dir", "x", "--tokenizer", "runs/tokenizer/model", "--steps", "7"]
+    config = tyro.cli(JudgeTrainConfig, args=args)
+    assert (config.output_dir, config.tokenizer, config.steps, config.model) == ("x", "runs/tokenizer/model", 7,
+                                                                                 JudgeConfig())

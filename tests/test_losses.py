@@ -130,10 +130,10 @@ def test_tokenizer_training_with_perceptual_and_adversarial_losses_resumes_exact
 
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(tmp_path / "run" / "checkpoints", resumed_dir / "checkpoints")
-    resumed = dict(train_tokenizer(gan_run(resumed_dir, tiny_backbones["conv"], resume="latest")).metrics["loss_curve"])
-    assert min(resumed) == 25
-    for step, loss in resumed.items():  # discriminator weights, optimiser and schedule came back too
-        assert loss == pytest.approx(curve[step], rel=1e-4, abs=1e-6), (step, loss, curve[step])
+    resumed = train_tokenizer(gan_run(resumed_dir, tiny_backbones["conv"], resume="latest")).metrics
+    assert resumed["resumed_at"] == [20]
+    # discriminator weights, optimiser and schedule came back too: the same curve, the earlier steps included
+    assert dict(resumed["loss_curve"]) == curve
 
 
 def test_resuming_with_other_loss_networks_is_a_clear_error(tiny_backbones, tmp_path):

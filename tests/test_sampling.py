@@ -340,13 +340,13 @@ def test_slugs() -> None:
 
 
 def test_cli_errors(tmp_path: Path, write_tiny_pipeline: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(SystemExit, match="no prompt"):
+    with pytest.raises(ValueError, match="no prompt"):
         main(SampleArgs(out=tmp_path))
-    with pytest.raises(SystemExit, match="no model directory|no pipeline.json"):
+    with pytest.raises(ValueError, match="no model directory|no pipeline.json"):
         main(SampleArgs(prompt=("a",), checkpoint=str(tmp_path / "missing"), out=tmp_path))
     monkeypatch.setattr(pipeline_module, "DEMO_PIPELINE", tmp_path / "no-demo")
-    with pytest.raises(SystemExit, match="demo model is missing.*--checkpoint"):
+    with pytest.raises(ValueError, match="demo model is missing.*--checkpoint"):
         main(SampleArgs(prompt=("a",), out=tmp_path))
     mismatched = write_tiny_pipeline(tmp_path / "mismatched", transformer_overrides={"vocab_size": 32})
-    with pytest.raises(SystemExit, match="vocab_size: transformer 32 vs tokenizer 64"):
+    with pytest.raises(ValueError, match="vocab_size: transformer 32 vs tokenizer 64"):
         main(SampleArgs(prompt=("a",), checkpoint=str(mismatched), out=tmp_path))

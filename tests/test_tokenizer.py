@@ -203,7 +203,8 @@ def test_alignment_with_tiny_dinov2_loaded_offline(tiny_dinov2):
     optimizer = torch.optim.Adam(list(model.parameters()) + list(head.parameters()), lr=3e-3)
     losses = []
     for _ in range(30):
-        total, per_scale = head(model(x).accumulated, pyramid)
+        out = model(x)
+        total, per_scale = head(out.accumulated, out.latent, pyramid)
         assert len(per_scale) == 3
         optimizer.zero_grad()
         total.backward()

@@ -189,9 +189,9 @@ def test_greedy_guided_sampling_writes_the_reference_images(converted_pipeline, 
 
 
 def test_sample_cli_says_which_condition_the_checkpoint_takes(converted_pipeline, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match=r"class-conditional: pass --class-label N \(0\.\.999\)"):
+    with pytest.raises(ValueError, match=r"class-conditional: pass --class-label N \(0\.\.999\)"):
         sample_main(SampleArgs(prompt=("a cat",), checkpoint=str(converted_pipeline), out=tmp_path))
-    with pytest.raises(SystemExit, match=r"must be in \[0, 1000\), got \[1000\]"):
+    with pytest.raises(ValueError, match=r"must be in \[0, 1000\), got \[1000\]"):
         sample_main(SampleArgs(class_label=(1000,), checkpoint=str(converted_pipeline), out=tmp_path))
-    with pytest.raises(SystemExit, match="either --class-label .* or --prompt"):
+    with pytest.raises(ValueError, match="either --class-label .* or --prompt"):
         sample_main(SampleArgs(class_label=(1,), prompt=("a cat",), checkpoint=str(converted_pipeline), out=tmp_path))

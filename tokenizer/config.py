@@ -53,6 +53,9 @@ class TokenizerConfig:
     """Stride-2 encoder convs: padding 1 on every side, or one zero row/column right and bottom (VAR, VQGAN)."""
     lookup: Literal["cosine", "l2"] = "cosine"
     """Nearest-code rule: cosine (l2-normalised, keeps usage high) or plain Euclidean."""
+    null_code: bool = False
+    """Reserve code 0 as the zero vector ("nothing to add", before the phi conv): a cell gets it wherever
+    the looked-up code would not reduce the residual's squared error."""
     num_phi: int = 4
     """Number of phi refinement convs shared across scales by scale ratio (VAR)."""
     phi_mix: float = 0.5

@@ -46,6 +46,27 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bicubic")
 
 
+def nearest_codes(vectors: torch.Tensor, weight: torch.Tensor, rule: str) -> torch.Tensor:
+    """Nearest codes of vectors (n, C) in the codebook weight (V, C) -> (n,), by cosine or l2 distance."""
+    if rule == "cosine":
+        return (F.normalize(vectors, dim=-1) @ F.normalize(weight, dim=-1).t()).argmax(dim=-1)
+    distance = vectors.pow(2).sum(-1, keepdim=True) - 2 * vectors @ weight.t() + weight.pow(2).sum(-1)
+    return distance.argmin(dim=-1)
+
+
+def null_code_lookup(vectors: torch.Tensor, weight: torch.Tensor, rule: str) -> torch.Tensor:
+    """Lookup with code 0 reserved as the zero vector (`TokenizerConfig.null_code`).
+
+    Codes 1..V-1 are searched by `rule`; the found code e replaces nothing (code 0) unless it reduces the
+    squared error: |r - e|^2 < |r|^2, i.e. 2 r.e > |e|^2. The cosine rule alone ignores the residual's
+    magnitude, so a near-zero residual (a flat cell at a fine scale) would still get a full code.
+    """
+    code = nearest_codes(vectors, weight[1:], rule) + 1
+    chosen = weight[code]  # (n, C)
+    helps = 2 * (vectors * chosen).sum(-1) > chosen.pow(2).sum(-1)
+    return torch.where(helps, code, torch.zeros_like(code))
+
+
 @dataclass
 class QuantizerOutput:
     """Result of `MultiScaleQuantizer.forward`."""
@@ -79,18 +100,24 @@ class MultiScaleQuantizer(nn.Module):
             return x
         return self.phis[phi_index(scale, len(self.scale_sizes), len(self.phis))](x)
 
+    def codebook(self) -> torch.Tensor:
+        """The code vectors (vocab_size, C); with `null_code`, row 0 is the zero vector."""
+        weight = self.embedding.weight
+        if self.config.null_code:
+            weight = torch.cat([torch.zeros_like(weight[:1]), weight[1:]])
+        return weight
+
     def lookup(self, vectors: torch.Tensor) -> torch.Tensor:
         """Nearest codes of vectors (n, C) -> (n,)."""
         weight = self.embedding.weight.float()
         vectors = vectors.float()
-        if self.config.lookup == "cosine":
-            return (F.normalize(vectors, dim=-1) @ F.normalize(weight, dim=-1).t()).argmax(dim=-1)
-        distance = vectors.pow(2).sum(-1, keepdim=True) - 2 * vectors @ weight.t() + weight.pow(2).sum(-1)
-        return distance.argmin(dim=-1)
+        if self.config.null_code:
+            return null_code_lookup(vectors, weight, self.config.lookup)
+        return nearest_codes(vectors, weight, self.config.lookup)
 
     def embed_scale(self, scale: int, codes: torch.Tensor) -> torch.Tensor:
         """Codes of one scale (b, s, s) -> its contribution z_k (b, C, h, w) to the accumulated latent."""
-        z = rearrange(self.embedding(codes), "b s t c -> b c s t")
+        z = rearrange(F.embedding(codes, self.codebook()), "b s t c -> b c s t")
         return self.phi(scale, resize(z, self.latent_size))
 
     def forward(self, latent: torch.Tensor) -> QuantizerOutput:
@@ -126,10 +153,11 @@ class MultiScaleQuantizer(nn.Module):
         self.usage_ema.mul_(0.99).add_(counts.float(), alpha=0.01)
 
     @torch.no_grad()
-    def restart_dead_codes(self, latent: torch.Tensor) -> int:
+    def restart_dead_codes(self, latent: torch.Tensor, generator: torch.Generator | None = None) -> int:
         """Re-seed codes used less than `dead_code_threshold` times per step with random latent vectors.
 
-        `latent` (b, C, h, w) is a batch of encoder outputs; returns how many codes were restarted.
+        `latent` (b, C, h, w) is a batch of encoder outputs; the vectors are drawn with `generator` (on
+        the latent's device; a training checkpoints it); returns how many codes were restarted.
         With several processes, call it with the same `latent` everywhere (e.g. gathered) so weights
         stay identical.
         """
@@ -137,10 +165,12 @@ class MultiScaleQuantizer(nn.Module):
         if threshold <= 0:
             return 0
         dead = (self.usage_ema < threshold).nonzero().flatten()
+        if self.config.null_code:
+            dead = dead[dead != 0]  # the null code is the zero vector by definition
         if dead.numel() == 0:
             return 0
         pool = rearrange(latent.float(), "b c h w -> (b h w) c")
-        pick = torch.randint(0, pool.shape[0], (dead.numel(),), device=pool.device)
+        pick = torch.randint(0, pool.shape[0], (dead.numel(),), device=pool.device, generator=generator)
         self.embedding.weight.data[dead] = pool[pick].to(self.embedding.weight.dtype)
         self.usage_ema[dead] = threshold * 2  # grace period before the next restart
         return int(dead.numel())

@@ -31,8 +31,7 @@ class BundleArgs:
     var_run: Path = Path("runs/var")
     """Output directory of train_var.py (holds pipeline/ and metrics.json)."""
     judge: Path = Path("runs/judge")
-    """Judge directory written by `python -m nextscale.train.eval.judge` (config.json, model.safetensors,
-    metrics.json)."""
+    """Output directory of `python -m nextscale.train.eval.judge` (holds model/ and metrics.json)."""
     out: Path = Path("checkpoints/demo")
     """The bundle to write (replaced atomically)."""
 
@@ -43,7 +42,8 @@ def bundle(args: BundleArgs) -> Path:
     transformer = NextScaleTransformer.from_pretrained(args.var_run / "pipeline" / spec["transformer"])
     write_pipeline(args.out, tokenizer, transformer, spec["text_encoder"], spec["text_max_length"],
                    dtype=torch.float16)
-    shutil.copytree(args.judge, args.out / "judge")
+    shutil.copytree(args.judge / "model", args.out / "judge")
+    shutil.copy(args.judge / "metrics.json", args.out / "judge" / "metrics.json")
     metrics = {
         "tokenizer": json.loads((args.tokenizer_run / "metrics.json").read_text()),
         "transformer": json.loads((args.var_run / "metrics.json").read_text()),

@@ -17,33 +17,78 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset, Subset
 from tqdm.auto import tqdm
 
 from nextscale.checkpoint import WEIGHTS_NAME, resolve_model_dir
 from nextscale.scales import flatten_codes
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data import DataConfig, make_dataloader
+from nextscale.train.data import DataConfig, build_dataset, held_out, loader_over
+from nextscale.train.data.sources import get_source
 from nextscale.transformer.text import TextEncoder, load_text_cache, precompute_text_embeddings, save_text_cache
 
 CODES_FILE = "codes.safetensors"
 TEXT_FILE = "text.safetensors"
 
 
-def cache_fingerprint(tokenizer_path: str, data: DataConfig, text_encoder: str, max_length: int, count: int) -> str:
-    """Hash of everything the cached codes and embeddings depend on."""
+@dataclass
+class EvaluationSplit:
+    """The transformer's training items and the held-out items it never trains on."""
+
+    train: Dataset
+    evaluation: Dataset | None
+    """None when the data has no part to hold out (the run then reports no held-out metrics)."""
+    description: str
+    """Where the held-out items come from (written to metrics.json)."""
+
+
+def evaluation_split(data: DataConfig, eval_data: DataConfig | None, eval_images: int) -> EvaluationSplit:
+    """Split off held-out data: `eval_data` when given, else the source's own held-out split (synthetic:
+    another seed), else every k-th item of a map-style source (an image or class folder: `eval_images` of
+    them, at most a tenth), else the last shard of a WebDataset with several shards."""
+    if eval_data is not None:
+        return EvaluationSplit(build_dataset(data, shuffle=True), build_dataset(eval_data),
+                               f"--eval-data ({eval_data.source} {eval_data.path or ''})".replace(" )", ")"))
+    if get_source(data.source).held_out is not None:
+        split = held_out(data)
+        return EvaluationSplit(build_dataset(data, shuffle=True), build_dataset(split),
+                               f"the {data.source} source's held-out split (seed {split.seed})")
+    dataset = build_dataset(data, shuffle=True)
+    if isinstance(dataset, IterableDataset):
+        urls = list(getattr(dataset, "urls", []))
+        if len(urls) < 2:
+            return EvaluationSplit(dataset, None, "none: one shard, nothing to hold out (pass --eval-data)")
+        evaluation = build_dataset(data)
+        dataset.urls, evaluation.urls = urls[:-1], urls[-1:]
+        return EvaluationSplit(dataset, evaluation, f"the last shard {urls[-1]}, never trained on")
+    total = len(dataset)
+    count = min(eval_images, total // 10)
+    if count < 1:
+        return EvaluationSplit(dataset, None, f"none: {total} items, too few to hold out (pass --eval-data)")
+    stride = total // count  # every stride-th item: spread over the folder (and over the classes of a class-folder)
+    evaluation = list(range(stride - 1, total, stride))[:count]
+    held = set(evaluation)
+    return EvaluationSplit(Subset(dataset, [i for i in range(total) if i not in held]), Subset(dataset, evaluation),
+                           f"every {stride}th of {total} items of {data.path} ({count}), never trained on")
+
+
+def cache_fingerprint(tokenizer_path: str, data: DataConfig, text_encoder: str, max_length: int, count: int,
+                      subset: int | None = None) -> str:
+    """Hash of everything the cached codes and embeddings depend on (`subset`: how many items of the
+    source are trained on, when the rest is held out)."""
     weights = resolve_model_dir(tokenizer_path) / WEIGHTS_NAME
     digest = hashlib.sha256()
     with open(weights, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     payload = {"tokenizer": digest.hexdigest(), "data": dataclasses.asdict(data), "text_encoder": text_encoder,
-               "max_length": max_length, "count": count}
+               "max_length": max_length, "count": count, "subset": subset}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -57,10 +102,10 @@ def read_fingerprint(cache_dir: Path) -> str | None:
 
 @torch.no_grad()
 def encode_dataset(
-    tokenizer: MultiScaleVQVAE, data: DataConfig, count: int, batch_size: int = 128, progress: bool = True
+    tokenizer: MultiScaleVQVAE, dataset: Dataset, count: int, batch_size: int = 128, progress: bool = True
 ) -> tuple[torch.Tensor, list[str]]:
-    """Codes (n, L) int16 and captions of the first `count` items of the data source (n <= count)."""
-    loader = make_dataloader(data, batch_size=batch_size, shuffle=False, num_workers=0, drop_last=False)
+    """Codes (n, L) int16 and captions of the first `count` items of a dataset of source items (n <= count)."""
+    loader = loader_over(dataset, batch_size=batch_size, shuffle=False, num_workers=0, drop_last=False)
     codes, captions = [], []
     bar = tqdm(total=count, desc="encoding images", disable=not progress, unit="img")
     for batch in loader:
@@ -80,18 +125,21 @@ def build_cache(
     tokenizer_path: str,
     text_encoder: TextEncoder,
     data: DataConfig,
+    dataset: Dataset,
     count: int,
     progress: bool = True,
 ) -> Path:
-    """Encode `count` images and their captions into `cache_dir` unless a matching cache is there."""
+    """Encode the first `count` items of `dataset` (drawn from `data`, minus any held-out part) and their
+    captions into `cache_dir` unless a matching cache is there."""
     cache_dir = Path(cache_dir)
+    subset = len(dataset) if isinstance(dataset, Subset) else None
     fingerprint = cache_fingerprint(tokenizer_path, data, text_encoder.config.name_or_path,
-                                    text_encoder.max_length, count)
+                                    text_encoder.max_length, count, subset)
     if read_fingerprint(cache_dir) == fingerprint:
         return cache_dir
     if tokenizer.config.vocab_size > 2**15:
         raise ValueError("codes are cached as int16: vocab_size must be <= 32768")
-    codes, captions = encode_dataset(tokenizer, data, count, progress=progress)
+    codes, captions = encode_dataset(tokenizer, dataset, count, progress=progress)
     embeddings = precompute_text_embeddings(text_encoder, captions, batch_size=256)
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_text_cache(cache_dir / TEXT_FILE, embeddings, captions)

@@ -188,8 +188,9 @@ class TextEncoder:
         cut = [(index, length - self.max_length) for index, length in enumerate(lengths) if length > self.max_length]
         if cut:
             index, tokens = max(cut, key=lambda item: item[1])
+            given = sum(1 for prompt in prompts if prompt)  # "" (the unconditional prompt) is never cut
             warnings.warn(
-                f"{len(cut)} of {len(prompts)} prompts exceed max_length={self.max_length} tokens and were "
+                f"{len(cut)} of {given} prompts exceed max_length={self.max_length} tokens and were "
                 f"truncated; prompt {index} lost the most, {tokens} tokens: {prompts[index][:60]!r}",
                 stacklevel=3,
             )

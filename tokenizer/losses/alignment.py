@@ -6,6 +6,15 @@ tokenizer's accumulated latent after scale k to the teacher's width; a cosine lo
 pulls the two together at every scale (in the spirit of REPA, Yu et al. 2024, and VA-VAE, Yao et al.
 2025), so coarse scales carry layout and semantics and fine scales carry texture.
 
+Which tokenizer tensors the projections read (`AlignmentConfig.gradient`), and so where the alignment
+gradient goes: the accumulated latents after each scale are built from a detached copy of the encoder
+latent (the quantiser's straight-through estimator only carries the decoder's gradient), so aligned as
+they are ("codebook") the loss moves code vectors and phi convs, never the encoder. "straight_through"
+adds the encoder latent's gradient path to each partial sum with its value unchanged (partial +
+latent - latent.detach()), so the encoder receives the gradient the partial would, as the decoder's
+gradient reaches it through the final sum; "latent" aligns the encoder latent itself, area-pooled to
+every scale side (REPA/VA-VAE style), and leaves the codebook to the reconstruction.
+
 The teacher is never saved in our checkpoints; the projections are training-only and live in the
 training state, not in the exported tokenizer.
 """
@@ -17,6 +26,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +56,14 @@ class AlignmentConfig:
     cache_dir: str | None = None
     """Precompute the teacher's feature pyramids of the training images once into safetensors shards here
     (reused when teacher and scales match) instead of running the teacher every step."""
+    project_pooled: bool = True
+    """Project each scale's latent after area-pooling it to the scale side (s_k^2 positions) rather than
+    pooling the projection of all h x w positions (the behaviour before): 3x fewer projected positions
+    at the demo scales, so alignment stays within 15% of a tokenizer step (bench/alignment.py)."""
+    gradient: Literal["straight_through", "latent", "codebook"] = "straight_through"
+    """What is aligned at each scale, hence what the gradient reaches: the accumulated latent with a
+    straight-through path to the encoder (encoder, codebook, phi), the encoder latent pooled to the scale
+    (encoder only), or the accumulated latent alone (codebook and phi only; the behaviour before)."""
 
     @property
     def enabled(self) -> bool:
@@ -78,6 +96,26 @@ def feature_pyramid(features: torch.Tensor, scale_sizes: Sequence[int]) -> list[
     return [F.adaptive_avg_pool2d(features, size) for size in scale_sizes]
 
 
+def alignment_inputs(
+    accumulated: Sequence[torch.Tensor], latent: torch.Tensor, scale_sizes: Sequence[int], gradient: str
+) -> list[torch.Tensor]:
+    """What the projections read at each scale, per `AlignmentConfig.gradient`.
+
+    accumulated: [(b, C, h, w)] after each scale; latent (b, C, h, w): the encoder output (with its
+    gradient). Returns one (b, C, h, w) map per scale ("latent": (b, C, s_k, s_k), the area-pooled latent).
+    The straight-through maps have exactly the values of `accumulated`.
+    """
+    if gradient == "codebook":
+        return list(accumulated)
+    if gradient == "straight_through":
+        latent = latent.float()
+        path = latent - latent.detach()  # zero valued, identity gradient to the encoder
+        return [partial + path for partial in accumulated]
+    if gradient == "latent":
+        return [F.interpolate(latent.float(), size=(s, s), mode="area") for s in scale_sizes]
+    raise ValueError(f"alignment gradient must be straight_through, latent or codebook, got {gradient!r}")
+
+
 def cosine_margin_loss(prediction: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
     """mean over positions of relu(1 - margin - cos(prediction, target)); both (b, D, s, s)."""
     cosine = F.cosine_similarity(prediction.float(), target.float(), dim=1)
@@ -106,15 +144,21 @@ class AlignmentHead(nn.Module):
         )
 
     def forward(
-        self, accumulated: Sequence[torch.Tensor], pyramid: Sequence[torch.Tensor]
+        self, accumulated: Sequence[torch.Tensor], latent: torch.Tensor, pyramid: Sequence[torch.Tensor]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """accumulated: [(b, C, h, w)] after each scale; pyramid: [(b, D, s_k, s_k)] teacher features.
+        """accumulated: [(b, C, h, w)] after each scale; latent (b, C, h, w): the encoder output;
+        pyramid: [(b, D, s_k, s_k)] teacher features.
 
         Returns the weighted total loss and the unweighted loss of each scale.
         """
+        inputs = alignment_inputs(accumulated, latent, self.scale_sizes, self.config.gradient)
         per_scale = []
-        for projection, latent, target, size in zip(self.projections, accumulated, pyramid, self.scale_sizes):
-            prediction = F.adaptive_avg_pool2d(projection(latent), size)  # (b, D, s, s)
+        for projection, aligned, target, size in zip(self.projections, inputs, pyramid, self.scale_sizes):
+            if self.config.project_pooled and aligned.shape[-1] != size:
+                aligned = F.interpolate(aligned, size=(size, size), mode="area")  # (b, C, s, s)
+            prediction = projection(aligned)
+            if prediction.shape[-1] != size:  # pooling is costly at the teacher's width: only where needed
+                prediction = F.adaptive_avg_pool2d(prediction, size)  # (b, D, s, s)
             per_scale.append(cosine_margin_loss(prediction, target, self.config.margin))
         total = sum(w * loss for w, loss in zip(self.scale_weights, per_scale)) / sum(self.scale_weights)
         return total, per_scale

@@ -28,6 +28,7 @@ __all__ = [
     "collate",
     "decode_image",
     "held_out",
+    "loader_over",
     "make_dataloader",
     "source_names",
 ]
@@ -65,11 +66,16 @@ def collate(batch: Sequence[dict]) -> dict:
 
 def make_dataloader(config: DataConfig, batch_size: int, shuffle: bool = True, num_workers: int = 0,
                     drop_last: bool = True, generator: torch.Generator | None = None) -> DataLoader:
-    """A standard DataLoader over `build_dataset(config)` (ready for `accelerator.prepare`).
+    """A standard DataLoader over `build_dataset(config)` (ready for `accelerator.prepare`)."""
+    return loader_over(build_dataset(config, shuffle=shuffle), batch_size, shuffle, num_workers, drop_last, generator)
+
+
+def loader_over(dataset: Dataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
+                drop_last: bool = True, generator: torch.Generator | None = None) -> DataLoader:
+    """A standard DataLoader over a dataset of source items (e.g. a `Subset` of one source).
 
     Workers are persistent so that bad-input counts and WebDataset pass counters survive epochs.
     """
-    dataset = build_dataset(config, shuffle=shuffle)
     iterable = isinstance(dataset, IterableDataset)
     return DataLoader(
         dataset,

@@ -29,6 +29,8 @@ class DataConfig:
     max_image_pixels: int = 40_000_000
     """Skip images declaring more pixels (decompression bombs). PIL's own limit still applies on top:
     it refuses images above 2 * PIL.Image.MAX_IMAGE_PIXELS (~179 MP) before we see them."""
+    max_file_bytes: int = 64 * 2**20
+    """Skip files larger than this many bytes (counted as too_large) instead of reading them whole."""
     shuffle_buffer: int = 1000
     """WebDataset: samples held in the in-memory shuffle buffer."""
     shard_by_process: bool = False
@@ -42,5 +44,7 @@ class DataConfig:
             raise ValueError(f"source={self.source!r} needs a path (an image folder or a shard pattern)")
         if self.image_size < 1:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if self.max_file_bytes < 1:
+            raise ValueError(f"max_file_bytes must be positive, got {self.max_file_bytes}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction is a fraction in [0, 1], got {self.max_bad_fraction}")

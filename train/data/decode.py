@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 
 import numpy as np
@@ -16,6 +18,38 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # (EPS through Ghostscript, among others) are attack surface that a training set never needs.
 _FORMATS = ("JPEG", "PNG", "WEBP")
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _check_regular(mode: os.stat_result) -> None:
+    if not stat.S_ISREG(mode.st_mode):
+        kind = "FIFO" if stat.S_ISFIFO(mode.st_mode) else "socket" if stat.S_ISSOCK(mode.st_mode) else "device"
+        raise BadInput("not_a_regular_file", f"a {kind}, not a regular file")
+
+
+def read_regular_file(path: str | os.PathLike, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`, or raise BadInput.
+
+    FIFOs, devices and sockets (also behind a symlink) are refused before a single byte is read: a read
+    could block forever (a FIFO) or never end (/dev/zero). The file is opened non-blocking and checked on
+    its descriptor, so a swap after the check cannot slip through.
+    """
+    try:
+        _check_regular(os.stat(path))  # sockets cannot even be opened
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as error:
+        raise BadInput("unreadable", str(error)) from None
+    with os.fdopen(descriptor, "rb") as handle:
+        mode = os.fstat(descriptor)
+        _check_regular(mode)
+        if mode.st_size > max_bytes:
+            raise BadInput("too_large", f"{mode.st_size} bytes, over max_file_bytes={max_bytes}")
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as error:
+            raise BadInput("unreadable", str(error)) from None
+    if len(data) > max_bytes:  # grew since the check
+        raise BadInput("too_large", f"over max_file_bytes={max_bytes}")
+    return data
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

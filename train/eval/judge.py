@@ -11,17 +11,17 @@ Runbook (defaults, 1 CPU thread beside another training run): pools 1 min, 1500 
 steps already give >= 99.7%). `metrics.json` also holds the "tokenizer check": the accuracy on the
 held-out renders' reconstructions and the agreement with the predictions on the renders themselves.
 
-    python -m nextscale.train.eval.judge --out checkpoints/demo/judge --tokenizer runs/tokenizer/model
+    python -m nextscale.train.eval.judge --output-dir runs/judge --tokenizer runs/tokenizer/model
+
+(the training runs in the shared runtime, `nextscale.train.judge_loop`; the judge is saved to
+`runs/judge/model`, its metrics to `runs/judge/metrics.json`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Annotated
 
 import torch
@@ -36,7 +36,6 @@ from nextscale.images import from_uint8, to_uint8
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.data.portraits import ATTRIBUTES
 from nextscale.train.data.sources.synthetic import SyntheticConfig, SyntheticPortraits
-from nextscale.train.optim import parameter_groups, warmup_stable_decay
 
 
 @dataclass(frozen=True)
@@ -217,124 +216,6 @@ def predict_all(judge: AttributeJudge, images: torch.Tensor, batch_size: int = 2
     return torch.cat([judge.predict_indices(from_uint8(chunk)) for chunk in images.split(batch_size)])
 
 
-@dataclass(frozen=True)
-class JudgeTrainConfig:
-    """Train the attribute judge on synthetic portraits and check a tokenizer with it.
-
-    The training images are rendered once into a pool (and `reconstruction_pool` of them reconstructed
-    by the tokenizer): on a CPU, rendering or encoding + decoding every batch would cost more than the
-    judge's own step; the augmentations make every pass over the pool different.
-    """
-
-    out: str
-    """Directory of the saved judge (config.json + model.safetensors) and its metrics.json."""
-    tokenizer: str | None = None
-    """Trained tokenizer directory: train on its reconstructions too and report the tokenizer check."""
-    steps: int = 1500
-    """Optimiser steps (600 already reach >= 99.7% per attribute on held-out renders)."""
-    batch_size: int = 64
-    """Images per step."""
-    learning_rate: float = 2e-3
-    """Peak AdamW learning rate (warmup, plateau, cosine decay over the last half)."""
-    weight_decay: float = 0.05
-    """AdamW weight decay on conv and linear weights."""
-    model: JudgeConfig = field(default_factory=JudgeConfig)
-    """Judge architecture."""
-    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
-    """Training-time degradations."""
-    train_pool: int = 20_000
-    """Rendered training portraits (augmented afresh at every step)."""
-    reconstruction_pool: int = 4096
-    """Training portraits also reconstructed by the tokenizer (ignored without a tokenizer)."""
-    reconstruction_fraction: float = 0.4
-    """Fraction of each batch drawn from the reconstructions (ignored without a tokenizer)."""
-    validation_size: int = 2048
-    """Held-out portraits for the validation metrics."""
-    train_seed: int = 2
-    """Synthetic seed of the training renders (0 trains the other models; 1 and 1_000_003 are held out)."""
-    validation_seed: int = 1
-    """Synthetic seed of the held-out renders."""
-    seed: int = 0
-    """Seed of the weights, the batch order and the augmentations."""
-    threads: int | None = None
-    """torch CPU threads (None: torch's default)."""
-    num_workers: int = 0
-    """Worker processes that render the pools."""
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.reconstruction_fraction < 1.0:
-            raise ValueError(f"reconstruction_fraction must be in [0, 1), got {self.reconstruction_fraction}")
-        if self.steps < 1 or self.batch_size < 2:
-            raise ValueError("need steps >= 1 and batch_size >= 2 (batch norm)")
-        if any(ATTRIBUTES.get(name) != values for name, values in
-               zip(self.model.attribute_names, self.model.attribute_values)):
-            raise ValueError("the judge trains on the synthetic portraits: its attributes must come from ATTRIBUTES")
-
-
-def train_judge(config: JudgeTrainConfig) -> tuple[AttributeJudge, dict]:
-    """Render the pools, train, validate, save the judge and metrics.json to `config.out`."""
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    start = time.perf_counter()
-    model_config, size = config.model, config.model.image_size
-    tokenizer = None
-    if config.tokenizer is not None:
-        tokenizer = MultiScaleVQVAE.from_pretrained(config.tokenizer)
-        if tokenizer.config.image_size != size:
-            raise ValueError(f"the tokenizer works at {tokenizer.config.image_size} px, the judge at {size} px: "
-                             "set --model.image-size to match")
-    train_images, train_labels = render_portraits(config.train_seed, config.train_pool, size, model_config,
-                                                  config.num_workers)
-    validation_images, validation_labels = render_portraits(config.validation_seed, config.validation_size, size,
-                                                            model_config, config.num_workers)
-    reconstruction_count, train_reconstructions = 0, train_images[:0]
-    if tokenizer is not None and config.reconstruction_fraction > 0:
-        reconstruction_count = min(config.reconstruction_pool, config.train_pool)
-        train_reconstructions = reconstruct(tokenizer, train_images[:reconstruction_count])
-    render_seconds = time.perf_counter() - start
-
-    torch.manual_seed(config.seed)
-    judge = AttributeJudge(model_config)
-    optimizer = torch.optim.AdamW(parameter_groups(judge, config.weight_decay), lr=config.learning_rate)
-    generator = torch.Generator().manual_seed(config.seed)
-    reconstructed_per_batch = round(config.batch_size * config.reconstruction_fraction) if reconstruction_count else 0
-    losses: list[float] = []
-    judge.train()
-    progress = tqdm(range(config.steps), desc="judge", unit="step")
-    for step in progress:
-        for group in optimizer.param_groups:
-            group["lr"] = config.learning_rate * warmup_stable_decay(step, config.steps, min(100, config.steps // 10),
-                                                                     decay_fraction=0.5)
-        real = torch.randint(config.train_pool, (config.batch_size - reconstructed_per_batch,), generator=generator)
-        images, labels = train_images[real], train_labels[real]  # (b, 3, H, W) uint8, (b, A)
-        if reconstructed_per_batch:
-            chosen = torch.randint(reconstruction_count, (reconstructed_per_batch,), generator=generator)
-            images = torch.cat([images, train_reconstructions[chosen]])
-            labels = torch.cat([labels, train_labels[chosen]])
-        logits = judge(augment(from_uint8(images), config.augmentation, generator))
-        loss = sum(F.cross_entropy(logits[name], labels[:, a]) for a, name in enumerate(model_config.attribute_names))
-        loss = loss / len(model_config.attribute_names)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 25 == 0 or step == config.steps - 1:
-            progress.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.4f}")
-    train_seconds = time.perf_counter() - start - render_seconds
-
-    metrics = validate(judge, validation_images, validation_labels, tokenizer)
-    metrics.update(
-        train_seed=config.train_seed, validation_seed=config.validation_seed, steps=config.steps,
-        tokenizer=config.tokenizer, render_seconds=round(render_seconds, 1), train_seconds=round(train_seconds, 1),
-        validation_seconds=round(time.perf_counter() - start - render_seconds - train_seconds, 1),
-        train_loss=[round(sum(losses[i:i + 50]) / len(losses[i:i + 50]), 5) for i in range(0, len(losses), 50)],
-    )
-    out = Path(config.out)
-    judge.save_pretrained(out)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return judge, metrics
-
-
 def validate(judge: AttributeJudge, images: torch.Tensor, labels: torch.Tensor,
              tokenizer: MultiScaleVQVAE | None = None) -> dict:
     """Per-attribute accuracy on held-out renders and, given a tokenizer, on their reconstructions
@@ -368,11 +249,7 @@ def format_judge_metrics(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def main(config: JudgeTrainConfig) -> None:
-    _, metrics = train_judge(config)
-    print(format_judge_metrics(metrics))
-    print(f"saved {config.out} (config.json, model.safetensors, metrics.json)")
+if __name__ == "__main__":  # the documented command; the training lives in nextscale.train.judge_loop
+    from nextscale.train.judge_loop import cli
 
-
-if __name__ == "__main__":
-    main(tyro.cli(JudgeTrainConfig))
+    cli()

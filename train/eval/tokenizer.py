@@ -1,4 +1,6 @@
-"""Held-out evaluation of a tokenizer: PSNR, the coarse-to-fine curve, codebook health, throughput."""
+"""Held-out evaluation of a tokenizer: PSNR, the coarse-to-fine curve, codebook health, code
+predictability (entropy given the parent code, flat against textured cells; `nextscale.train.eval.codes`),
+throughput."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 
 from nextscale.images import psnr
 from nextscale.tokenizer import MultiScaleVQVAE
+from nextscale.train.eval.codes import CodeStatistics, format_code_statistics
 
 
 def codebook_stats(counts: torch.Tensor) -> dict[str, float]:
@@ -33,6 +36,7 @@ def evaluate_tokenizer(tokenizer: MultiScaleVQVAE, batches: Iterable[torch.Tenso
     per_scale_counts = torch.zeros(num_scales, config.vocab_size, dtype=torch.long)
     psnr_sum = torch.zeros(num_scales, dtype=torch.float64)
     count, seconds = 0, 0.0
+    predictability = CodeStatistics(config.scale_sizes, config.vocab_size)
     for images in batches:
         start = time.perf_counter()
         codes = tokenizer.encode(images)
@@ -42,12 +46,15 @@ def evaluate_tokenizer(tokenizer: MultiScaleVQVAE, batches: Iterable[torch.Tenso
             per_scale_counts[k] += torch.bincount(codes[k].flatten().cpu(), minlength=config.vocab_size)
             partial = reconstruction if k == num_scales - 1 else tokenizer.decode(codes[: k + 1])
             psnr_sum[k] += psnr(partial, images).double().sum().cpu()
+        predictability.update(images, codes)
         count += images.shape[0]
     if count == 0:
         raise ValueError("evaluation got no images")
     curve = (psnr_sum / count).tolist()
+    codes_summary = predictability.summary() if count > 1 else [{} for _ in config.scale_sizes]
     per_scale = [
-        {"scale_size": size, **codebook_stats(per_scale_counts[k])} for k, size in enumerate(config.scale_sizes)
+        {**codes_summary[k], "scale_size": size, **codebook_stats(per_scale_counts[k])}
+        for k, size in enumerate(config.scale_sizes)
     ]
     overall = codebook_stats(per_scale_counts.sum(0))
     return {
@@ -74,4 +81,7 @@ def format_tokenizer_metrics(metrics: dict) -> str:
         lines.append(
             f"{k:>5}  {row['scale_size']:>4}  {100 * row['usage']:>6.1f}  {row['perplexity']:>10.1f}  {value:>8.2f}"
         )
+    if "conditional_entropy" in metrics["per_scale"][0]:
+        lines += ["code predictability (cross-validated perplexity without and with the parent code; "
+                  "flat cells: pixel std < 0.02):", format_code_statistics(metrics["per_scale"])]
     return "\n".join(lines)

@@ -13,31 +13,38 @@ from torch.utils.data import Dataset, get_worker_info
 
 from nextscale.train.data.badinput import BadInput, BadInputTracker, TooManyBadFiles
 from nextscale.train.data.config import DataConfig
-from nextscale.train.data.decode import IMAGE_SUFFIXES, decode_image
+from nextscale.train.data.decode import IMAGE_SUFFIXES, decode_image, read_regular_file
 from nextscale.train.data.sources import Source, register_source
 
 logger = logging.getLogger(__name__)
 
 
-def _read_metadata(root: Path, metadata_files: list[Path]) -> dict[str, str]:
+def _read_metadata(root: Path, metadata_files: list[Path], tracker: BadInputTracker) -> dict[str, str]:
     """Captions from `metadata.jsonl` files (HF imagefolder): path relative to root (posix) -> text.
 
     `file_name` is relative to the folder holding the metadata file; the caption is `text` (or
-    `caption`).
+    `caption`). A malformed line is skipped and counted in `tracker` like a bad image (`bad_metadata`).
     """
     captions: dict[str, str] = {}
     for metadata in metadata_files:
         base = metadata.parent.relative_to(root)
-        for number, line in enumerate(metadata.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            text = read_regular_file(metadata, 1 << 30).decode("utf-8", errors="replace")
+        except BadInput as error:
+            tracker.record_bad(str(metadata), error.reason, error.detail)
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
                 name = record["file_name"]
+                if not isinstance(name, str):
+                    raise TypeError("file_name is not a string")
             except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(
-                    f"{metadata}:{number}: expected a JSON object with file_name and text, got {line[:80]!r}"
-                ) from error
+                tracker.record_bad(f"{metadata}:{number}", "bad_metadata",
+                                   f"expected a JSON object with file_name and text, got {line[:80]!r} ({error})")
+                continue
             captions[(base / name).as_posix()] = str(record.get("text", record.get("caption", "")))
     return captions
 
@@ -47,8 +54,9 @@ class ImageFolderDataset(Dataset):
 
     Captions come from `metadata.jsonl` files (`file_name`, `text`) or a sidecar `.txt` next to the
     image (same stem); an image with neither gets "" (it trains the unconditional branch). Hidden files
-    and folders are ignored, symlinked folders are not followed (symlinked files are). A bad file's
-    index yields the next readable image after it (see the module docstring).
+    and folders are ignored, symlinked folders are not followed (symlinked files are, to regular files
+    only: FIFOs, devices and sockets are skipped unread). A bad file's index yields the next readable
+    image after it.
     """
 
     captioned = True
@@ -77,16 +85,16 @@ class ImageFolderDataset(Dataset):
         if not files:
             raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {self.root}")
         self.files: list[str] = files
-        self.captions = _read_metadata(self.root, metadata_files)
+        # Counts are of distinct files (a file met again next epoch is not counted again), so the bad
+        # fraction is the folder's, and a bad file is decoded and reported once.
+        self.tracker = BadInputTracker(config.max_bad_fraction, config.bad_check_after)
+        self.captions = _read_metadata(self.root, metadata_files, self.tracker)
         sidecars = {f: os.path.splitext(f)[0] + ".txt" for f in files if f not in self.captions}
         self.sidecars = {f: t for f, t in sidecars.items() if t in texts}
         uncaptioned = sum(f not in self.captions and f not in self.sidecars for f in files)
         if uncaptioned and self.captioned:
             logger.warning("%d of %d images under %s have no caption (metadata.jsonl or sidecar .txt); "
                            "they get the empty caption", uncaptioned, len(files), self.root)
-        # Counts are of distinct files (a file met again next epoch is not counted again), so the bad
-        # fraction is the folder's, and a bad file is decoded and reported once.
-        self.tracker = BadInputTracker(config.max_bad_fraction, config.bad_check_after)
         self._seen = np.zeros(len(files), dtype=bool)
         self._bad: set[int] = set()
 
@@ -99,18 +107,16 @@ class ImageFolderDataset(Dataset):
             return self.captions[name]
         if name in self.sidecars:
             try:
-                return (self.root / self.sidecars[name]).read_text(encoding="utf-8", errors="replace").strip()
-            except OSError as error:
+                data = read_regular_file(self.root / self.sidecars[name], 1 << 20)
+                return data.decode("utf-8", errors="replace").strip()
+            except BadInput as error:
                 logger.warning("cannot read caption %s (%s); using the empty caption", self.sidecars[name],
                                error)
         return ""
 
     def _load(self, index: int) -> dict:
-        try:
-            data = (self.root / self.files[index]).read_bytes()
-        except OSError as error:
-            raise BadInput("unreadable", str(error)) from None
         config = self.config
+        data = read_regular_file(self.root / self.files[index], config.max_file_bytes)
         image = decode_image(data, config.image_size, config.random_crop, config.max_image_pixels)
         return {"image": image, "caption": self.caption(index), "attributes": {}}
 

@@ -54,6 +54,13 @@ class WebDatasetShards(IterableDataset):
         self.tracker = BadInputTracker(config.max_bad_fraction, config.bad_check_after)
         self._passes = 0  # per reader; persists across epochs with persistent DataLoader workers
         self._missing_captions = 0
+        self.samples_per_shard: dict[str, int] = {}
+        """Readable samples of each shard in the last pass of this reader."""
+
+    def describe_pass(self) -> str:
+        """The shards and their readable samples in the last pass (for the message of an empty pass)."""
+        counts = ", ".join(f"{url}: {count}" for url, count in self.samples_per_shard.items()) or "not counted"
+        return f"readable samples per shard {counts} ({self.tracker.summary()})"
 
     def _on_shard_error(self, error: Exception) -> bool:
         """webdataset's handler for an unreadable shard or tar member: count, warn, go on with the next."""
@@ -112,10 +119,16 @@ class WebDatasetShards(IterableDataset):
             buffer = self.config.shuffle_buffer
             samples = wds.shuffle(buffer, min(100, buffer), seed=seed)(samples)
         self._passes += 1
+        self.samples_per_shard = dict.fromkeys(urls, 0)
         for sample in samples:
             item = self._item(sample)
             if item is not None:
+                url = sample.get("__url__")
+                self.samples_per_shard[url] = self.samples_per_shard.get(url, 0) + 1
                 yield item
+        empty = [url for url, count in self.samples_per_shard.items() if count == 0]
+        if empty and len(urls) >= readers:
+            logger.warning("shard(s) with no readable sample: %s", ", ".join(empty))
         self.tracker.check(final=True)
 
 

@@ -1,0 +1,84 @@
+"""User mistakes end a command with ONE line, `error: ...`, and exit code 2, never a traceback.
+
+A mistake is an exception of the kinds that bad options, files and checkpoints raise (ValueError,
+FileNotFoundError, PermissionError, UnicodeError, a missing optional package...); a run that fails on
+its own (e.g. non-finite training) is one line too, with exit code 1. Anything else is a bug and keeps
+its traceback. `--debug` (or NEXTSCALE_DEBUG=1) shows the traceback of every error. Shared by every
+command line (`sample.py`, the trainings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import tyro
+
+T = TypeVar("T")
+DEBUG_ENV = "NEXTSCALE_DEBUG"
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError, UnicodeError)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print `error: message` (on one line) to stderr and exit with `code`."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+_BOX = re.compile(r"[\u2500-\u257f\u2580-\u259f]+")
+_TYRO_TITLES = ("Value error", "Parsing error", "Required options", "Unrecognized options")
+
+
+def parse(config_class: type[T], argv: list[str]) -> T:
+    """tyro.cli, with its framed multi-line error boxes (bad values, a config's own checks) condensed into
+    one `error: ...` line (exit 2); --help and successful parses are untouched."""
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return tyro.cli(config_class, args=argv)
+    except SystemExit as exit_:
+        text = captured.getvalue()
+        if exit_.code in (0, None) or not text.strip():
+            sys.stderr.write(text)
+            raise
+        text = _BOX.sub(" ", text).split("For full helptext")[0].split("Argument helptext:")[0]
+        lines = [line.strip() for line in text.splitlines() if line.strip() and line.strip() not in _TYRO_TITLES]
+        fail(" ".join(lines) or "invalid command line (see --help)")
+    finally:
+        leftover = captured.getvalue()
+        if leftover and not sys.exc_info()[0]:
+            sys.stderr.write(leftover)
+
+
+def run_cli(config_class: type[T], main: Callable[[T], Any], argv: list[str] | None = None,
+            user_errors: tuple[type[BaseException], ...] = (),
+            failures: tuple[type[BaseException], ...] = (),
+            explain: Callable[[BaseException], str | None] | None = None) -> Any:
+    """Parse `config_class` from the command line (tyro) and call `main` with it; mistakes become one line.
+
+    `user_errors` add to `USER_ERRORS` (exit 2); `failures` exit 1; `explain(error)` may turn any other
+    exception into a one-line message (exit 1), or return None to keep its traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        return main(parse(config_class, argv))
+    except (*USER_ERRORS, *user_errors) as error:
+        if debug:
+            raise
+        fail(str(error) or type(error).__name__)
+    except failures as error:
+        if debug:
+            raise
+        fail(str(error), code=1)
+    except Exception as error:
+        message = explain(error) if explain is not None and not debug else None
+        if message is None:
+            raise
+        fail(message, code=1)

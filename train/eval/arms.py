@@ -1,0 +1,218 @@
+"""One experiment harness for tokenizer arms: same data, steps, seed and evaluation for every arm.
+
+Each arm is a named change of one base tokenizer training (`ARMS`): the lookup rule, dead-code
+restarts, the null code, representation alignment (every scale, the last scale only, where its
+gradient goes). Every arm trains with the project's own `train_tokenizer` into `out/ARM/` and is
+evaluated on the same held-out portraits (PSNR, per-scale usage, code predictability) and, with a
+judge, on the same renders (agreement of the judge's attributes between renders and reconstructions;
+Fréchet distance of reconstructions against renders in the judge's features); an arm whose
+`metrics.json` exists is not trained again, so an interrupted experiment continues. Alignment arms
+share one teacher-feature cache (`out/teacher-cache`). The table goes to `out/arms.md` and
+`out/arms.json`.
+
+    python -m nextscale.train.eval.teacher --out runs/teacher
+    python -m nextscale.train.eval.arms --out runs/arms --teacher runs/teacher \\
+        --arms cosine cosine-null l2-restarts align-scales align-last
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+import tyro
+
+from nextscale.images import from_uint8
+from nextscale.sampling.pipeline import DEMO_PIPELINE
+from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
+from nextscale.tokenizer.losses.alignment import AlignmentConfig
+from nextscale.train.data import DataConfig
+from nextscale.train.eval.adherence import frechet_distance
+from nextscale.train.eval.judge import (
+    AttributeJudge,
+    attribute_accuracy,
+    predict_all,
+    reconstruct,
+    render_portraits,
+)
+from nextscale.train.tokenizer_loop import TokenizerTrainConfig, train_tokenizer
+
+
+def reduced_base() -> TokenizerTrainConfig:
+    """The reduced-budget base: the demo architecture, 400 steps of 16 portraits (one pass over 6400)."""
+    return TokenizerTrainConfig(
+        model=TokenizerConfig(),
+        data=DataConfig(synthetic_length=6400),
+        steps=400,
+        batch_size=16,
+        warmup_steps=40,
+        log_every=25,
+        sample_every=10_000,
+        checkpoint_every=100,
+        eval_images=512,
+        tracker="none",
+    )
+
+
+@dataclass(frozen=True)
+class ArmsConfig:
+    """Train and compare tokenizer arms at one budget."""
+
+    out: str = "runs/arms"
+    """Directory of the arms (one sub-directory each), the shared teacher cache and the table."""
+    arms: tuple[str, ...] = ("cosine", "cosine-null", "l2-restarts")
+    """Arms to run, in order (names of `ARMS`)."""
+    teacher: str | None = None
+    """Alignment teacher (a local `transformers` vision backbone, e.g. from `nextscale.train.eval.teacher`);
+    needed by the align-* arms."""
+    teacher_resolution: int = 64
+    """Input side of the teacher."""
+    alignment_weight: float = 0.5
+    """Weight of the alignment loss in the align-* arms."""
+    dead_code_threshold: float = 0.05
+    """Restart threshold (EMA hits per step) of the *-restarts arms."""
+    base: TokenizerTrainConfig = field(default_factory=reduced_base)
+    """The training every arm shares (data, steps, batch, seed, schedule, evaluation)."""
+    judge: str | None = str(DEMO_PIPELINE / "judge")
+    """Attribute judge of the tokenizer check (the bundled one by default); None skips the check."""
+    judge_images: int = 1024
+    """Renders of the tokenizer check (data seed `judge_seed`; a second set of seed + 1 gives real vs real)."""
+    judge_seed: int = 7
+    """Data seed of the tokenizer check's renders."""
+
+
+def _alignment(config: ArmsConfig, base: TokenizerTrainConfig, **changes: object) -> TokenizerTrainConfig:
+    if config.teacher is None:
+        raise ValueError("the align-* arms need --teacher DIR (e.g. from python -m nextscale.train.eval.teacher)")
+    alignment = AlignmentConfig(teacher=config.teacher, weight=config.alignment_weight,
+                                teacher_resolution=config.teacher_resolution,
+                                cache_dir=str(Path(config.out) / "teacher-cache"))
+    return replace(base, alignment=replace(alignment, **changes))
+
+
+def _last_scale_only(base: TokenizerTrainConfig) -> tuple[float, ...]:
+    return (0.0,) * (base.model.num_scales - 1) + (1.0,)
+
+
+ARMS: dict[str, Callable[[ArmsConfig, TokenizerTrainConfig], TokenizerTrainConfig]] = {
+    "cosine": lambda c, b: b,
+    "cosine-null": lambda c, b: replace(b, model=replace(b.model, null_code=True)),
+    "l2": lambda c, b: replace(b, model=replace(b.model, lookup="l2")),
+    "l2-restarts": lambda c, b: replace(b, model=replace(b.model, lookup="l2",
+                                                         dead_code_threshold=c.dead_code_threshold)),
+    "l2-null-restarts": lambda c, b: replace(b, model=replace(b.model, lookup="l2", null_code=True,
+                                                              dead_code_threshold=c.dead_code_threshold)),
+    "align-scales": lambda c, b: _alignment(c, b),
+    "align-last": lambda c, b: _alignment(c, b, scale_weights=_last_scale_only(b)),
+    "align-scales-latent": lambda c, b: _alignment(c, b, gradient="latent"),
+    "align-scales-codebook": lambda c, b: _alignment(c, b, gradient="codebook"),
+}
+"""Arm name -> its training config from (harness config, base training)."""
+
+
+def arm_config(config: ArmsConfig, name: str) -> TokenizerTrainConfig:
+    """The training of arm `name`: the base with the arm's change, written to `out/name`."""
+    if name not in ARMS:
+        raise ValueError(f"unknown arm {name!r}; choose from {', '.join(ARMS)}")
+    return replace(ARMS[name](config, config.base), output_dir=str(Path(config.out) / name))
+
+
+def run_arms(config: ArmsConfig) -> list[dict]:
+    """Train the arms not trained yet, then return one summary row per arm (and write the table)."""
+    for name in config.arms:
+        arm_config(config, name)  # unknown names and missing teachers fail before any training
+    rows: list[dict] = []
+    renders: tuple[torch.Tensor, ...] | None = None
+    for name in config.arms:
+        train = arm_config(config, name)
+        metrics_path = Path(train.output_dir) / "metrics.json"
+        if not metrics_path.is_file():
+            train_tokenizer(train)
+        row = summarise(name, json.loads(metrics_path.read_text()))
+        if config.judge is not None:
+            check_path = Path(train.output_dir) / "judge_check.json"
+            if not check_path.is_file():
+                judge = AttributeJudge.from_pretrained(config.judge)
+                renders = renders or tuple(
+                    render_portraits(seed, config.judge_images, train.model.image_size, judge.config)[0]
+                    for seed in (config.judge_seed, config.judge_seed + 1))
+                tokenizer = MultiScaleVQVAE.from_pretrained(Path(train.output_dir) / "model")
+                check = judge_check(judge, tokenizer, *renders)
+                check_path.write_text(json.dumps(check, indent=2) + "\n")
+            row.update(json.loads(check_path.read_text()))
+        rows.append(row)
+    out = Path(config.out)
+    (out / "arms.json").write_text(json.dumps({"base": dataclasses.asdict(config.base), "arms": rows}, indent=2) + "\n")
+    (out / "arms.md").write_text(format_arms(rows) + "\n")
+    return rows
+
+
+@torch.no_grad()
+def judge_check(judge: AttributeJudge, tokenizer: MultiScaleVQVAE, images: torch.Tensor,
+                other_images: torch.Tensor) -> dict:
+    """The judge on renders (uint8 (n, 3, H, W)) and on their reconstructions: per-attribute agreement,
+    and Fréchet distances in the judge's features (reconstructions vs renders, and renders vs
+    `other_images`, renders of another seed, as the floor)."""
+    judge.eval()
+    reconstructed = reconstruct(tokenizer, images)
+    names = judge.config.attribute_names
+    agreement = attribute_accuracy(predict_all(judge, reconstructed), predict_all(judge, images), names)
+    features = {name: torch.cat([judge.features(from_uint8(chunk)) for chunk in batch.split(256)])
+                for name, batch in (("real", images), ("other", other_images), ("reconstructed", reconstructed))}
+    return {"agreement": agreement, "frechet_distance": frechet_distance(features["reconstructed"], features["real"]),
+            "frechet_distance_real_vs_real": frechet_distance(features["other"], features["real"])}
+
+
+def summarise(name: str, metrics: dict) -> dict:
+    """One arm's figures for the table, from its `metrics.json`."""
+    per_scale = metrics["per_scale"]
+    return {
+        "arm": name,
+        "psnr": metrics["psnr"],
+        "usage": metrics["codebook_usage"],
+        "usage_per_scale": [row["usage"] for row in per_scale],
+        "perplexity_per_scale": [row["perplexity"] for row in per_scale],
+        "conditional_perplexity_per_scale": [math.exp(row["conditional_entropy"]) for row in per_scale],
+        "flat_perplexity_per_scale": [row["flat_perplexity"] for row in per_scale],
+        "textured_perplexity_per_scale": [row["textured_perplexity"] for row in per_scale],
+        "flat_fraction_per_scale": [row["flat_fraction"] for row in per_scale],
+        "train_minutes": metrics.get("train_minutes"),
+    }
+
+
+def format_arms(rows: Sequence[dict]) -> str:
+    """A markdown table of the arms: the two finest scales in detail."""
+    lines = [
+        "| arm | PSNR | usage | usage per scale | exp(H\\|parent), two finest | flat / textured perplexity, "
+        "two finest | ratio | judge agreement: lowest, gender, smile | FD (real vs real) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        usage = "/".join(f"{100 * u:.0f}" for u in row["usage_per_scale"])
+        conditional = " / ".join(f"{p:.0f}" for p in row["conditional_perplexity_per_scale"][-2:])
+        flat = [f"{f:.0f}/{t:.0f}" for f, t in zip(row["flat_perplexity_per_scale"][-2:],
+                                                    row["textured_perplexity_per_scale"][-2:])]
+        ratio = " / ".join(f"{f / t:.2f}" for f, t in zip(row["flat_perplexity_per_scale"][-2:],
+                                                          row["textured_perplexity_per_scale"][-2:]))
+        judged = agreement = ""
+        if "agreement" in row:
+            lowest = min(row["agreement"], key=row["agreement"].get)
+            agreement = (f"{lowest} {100 * row['agreement'][lowest]:.1f}%, {100 * row['agreement']['gender']:.1f}%, "
+                         f"{100 * row['agreement']['smile']:.1f}%")
+            judged = f"{row['frechet_distance']:.0f} ({row['frechet_distance_real_vs_real']:.0f})"
+        lines.append(f"| {row['arm']} | {row['psnr']:.2f} dB | {100 * row['usage']:.1f}% | {usage} | {conditional} | "
+                     f"{', '.join(flat)} | {ratio} | {agreement} | {judged} |")
+    return "\n".join(lines)
+
+
+def main(config: ArmsConfig) -> None:
+    print(format_arms(run_arms(config)))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(ArmsConfig))
