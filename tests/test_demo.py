@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -38,15 +37,12 @@ def test_bundled_demo_is_small_and_documented():
 
 def test_demo_samples_follow_the_prompt(demo):
     judge = AttributeJudge.from_pretrained(DEMO_PIPELINE / "judge")
-    start = time.perf_counter()
     result = generate(demo, list(PROMPTS), seeds=[0, 1, 2, 3], config=SamplingConfig(cfg_scale=4.0))
-    seconds = time.perf_counter() - start
     assert result.images.shape == (4, 3, 64, 64)
     judged = judge.predict(result.images)
     wrong = [(prompt, name, value, seen[name]) for (prompt, wanted), seen in zip(PROMPTS.items(), judged)
              for name, value in wanted.items() if seen[name] != value]
     assert len(wrong) <= 1, f"the judge disagrees with the prompt on {wrong}"
-    assert seconds < 30, f"sampling 4 demo images took {seconds:.1f} s"
 
 
 def test_sample_script_writes_images_with_the_bundled_model(tmp_path):
