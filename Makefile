@@ -1,4 +1,4 @@
-# Quick start: `make demo` samples from the bundled model, `make test` runs the suite.
+# Quick start: `make demo` samples from the bundled model, `make ui` serves the web UI, `make test` runs the suite.
 # Both create a local virtual environment (.venv) and install what they need into it.
 # GPU users: `make TORCH_SPEC="torch" install` (or any torch build) instead of the pinned CPU build.
 PYTHON ?= python3
@@ -7,7 +7,9 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 PROMPT ?= a man with a beard and glasses on a blue background
 
-.PHONY: install demo test train-demo lint wheel-check
+UI_PORT ?= 7860
+
+.PHONY: install demo ui test train-demo lint wheel-check bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +21,14 @@ install: $(BIN)/python
 
 demo: install
 	$(BIN)/python sample.py --prompt "$(PROMPT)" --num-images 4 --save-progression --out outputs/demo
+
+# The first `make ui` installs (as `make install`); later ones start serving at once, until pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(MAKE) install
+	touch $@
+
+ui: $(VENV)/.installed
+	$(BIN)/python -m nextscale.ui --port $(UI_PORT)
 
 test: install
 	$(BIN)/python -m ruff check .
@@ -33,3 +43,7 @@ lint: install
 
 wheel-check: install
 	PYTHON=$(BIN)/python bash .ci/wheel
+
+bench: install
+	$(BIN)/pip install -q matplotlib
+	$(BIN)/python -m bench --clock cpu

@@ -2,6 +2,7 @@
 
     python bench/tokenizer.py                       # the bundled demo tokenizer
     python bench/tokenizer.py --tokenizer runs/tokenizer/model --images 512
+    python bench/tokenizer.py --zoom 1 2 4          # quality figures at each zoom level of the portraits
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass
 import torch
 import tyro
 
-# the repository root first: bench/sampling.py and bench/tokenizer.py would shadow the packages
 from nextscale.sampling.pipeline import DEMO_PIPELINE
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.data import DataConfig, held_out, make_dataloader
@@ -32,6 +32,8 @@ class Args:
     """Timed repetitions (median reported)."""
     threads: int = 2
     """torch threads (fixed so that runs compare)."""
+    zoom: tuple[int, ...] = (1,)
+    """Zoom levels of the held-out portraits (1, 2, 4): the quality figures of each."""
 
 
 def throughput(model: MultiScaleVQVAE, images: torch.Tensor, bf16: bool, repeats: int) -> float:
@@ -47,9 +49,12 @@ def throughput(model: MultiScaleVQVAE, images: torch.Tensor, bf16: bool, repeats
 def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     model = MultiScaleVQVAE.from_pretrained(args.tokenizer)
-    data = held_out(DataConfig(image_size=model.config.image_size, synthetic_length=args.images))
-    loader = make_dataloader(data, batch_size=64, shuffle=False, drop_last=False)
-    print(format_tokenizer_metrics(evaluate_tokenizer(model, (batch["image"] for batch in loader))))
+    for level in args.zoom:
+        data = held_out(DataConfig(image_size=model.config.image_size, synthetic_length=args.images,
+                                   zoom_levels=(level,)))
+        loader = make_dataloader(data, batch_size=64, shuffle=False, drop_last=False)
+        print(f"zoom {level}x:")
+        print(format_tokenizer_metrics(evaluate_tokenizer(model, (batch["image"] for batch in loader))))
     batch = next(iter(make_dataloader(data, batch_size=args.batch_size, shuffle=False)))["image"]
     fp32 = throughput(model, batch, False, args.repeats)
     bf16 = throughput(model, batch, True, args.repeats)

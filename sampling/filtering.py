@@ -5,11 +5,18 @@ softmax (VAR's `sample_with_top_k_top_p_` applies top-k then top-p the same way)
 empties a distribution: top-k and top-p always keep the most likely code, so every row keeps at
 least one finite logit and the softmax never turns into NaN. Temperature 0 means greedy decoding
 (argmax, no random numbers drawn), the limit of temperature -> 0.
+
+`filter_logits` (with `top_k_filter` and `top_p_filter`) is the plain reference over the whole
+vocabulary. `sample_codes`, the sampler's step, draws from the same distribution without touching
+the whole vocabulary more than once: one `topk` keeps the k best logits already sorted, so the nucleus
+is a cumulative sum over k values instead of a sort of V, and every token of every image draws at
+once by inverse-CDF (`searchsorted` of one uniform number per token), with no per-image `multinomial`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -54,6 +61,65 @@ def filter_logits(
     return top_p_filter(top_k_filter(logits, top_k), top_p)
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """The filtered distribution of every token in compact form: m candidate codes per token."""
+
+    codes: torch.Tensor
+    """(..., m) long: candidate codes, most likely first when a filter is on (vocabulary order when not)."""
+    weights: torch.Tensor
+    """(..., m) fp32, >= 0: unnormalised probabilities; 0 for codes the filters remove."""
+
+
+def check_best_logits(best: torch.Tensor) -> None:
+    """Refuse NaN logits and tokens with no finite logit, from each token's largest logit (...,).
+    `max`, `topk` and `sort` all rank NaN above every number, so a NaN anywhere in a row shows here."""
+    if torch.isnan(best).any():
+        raise ValueError("the transformer produced NaN logits (a float16 overflow? try --dtype float32)")
+    if not bool((best > float("-inf")).all()):
+        raise ValueError("a token's logits are all -inf: there is no code to sample")
+
+
+def candidates(
+    logits: torch.Tensor, top_k: int | None = None, top_p: float = 1.0, temperature: float = 1.0
+) -> Candidates:
+    """The distribution `filter_logits(...).softmax(-1)` describes, over the codes it keeps (logits (..., V)).
+
+    Top-k keeps exactly k codes (a tie with the k-th largest logit is broken by `topk`'s order, where
+    `top_k_filter` keeps every tied code); top-p is then applied to the sorted k, as `top_p_filter` does.
+    """
+    if temperature <= 0:
+        raise ValueError(f"candidates needs temperature > 0 (0 means greedy: use argmax), got {temperature}")
+    vocab = logits.shape[-1]
+    keep = vocab if top_k is None or top_k <= 0 or top_k >= vocab else top_k
+    if keep == vocab and top_p >= 1.0:  # no filter: the whole vocabulary in its own order, nothing sorted
+        check_best_logits(logits.amax(dim=-1))
+        codes = torch.arange(vocab, device=logits.device).expand(logits.shape)  # a view, no copy
+        return Candidates(codes, (logits.float() / temperature).softmax(dim=-1))
+    if keep == vocab:
+        values, codes = logits.sort(dim=-1, descending=True)  # (..., V)
+    else:
+        values, codes = logits.topk(keep, dim=-1)  # (..., k) sorted, most likely first
+    check_best_logits(values[..., 0])
+    weights = (values.float() / temperature).softmax(dim=-1)  # (..., m); -inf (ruled out) gives 0
+    if top_p < 1.0:
+        mass_before = weights.cumsum(dim=-1) - weights  # probability of the more likely candidates
+        remove = mass_before >= top_p
+        remove[..., 0] = False  # the most likely code always stays
+        weights = weights.masked_fill_(remove, 0.0)
+    return Candidates(codes, weights)
+
+
+def draw(candidates: Candidates, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: uniforms (...,) in [0, 1) -> one code per token (...,) long, code i with
+    probability weights[i] / sum(weights). A code of weight 0 is never drawn."""
+    cumulative = candidates.weights.cumsum(dim=-1)  # (..., m) non-decreasing
+    target = uniforms.unsqueeze(-1) * cumulative[..., -1:]  # (..., 1) in [0, total)
+    index = torch.searchsorted(cumulative, target, right=True)  # first candidate whose cumulative > target
+    index = index.clamp_(max=cumulative.shape[-1] - 1)  # float rounding at the very top
+    return candidates.codes.gather(-1, index).squeeze(-1)
+
+
 def sample_codes(
     logits: torch.Tensor,
     generators: Sequence[torch.Generator],
@@ -63,21 +129,19 @@ def sample_codes(
 ) -> torch.Tensor:
     """Draw one code per token: logits (b, n, V) -> codes (b, n) long.
 
-    Row i draws only from `generators[i]`, so an image's codes depend on its own seed and not on the
-    rest of the batch. Temperature 0 is greedy (argmax) and draws nothing.
+    Row i draws only from `generators[i]` (n uniform numbers), so an image's codes depend on its own
+    seed and not on the rest of the batch. Temperature 0 is greedy (argmax) and draws nothing.
     """
     if logits.shape[0] != len(generators):
         raise ValueError(f"{logits.shape[0]} rows of logits but {len(generators)} generators: one per image")
-    if torch.isnan(logits).any():
-        raise ValueError("the transformer produced NaN logits (a float16 overflow? try --dtype float32)")
-    if not bool((logits.amax(dim=-1) > float("-inf")).all()):
-        raise ValueError("a token's logits are all -inf: there is no code to sample")
     if temperature == 0:
-        return logits.argmax(dim=-1)
-    probabilities = filter_logits(logits, top_k, top_p, temperature).softmax(dim=-1)  # (b, n, V)
-    return torch.stack(
-        [
-            torch.multinomial(row, 1, generator=generator).squeeze(-1)
-            for row, generator in zip(probabilities, generators)
-        ]
-    )
+        best, codes = logits.max(dim=-1)
+        check_best_logits(best)
+        return codes
+    kept = candidates(logits, top_k, top_p, temperature)
+    tokens = logits.shape[1]
+    # n numbers from each image's own generator: the only per-image work, microseconds per scale
+    uniforms = torch.stack(
+        [torch.rand(tokens, generator=generator, device=logits.device) for generator in generators]
+    )  # (b, n)
+    return draw(kept, uniforms)

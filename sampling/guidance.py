@@ -57,5 +57,7 @@ def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, streng
     conditional, unconditional = conditional.float(), unconditional.float()
     if strength == 0.0:
         return conditional
-    guided = (1.0 + strength) * conditional - strength * unconditional
+    guided = torch.lerp(unconditional, conditional, 1.0 + strength)  # u + (1 + t)(c - u), one pass
+    if bool(torch.isfinite(guided).all()):  # the usual case: finite logits, nothing to repair
+        return guided
     return torch.where(torch.isfinite(conditional) & torch.isfinite(unconditional), guided, conditional)

@@ -26,7 +26,14 @@ from nextscale.train.data import (
     make_dataloader,
 )
 from nextscale.train.data.captions import caption_from_attributes, sample_caption
-from nextscale.train.data.portraits import ATTRIBUTES, render_portrait, sample_attributes
+from nextscale.train.data.portraits import (
+    ATTRIBUTES,
+    ZOOM_LEVELS,
+    render_portrait,
+    sample_attributes,
+    view_window,
+    visible_attributes,
+)
 from nextscale.train.data.sources.folder import ImageFolderDataset
 from nextscale.train.data.sources.synthetic import SyntheticConfig, SyntheticPortraits
 
@@ -143,6 +150,107 @@ def test_training_captions_are_varied_and_partial():
     assert len(set(captions)) > 50
     assert any(attributes["background"] not in c for c in captions)  # not always everything
     assert np.mean([mentions(c, "gender", attributes["gender"]) for c in captions]) > 0.8
+
+
+# ------------------------------------------------------------------------------------------------- zoom
+
+
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255**2 / np.mean((a.astype(np.float64) - b) ** 2)))
+
+
+def test_view_windows_nest_at_the_image_centre():
+    assert view_window(1) == (0.0, 1.0) and view_window(2) == (0.25, 0.75) and view_window(4) == (0.375, 0.625)
+
+
+@pytest.mark.parametrize("index", [0, 3, 7])
+def test_each_zoom_level_is_the_native_centre_half_of_the_one_before(index):
+    """Level 2z area-pooled 2x matches the centre half of level z (up to anti-aliasing), while it holds
+    detail that upsampling that crop does not (it is rendered, not magnified)."""
+    attributes = sample_attributes(np.random.default_rng([0, index]))
+    levels = {z: render_portrait(attributes, 64, np.random.default_rng([0, index]), z) for z in ZOOM_LEVELS}
+    for parent, child in ((levels[1], levels[2]), (levels[2], levels[4])):
+        crop = parent[16:48, 16:48]  # (32, 32, 3)
+        pooled = child.astype(np.float64).reshape(32, 2, 32, 2, 3).mean(axis=(1, 3))
+        magnified = crop.repeat(2, axis=0).repeat(2, axis=1)
+        assert psnr_uint8(pooled, crop) > 32
+        assert psnr_uint8(child, magnified) < psnr_uint8(pooled, crop) - 5
+    assert not np.array_equal(levels[1], levels[2])
+
+
+def test_zoom_only_changes_the_view_of_the_same_portrait():
+    attributes = sample_attributes(np.random.default_rng(9))
+    default = render_portrait(attributes, 64, np.random.default_rng(9))
+    assert np.array_equal(default, render_portrait(attributes, 64, np.random.default_rng(9), zoom=1))
+    with pytest.raises(ValueError, match="zoom"):
+        render_portrait(attributes, 64, np.random.default_rng(9), zoom=3)
+
+
+def test_visible_attributes_per_level():
+    assert visible_attributes(1) == tuple(ATTRIBUTES) == visible_attributes(2)
+    close = visible_attributes(4)
+    assert {"gender", "beard", "glasses", "skin", "smile"} == set(close)
+    assert not {"background", "hair_length", "hair_color"} & set(close)
+    with pytest.raises(ValueError, match="zoom level"):
+        visible_attributes(3)
+
+
+def test_background_and_hair_length_barely_show_at_4x():
+    """Changing the background or the hair length changes a large part of the 1x and 2x views and at most
+    slivers in the corners of the 4x view (why they are not counted as visible there)."""
+    other = {"background": {"yellow": "blue"}, "hair_length": {"short": "long", "long": "short"}}
+    changed: dict[tuple[str, int], list[float]] = {}
+    for index in range(24):
+        attributes = sample_attributes(np.random.default_rng([0, index]))
+        for key, swap in other.items():
+            edited = {**attributes, key: swap.get(attributes[key], "yellow")}
+            for level in ZOOM_LEVELS:
+                before = render_portrait(attributes, 64, np.random.default_rng([0, index]), level).astype(np.float32)
+                after = render_portrait(edited, 64, np.random.default_rng([0, index]), level).astype(np.float32)
+                changed.setdefault((key, level), []).append(float((np.abs(after - before).max(2) > 30).mean()))
+    for key in other:
+        assert min(np.mean(changed[key, 1]), np.mean(changed[key, 2])) > 0.1, key
+        assert np.mean(changed[key, 4]) < 0.04 and max(changed[key, 4]) < 0.1, key
+
+
+def test_captions_per_level_name_only_visible_attributes():
+    assert caption_from_attributes({"glasses": "yes"}, level=2) == "a close-up of the face of a person with glasses"
+    assert caption_from_attributes({"gender": "man", "glasses": "yes"}, level=4) == (
+        "an extreme close-up of the eyes of a man with glasses"
+    )
+    with pytest.raises(ValueError, match="not visible at zoom level 4"):
+        caption_from_attributes({"background": "red"}, level=4)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        attributes = sample_attributes(rng)
+        close = sample_caption(attributes, rng, level=4)
+        assert close.startswith(("an extreme close-up", "extreme close-up")), close
+        assert not re.search(r"hair|background|wall|-haired", close), close
+        for level in (1, 2):
+            caption = sample_caption(attributes, rng, level=level)
+            assert ("close-up" in caption) == (level == 2), caption
+
+
+def test_synthetic_zoom_levels_are_deterministic_and_keep_the_portrait():
+    config = SyntheticConfig(size=32, length=60, zoom_levels=(1, 2, 4))
+    mixed, again = SyntheticPortraits(config), SyntheticPortraits(config)
+    plain = SyntheticPortraits(SyntheticConfig(size=32, length=60))
+    items = [mixed[i] for i in range(60)]
+    assert {item["zoom"] for item in items} == {1, 2, 4}
+    for i, item in enumerate(items):
+        assert item["zoom"] == again[i]["zoom"] == config.zoom_level(i)
+        assert torch.equal(item["image"], again[i]["image"])
+        assert item["attributes"] == plain[i]["attributes"]  # the same person, seen at another level
+        if item["zoom"] == 1:
+            assert torch.equal(item["image"], plain[i]["image"]) and item["caption"] == plain[i]["caption"]
+    assert plain[0]["zoom"] == 1
+    batch = collate(items[:4])
+    assert batch["zoom"].tolist() == [item["zoom"] for item in items[:4]]
+    with pytest.raises(ValueError, match="zoom_levels"):
+        SyntheticConfig(zoom_levels=(3,))
+    with pytest.raises(ValueError, match="synthetic source only"):
+        DataConfig(source="folder", path="images", zoom_levels=(1, 2))
+    assert build_dataset(DataConfig(image_size=32, synthetic_length=8, zoom_levels=(4,)))[0]["zoom"] == 4
 
 
 # ----------------------------------------------------------------------------------------------- folder

@@ -13,6 +13,7 @@ from nextscale.train.eval.adherence import (
     diversity,
     evaluate,
     frechet_distance,
+    level_prompt_set,
     prompt_set,
 )
 from nextscale.train.eval.judge import AttributeJudge, JudgeConfig
@@ -38,6 +39,14 @@ def test_prompt_set_covers_every_value_and_is_deterministic():
     assert all(not (t.attributes.get("gender") == "woman" and t.attributes.get("beard") == "yes") for t in triples)
 
 
+def test_level_prompts_name_one_visible_attribute_each():
+    close = level_prompt_set(4)
+    assert {name for spec in close for name in spec.attributes} == {"gender", "beard", "glasses", "skin", "smile"}
+    assert all(spec.text.startswith("an extreme close-up of the eyes of ") and len(spec.attributes) == 1
+               for spec in close)
+    assert len(level_prompt_set(2)) == len(prompt_set(1, 0)[0])
+
+
 def test_adherence_counts_only_asked_attributes():
     judge = AttributeJudge(JudgeConfig(image_size=16, channels=(8, 8), pooled_size=2, feature_dim=8))
     singles, _ = prompt_set(1, 0)
@@ -56,7 +65,8 @@ def test_evaluation_end_to_end_on_a_tiny_budget(tiny_pipeline_dir, tmp_path):
     judge = AttributeJudge(JudgeConfig(image_size=16, channels=(8, 8), pooled_size=2, feature_dim=8))
     judge.save_pretrained(tmp_path / "judge")
     config = EvaluationConfig(checkpoint=str(tiny_pipeline_dir), judge=str(tmp_path / "judge"), out=tmp_path / "eval",
-                              images_per_prompt=2, num_triples=2, cfg_scales=(0.0, 3.0), batch_size=32)
+                              images_per_prompt=2, num_triples=2, cfg_scales=(0.0, 3.0), batch_size=32,
+                              zoom_levels=(2, 4))
     report = evaluate(config)
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert saved["best_cfg_scale"] in (0.0, 3.0) and len(saved["sweep"]) == 2
@@ -67,3 +77,5 @@ def test_evaluation_end_to_end_on_a_tiny_budget(tiny_pipeline_dir, tmp_path):
     table = (tmp_path / "eval" / "evaluation.md").read_text()
     assert "real renders" in table and "tokenizer reconstructions" in table and "cfg 3" in table
     assert (tmp_path / "eval" / "progression.png").is_file()
+    assert set(saved["zoom"]) == {"2", "4"} and "Zoom 4x" in table
+    assert set(saved["zoom"]["4"]["generated"]["per_attribute"]) == {"gender", "beard", "glasses", "skin", "smile"}

@@ -17,8 +17,10 @@ from nextscale.train.eval.judge import (
     JudgeConfig,
     attribute_accuracy,
     attribute_indices,
+    attribute_loss,
     augment,
     format_judge_metrics,
+    render_portraits,
 )
 from nextscale.train.judge_loop import JudgeTrainConfig, train_judge
 
@@ -77,6 +79,41 @@ def test_indices_and_accuracy_skip_missing_attributes():
     predicted = torch.zeros_like(targets)
     accuracy = attribute_accuracy(predicted, targets, TINY.attribute_names)
     assert accuracy["gender"] == 0.5 and accuracy["glasses"] == 1.0 and accuracy["smile"] == 0.0
+
+
+def test_zoomed_labels_and_loss_score_only_visible_attributes():
+    _, labels = render_portraits(0, 12, 32, TINY, zoom_levels=(4,))
+    hidden = [TINY.attribute_names.index(name) for name in ("background", "hair_color", "hair_length")]
+    assert (labels[:, hidden] == -1).all() and (labels[:, [0, 1, 2, 5, 7]] >= 0).all()
+    logits = {name: torch.randn(2, len(values), generator=torch.Generator().manual_seed(a))
+              for a, (name, values) in enumerate(ATTRIBUTES.items())}
+    targets = torch.tensor([[0] * len(ATTRIBUTES), [1] * len(ATTRIBUTES)])
+    targets[:, 6] = -1  # background scored nowhere: left out, not NaN
+    targets[1, 3] = -1  # hair colour scored on the first image only
+    expected = [torch.nn.functional.cross_entropy(logits[name][:1] if name == "hair_color" else logits[name],
+                                                  targets[:1, a] if name == "hair_color" else targets[:, a])
+                for a, name in enumerate(ATTRIBUTES) if name != "background"]
+    assert torch.allclose(attribute_loss(logits, targets, list(ATTRIBUTES)), torch.stack(expected).mean())
+
+
+def test_zoom_training_reports_every_level_and_starts_from_a_judge(tmp_path: Path, one_thread: None):
+    tiny_judge().save_pretrained(tmp_path / "start")
+    config = JudgeTrainConfig(output_dir=str(tmp_path / "judge"), steps=2, batch_size=8, model=TINY, train_pool=32,
+                              eval_images=16, zoom_levels=(1, 2, 4), init_from=str(tmp_path / "start"),
+                              learning_rate=1e-12, weight_decay=0.0, tracker="none")
+    judge, metrics = train_judge(config)
+    assert set(metrics["levels"]) == {"1", "2", "4"}
+    assert set(metrics["levels"]["4"]["accuracy_real"]) == {"gender", "beard", "glasses", "skin", "smile"}
+    assert metrics["accuracy_real"] == metrics["levels"]["1"]["accuracy_real"]
+    assert "zoom 4x" in format_judge_metrics(metrics)
+    batch = images()
+    for name, logits in tiny_judge()(batch).items():  # a vanishing learning rate: the starting weights
+        assert logits.shape == judge(batch)[name].shape
+    start = AttributeJudge.from_pretrained(tmp_path / "start").state_dict()
+    assert all(torch.allclose(value, judge.state_dict()[key], atol=1e-6)
+               for key, value in start.items() if "weight" in key)
+    with pytest.raises(ValueError, match="zoom_levels"):
+        JudgeTrainConfig(output_dir="x", zoom_levels=(3,))
 
 
 def test_augment_is_identity_when_off_and_reproducible_when_on():

@@ -16,7 +16,15 @@ from PIL import Image
 from nextscale.images import grid_columns, make_grid, to_arrays
 from nextscale.sampling import pipeline as pipeline_module
 from nextscale.sampling.cli import SampleArgs, main
-from nextscale.sampling.filtering import filter_logits, sample_codes, top_k_filter, top_p_filter
+from nextscale.sampling.filtering import (
+    Candidates,
+    candidates,
+    draw,
+    filter_logits,
+    sample_codes,
+    top_k_filter,
+    top_p_filter,
+)
 from nextscale.sampling.guidance import guidance_strengths, guided_logits, unconditional_rows_needed
 from nextscale.sampling.outputs import image_stem, slugify
 from nextscale.sampling.pipeline import Pipeline
@@ -101,6 +109,35 @@ def test_sample_codes_respects_filters_and_generators() -> None:
         sample_codes(torch.full((1, 2, 4), NEG_INF), [torch.Generator()])
     with pytest.raises(ValueError, match="one per image"):
         sample_codes(logits, [torch.Generator()])
+
+
+@pytest.mark.parametrize(
+    "top_k, top_p, temperature",
+    [(None, 1.0, 1.0), (7, 1.0, 0.5), (None, 0.8, 1.0), (10, 0.9, 1.3), (1, 0.5, 1.0), (5, 0.0, 2.0), (64, 0.95, 1.0)],
+)
+def test_candidates_are_the_reference_distribution(top_k: int | None, top_p: float, temperature: float) -> None:
+    logits = 2 * torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(1))
+    logits[0, 0, :60] = NEG_INF  # fewer finite logits than top_k keeps
+    kept = candidates(logits, top_k, top_p, temperature)
+    compact = torch.zeros_like(logits).scatter_add_(-1, kept.codes, kept.weights)  # back to vocabulary order
+    compact = compact / compact.sum(dim=-1, keepdim=True)
+    reference = filter_logits(logits, top_k, top_p, temperature).softmax(dim=-1)
+    torch.testing.assert_close(compact, reference, atol=1e-6, rtol=1e-5)
+
+
+def test_inverse_cdf_draw_skips_removed_codes() -> None:
+    weights = torch.tensor([[0.1, 0.0, 0.6, 0.3]]).expand(6, 4)  # unnormalised is fine
+    kept = Candidates(codes=torch.tensor([[5, 6, 7, 8]]).expand(6, 4), weights=weights * 2)
+    uniforms = torch.tensor([0.0, 0.05, 0.1, 0.69, 0.71, 0.999999])
+    assert draw(kept, uniforms).tolist() == [5, 5, 7, 7, 8, 8]  # code 6 (weight 0) is never drawn
+
+
+def test_sample_codes_frequencies_follow_the_filtered_distribution() -> None:
+    logits = torch.log(torch.tensor([0.05, 0.4, 0.25, 0.2, 0.1])).expand(1, 20000, 5)
+    codes = sample_codes(logits, [torch.Generator().manual_seed(3)], top_k=3, top_p=1.0)
+    frequencies = torch.bincount(codes.flatten(), minlength=5).float() / codes.numel()
+    expected = torch.tensor([0.0, 0.4, 0.25, 0.2, 0.0]) / 0.85
+    torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)
 
 
 # -- guidance ----------------------------------------------------------------------------------------

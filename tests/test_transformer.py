@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ from nextscale.transformer import (
     naive_attention,
 )
 
+# the module (the package re-exports its `attention` function under the same name)
+attention_module = importlib.import_module("nextscale.transformer.attention")
 SCALE_SIZES = (1, 2, 3)  # 14 tokens: every invariant shows up, and tests stay fast
 TEXT_WIDTH = 12
 TEXT_LENGTH = 6
@@ -61,7 +64,8 @@ def test_block_causal_mask_small_case() -> None:
     )
     assert torch.equal(block_causal_mask((1, 2)), expected)
     model = NextScaleTransformer(tiny_config(scale_sizes=(1, 2)))
-    assert torch.equal(model.attention_mask, expected)
+    assert torch.equal(model.attention_mask(), expected)
+    assert torch.equal(model.attention_mask(1), expected[:1, :1])
 
 
 def test_key_padding_mask_broadcasts_over_heads_and_queries() -> None:
@@ -127,6 +131,28 @@ def test_cached_incremental_logits_equal_teacher_forced(overrides: dict[str, obj
     # the documented memory formula: 2 * depth * b * L * width * bytes for the self-attention cache
     cache_bytes = sum(cache.num_bytes for cache in state.caches)
     assert cache_bytes == 2 * config.depth * 2 * config.num_tokens * config.width * 4
+
+
+def test_inference_builds_no_attention_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scale-by-scale sampling attends over the KV cache without any (L, L) mask."""
+    config = tiny_config()
+    model, inputs = trained_like(config), make_inputs(config)
+    assert all(buffer.ndim < 2 for buffer in model.buffers())  # no mask held by the model
+    masks: list[torch.Tensor | None] = []
+    real_attention = attention_module.attention
+
+    def recording(*args: object, **kwargs: object) -> torch.Tensor:
+        masks.append(args[3] if len(args) > 3 else kwargs.get("mask"))  # type: ignore[arg-type]
+        return real_attention(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(attention_module, "attention", recording)
+    monkeypatch.setattr(model, "attention_mask", lambda *args: pytest.fail("mask built at inference"))
+    scale_inputs = split_scales(torch.randn(2, config.num_tokens - 1, config.latent_dim), config.scale_sizes[1:])
+    with torch.no_grad():
+        state = model.start(inputs["text_tokens"], inputs["text_mask"], inputs["text_pooled"])
+        for scale, chunk in enumerate([None, *scale_inputs]):
+            model.forward_scale(state, scale, chunk)
+    assert masks and all(mask is None or mask.shape[-2] == 1 for mask in masks)  # None or text padding only
 
 
 def class_config(**overrides: object) -> TransformerConfig:

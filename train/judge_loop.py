@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from nextscale.images import from_uint8
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data.portraits import ATTRIBUTES
+from nextscale.train.data.portraits import ATTRIBUTES, ZOOM_LEVELS, visible_attributes
 from nextscale.train.errors import run_cli
 from nextscale.train.eval.judge import (
     AttributeJudge,
     AugmentationConfig,
     JudgeConfig,
+    attribute_loss,
     augment,
     format_judge_metrics,
     reconstruct,
@@ -89,9 +89,16 @@ class JudgeTrainConfig(RunConfig):
     """Synthetic seed of the held-out renders."""
     threads: int | None = None
     """torch CPU threads (None: torch's default)."""
+    zoom_levels: tuple[int, ...] = (1,)
+    """Zoom levels (1, 2, 4) of the training renders, drawn per portrait; every attribute is trained and
+    validated only at the levels where it is visible (`visible_attributes`)."""
+    init_from: str | None = None
+    """Start from the weights of a saved judge (e.g. checkpoints/demo/judge) of the same architecture."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not self.zoom_levels or any(level not in ZOOM_LEVELS for level in self.zoom_levels):
+            raise ValueError(f"zoom_levels must be a non-empty tuple of {ZOOM_LEVELS}, got {self.zoom_levels}")
         if not 0.0 <= self.reconstruction_fraction < 1.0:
             raise ValueError(f"reconstruction_fraction must be in [0, 1), got {self.reconstruction_fraction}")
         if self.batch_size < 2:
@@ -127,9 +134,10 @@ class JudgeTraining:
                 raise ValueError(f"the tokenizer works at {self.tokenizer.config.image_size} px, the judge at {size} "
                                  "px: set --model.image-size to match")
         self.images, self.labels = render_portraits(config.train_seed, config.train_pool, size, config.model,
-                                                    config.num_workers)
-        self.validation = render_portraits(config.validation_seed, config.eval_images, size, config.model,
-                                           config.num_workers)
+                                                    config.num_workers, config.zoom_levels)
+        self.validation = {level: render_portraits(config.validation_seed, config.eval_images, size, config.model,
+                                                   config.num_workers, (level,))
+                           for level in sorted(set(config.zoom_levels))}
         self.reconstructions = self.images[:0]
         self.reconstructed_per_batch = 0
         if self.tokenizer is not None and config.reconstruction_fraction > 0:
@@ -138,6 +146,11 @@ class JudgeTraining:
             self.reconstructed_per_batch = round(config.batch_size * config.reconstruction_fraction)
         self.render_seconds = time.perf_counter() - start
         self.judge = AttributeJudge(config.model)
+        if config.init_from is not None:
+            initial = AttributeJudge.from_pretrained(config.init_from)
+            if initial.config != config.model:
+                raise ValueError(f"{config.init_from} is a judge of another architecture: {initial.config}")
+            self.judge.load_state_dict(initial.state_dict())
         optimizer, scheduler = adamw_with_schedule(self.judge, config.learning_rate, config.weight_decay,
                                                    config.betas, config.steps, config.warmup_steps,
                                                    config.decay_fraction)
@@ -165,7 +178,7 @@ class JudgeTraining:
         logits = self.module(inputs)
         labels = labels.to(runtime.device)
         names = config.model.attribute_names
-        loss = sum(F.cross_entropy(logits[name], labels[:, a]) for a, name in enumerate(names)) / len(names)
+        loss = attribute_loss(logits, labels, names)
         runtime.accelerator.backward(loss)
         return {"loss": loss.detach()}
 
@@ -176,8 +189,13 @@ class JudgeTraining:
         config = self.config
         train_seconds = time.perf_counter() - self.started
         start = time.perf_counter()
-        metrics = validate(self.judge, *self.validation, self.tokenizer)
-        metrics.update(train_seed=config.train_seed, validation_seed=config.validation_seed, steps=config.steps,
+        levels = {level: validate(self.judge, images, labels, self.tokenizer, visible_attributes(level))
+                  for level, (images, labels) in self.validation.items()}
+        metrics = dict(levels[min(levels)])  # the lowest level's metrics at the top, as without zoom
+        if len(levels) > 1:
+            metrics["levels"] = {str(level): level_metrics for level, level_metrics in levels.items()}
+        metrics.update(zoom_levels=list(config.zoom_levels), init_from=config.init_from,
+                       train_seed=config.train_seed, validation_seed=config.validation_seed, steps=config.steps,
                        tokenizer=config.tokenizer, render_seconds=round(self.render_seconds, 1),
                        train_seconds=round(train_seconds, 1),
                        validation_seconds=round(time.perf_counter() - start, 1))

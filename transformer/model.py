@@ -23,7 +23,7 @@ from einops import repeat
 from torch import nn
 
 from nextscale.checkpoint import PretrainedMixin
-from nextscale.scales import block_causal_mask, scale_index, scale_offsets
+from nextscale.scales import scale_index, scale_offsets
 from nextscale.transformer.attention import CrossAttention, KVCache, QKNorm, SelfAttention
 from nextscale.transformer.config import TransformerConfig
 
@@ -170,7 +170,6 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         self.head_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.head = nn.Linear(width, config.vocab_size)
         self.register_buffer("level", scale_index(config.scale_sizes), persistent=False)  # (L,)
-        self.register_buffer("attention_mask", block_causal_mask(config.scale_sizes), persistent=False)  # (L, L)
         self.offsets = scale_offsets(config.scale_sizes)
         self.reset_parameters()
 
@@ -207,6 +206,14 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def compile_blocks(self) -> NextScaleTransformer:
+        """`torch.compile` every block (shape-dynamic, so the scales' growing token and key counts share
+        one graph); returns self. The first call pays the compilation (minutes on a CPU): it pays for
+        long sampling runs, not for a few images (README "Performance" has the measurement)."""
+        for block in self.blocks:
+            block.compile(dynamic=True)
+        return self
 
     # -- shared pieces of the teacher-forced and the incremental path --------------------------------
 
@@ -283,6 +290,16 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         shift, scale = self.head_modulation(condition).unsqueeze(1).chunk(2, dim=-1)  # 2 x (b, 1, width)
         return self.head(modulate(self.head_norm(x), shift, scale)).float()
 
+    def attention_mask(self, num_scales: int | None = None) -> torch.Tensor:
+        """Block-causal mask (L', L') of the first `num_scales` scales, True where a query may attend a key.
+
+        Built on demand for the teacher-forced pass only: sampling runs scale by scale against the KV cache
+        and needs no mask, so no L x L tensor exists at inference.
+        """
+        end = self.offsets[self.config.num_scales if num_scales is None else num_scales]
+        level = self.level[:end]  # (L',)
+        return level[None, :] <= level[:, None]  # same rule as scales.block_causal_mask
+
     # -- training: all scales in one teacher-forced pass ---------------------------------------------
 
     def forward(
@@ -316,7 +333,7 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
             )
         text_keys, text_values = self._text_keys_values(text_tokens)
         x = self._embed(condition, teacher_inputs, 0, end)  # (b, L', width)
-        mask = self.attention_mask[:end, :end]  # (L', L') block-causal
+        mask = self.attention_mask(num_scales)  # (L', L') block-causal
         for block, keys, values in zip(self.blocks, text_keys, text_values):
             x = block(x, condition, keys, values, text_mask, mask=mask)
         return self._logits(x, condition)

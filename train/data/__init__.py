@@ -1,8 +1,9 @@
 """One loader interface over every registered source (`nextscale.train.data.sources`).
 
 Every source yields the same item: `{"image": (3, S, S) float in [-1, 1], "caption": str,
-"attributes": dict[str, str]}` (attributes are empty outside the synthetic source), and `collate` turns
-a list of items into `{"image": (b, 3, S, S), "caption": list[str], "attributes": list[dict]}`.
+"attributes": dict[str, str]}` (attributes are empty outside the synthetic source; synthetic items also
+carry their zoom level), and `collate` turns a list of items into `{"image": (b, 3, S, S), "caption":
+list[str], "attributes": list[dict], "index": (b,), "label": (b,), "zoom": (b,)}`.
 Unreadable inputs are skipped and counted (`nextscale.train.data.badinput`).
 """
 
@@ -50,11 +51,12 @@ def build_dataset(config: DataConfig, shuffle: bool = False) -> Dataset:
 
 def collate(batch: Sequence[dict]) -> dict:
     """Items -> {"image": (b, 3, S, S), "caption": list[str], "attributes": list[dict], "index": (b,) long,
-    "label": (b,) long}.
+    "label": (b,) long, "zoom": (b,) long}.
 
     `index` is each image's position in a map-style source (-1 for WebDataset streams, which have none);
     per-image caches such as precomputed teacher features are keyed by it. `label` is the class of each
-    image in a class-labelled source (`class-folder`), -1 elsewhere.
+    image in a class-labelled source (`class-folder`), -1 elsewhere. `zoom` is the synthetic portraits'
+    zoom level (1 for every other source).
     """
     return {
         "image": torch.stack([item["image"] for item in batch]),
@@ -62,6 +64,7 @@ def collate(batch: Sequence[dict]) -> dict:
         "attributes": [item["attributes"] for item in batch],
         "index": torch.tensor([item.get("index", -1) for item in batch], dtype=torch.long),
         "label": torch.tensor([item.get("label", -1) for item in batch], dtype=torch.long),
+        "zoom": torch.tensor([item.get("zoom", 1) for item in batch], dtype=torch.long),
     }
 
 

@@ -6,29 +6,41 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from nextscale.train.data.portraits import ATTRIBUTES
+from nextscale.train.data.portraits import ATTRIBUTES, visible_attributes
 
 _BACKGROUND_PHRASES = ("on a {} background", "against a {} background", "in front of a {} wall",
                        ", {} background")
-_PREFIXES = ("", "a photo of ", "a portrait of ", "portrait of ", "a picture of ", "a headshot of ",
-             "close-up photo of ")
+# Prefixes by zoom level, the canonical one first. Level 1 never says "close-up" (that names level 2)
+# and levels 2 and 4 always say what they show, so a prompt without a level phrase means the 1x view.
+_PREFIXES = {
+    1: ("", "a photo of ", "a portrait of ", "portrait of ", "a picture of ", "a headshot of ", "a photograph of "),
+    2: ("a close-up of the face of ", "close-up of the face of ", "a close-up photo of the face of ",
+        "a close-up of "),
+    4: ("an extreme close-up of the eyes of ", "extreme close-up of the eyes of ",
+        "an extreme close-up photo of the eyes of ", "an extreme close-up of "),
+}
 
 
 def _join(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def caption_from_attributes(attributes: Mapping[str, str], rng: np.random.Generator | None = None) -> str:
-    """Describe exactly the given (possibly partial) attributes in English.
+def caption_from_attributes(attributes: Mapping[str, str], rng: np.random.Generator | None = None,
+                            level: int = 1) -> str:
+    """Describe exactly the given (possibly partial) attributes of a portrait seen at zoom `level` in English.
 
     With `rng=None` the wording is one fixed canonical template (deterministic: what evaluation prompts
     use), e.g. {"beard": "yes"} -> "a man with a beard", {"hair_color": "red"} -> "a person with red
-    hair". With an rng the wording, the order and the prefix vary. A woman's absent beard is never
-    mentioned (it is implied).
+    hair"; levels 2 and 4 add "a close-up of the face of " and "an extreme close-up of the eyes of ".
+    With an rng the wording, the order and the prefix vary. A woman's absent beard is never mentioned
+    (it is implied). Naming an attribute the level does not show (`visible_attributes`) is an error.
     """
+    visible = visible_attributes(level)
     for key, value in attributes.items():
         if value not in ATTRIBUTES.get(key, ()):
             raise ValueError(f"unknown attribute {key}={value!r}; known: {ATTRIBUTES}")
+        if key not in visible:
+            raise ValueError(f"{key} is not visible at zoom level {level} (visible: {', '.join(visible)})")
 
     def pick(*options: str) -> str:
         return options[int(rng.integers(len(options)))] if rng is not None else options[0]
@@ -81,7 +93,7 @@ def caption_from_attributes(attributes: Mapping[str, str], rng: np.random.Genera
     if "background" in attributes:
         template = pick(*_BACKGROUND_PHRASES)
         caption += ("" if template.startswith(",") else " ") + template.format(attributes["background"])
-    return pick(*_PREFIXES) + caption
+    return pick(*_PREFIXES[level]) + caption
 
 
 # Probability that a training caption mentions an attribute, by (attribute, value) or attribute: the
@@ -91,9 +103,12 @@ _MENTION = {("gender", "man"): 0.9, ("gender", "woman"): 0.9, ("beard", "yes"): 
             "hair_color": 0.6, "hair_length": 0.45, "skin": 0.45, "background": 0.6}
 
 
-def sample_caption(attributes: Mapping[str, str], rng: np.random.Generator) -> str:
-    """A training caption: a random subset of the attributes (all of them 10% of the time), varied wording."""
+def sample_caption(attributes: Mapping[str, str], rng: np.random.Generator, level: int = 1) -> str:
+    """A training caption of a portrait seen at zoom `level`: a random subset of the attributes visible
+    there (all of them 10% of the time), varied wording."""
+    visible = visible_attributes(level)
+    attributes = {k: v for k, v in attributes.items() if k in visible}
     if rng.random() < 0.1:
-        return caption_from_attributes(attributes, rng)
+        return caption_from_attributes(attributes, rng, level)
     mentioned = {k: v for k, v in attributes.items() if rng.random() < _MENTION.get((k, v), _MENTION.get(k))}
-    return caption_from_attributes(mentioned, rng)
+    return caption_from_attributes(mentioned, rng, level)

@@ -20,6 +20,9 @@ class DataConfig:
     """Crop at a random position along the longer side instead of the centre."""
     synthetic_length: int = 50_000
     """Number of synthetic portraits per epoch."""
+    zoom_levels: tuple[int, ...] = (1,)
+    """Synthetic: zoom levels (1, 2, 4) of the portraits, one drawn per item from (seed, index) uniformly over
+    this tuple (repeat a level to weight it); 2 and 4 show the centre half and quarter of the 1x view."""
     seed: int = 0
     """Synthetic data seed (0 train, 1 held-out evaluation) and seed of WebDataset shuffling."""
     max_bad_fraction: float = 0.01
@@ -42,6 +45,8 @@ class DataConfig:
 
         if get_source(self.source).needs_path and not self.path:
             raise ValueError(f"source={self.source!r} needs a path (an image folder or a shard pattern)")
+        if self.zoom_levels != (1,) and self.source != "synthetic":
+            raise ValueError(f"zoom_levels applies to the synthetic source only, not {self.source!r}")
         if self.image_size < 1:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if self.max_file_bytes < 1:

@@ -11,11 +11,17 @@ whole jaw, an open toothy smile against a closed flat mouth) so that it survives
 autoencoder at 64 px. Textures are deliberately smooth (no per-pixel noise, smooth lighting, 1-2 px
 anti-aliased edges): the tokenizer must reconstruct these images at >= 28 dB PSNR.
 
-    python -m nextscale.train.data --out grid.png --num 64      # look at samples, captions printed
+Each portrait can also be seen at zoom levels 2x and 4x: the centre half and the centre quarter of the
+1x view, rendered natively at full resolution (`view_window`); `visible_attributes(level)` says which
+attributes each level shows.
+
+    python -m nextscale.train.data --out grid.png --num 64            # look at samples, captions printed
+    python -m nextscale.train.data --out zoom.png --num 8 --zoom 1 2 4  # each portrait at every level
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -52,6 +58,39 @@ _BACKGROUND = {
 _CLOTHES = ((40, 52, 90), (60, 60, 64), (225, 225, 220), (120, 36, 44), (96, 104, 52), (32, 112, 116),
             (196, 170, 130), (28, 28, 30), (170, 90, 150), (210, 120, 60))
 _IRIS = ((82, 52, 30), (60, 100, 150), (70, 110, 70), (36, 28, 24))
+
+
+# Zoom levels: level z shows the centre 1/z of the portrait (side and area), rendered natively.
+ZOOM_LEVELS: tuple[int, ...] = (1, 2, 4)
+
+# What each level shows: the whole portrait at 1x; at 2x the face with the top of the hair, long hair
+# falling beside the cheeks and background in the corners (everything); at 4x eyes, brows, nose, mouth
+# and the middle of the cheeks and jaw. At 4x the background and long hair show at most as slivers in
+# the corners (about 1% and 2% of the pixels on average), and the hair colour only in the brows (often
+# under glasses rims) and the top corners: not readable on every portrait, so not counted as visible.
+_VISIBLE: dict[int, tuple[str, ...]] = {
+    1: tuple(ATTRIBUTES),
+    2: tuple(ATTRIBUTES),
+    4: ("gender", "beard", "glasses", "skin", "smile"),
+}
+
+
+def visible_attributes(level: int) -> tuple[str, ...]:
+    """The attributes a portrait seen at zoom `level` (1, 2 or 4) shows, in the order of `ATTRIBUTES`."""
+    if level not in _VISIBLE:
+        raise ValueError(f"zoom level must be one of {ZOOM_LEVELS}, got {level}")
+    return _VISIBLE[level]
+
+
+def view_window(zoom: int) -> tuple[float, float]:
+    """The world interval [low, high] (both axes, [0, 1] = the 1x view) seen at `zoom`: its centre 1/zoom.
+
+    The centre is the image centre (0.5, 0.5), not the face's, so that a zoom stack is consistent: the
+    view at 2z is exactly the centre half of the view at z, pixel-aligned (pixel 2i and 2i + 1 of the
+    deeper level lie inside pixel size/4 + i of the level above).
+    """
+    half = 0.5 / zoom
+    return 0.5 - half, 0.5 + half
 
 
 def _rgb(red: int, green: int, blue: int) -> np.ndarray:
@@ -112,24 +151,39 @@ def _ellipse_sdf(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float |
 
 
 class _Canvas:
-    """Float RGB image in [0, 1] with soft-edged painting restricted to each shape's bounding box."""
+    """Float RGB image in [0, 1] of a square view of the world, with soft-edged painting restricted to each
+    shape's bounding box.
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        centres = (np.arange(size, dtype=np.float32) + 0.5) / size
+    The view is the centre 1/zoom of the unit square (`view_window(zoom)`): shapes are placed in world
+    coordinates and every pixel samples the world at its own centre, so a zoomed view is rendered
+    natively at full resolution; anti-aliased edges stay 1-2 output pixels wide at every zoom.
+    """
+
+    def __init__(self, size: int, zoom: int = 1) -> None:
+        self.size, self.zoom = size, zoom
+        left, _ = view_window(zoom)
+        centres = left + (np.arange(size, dtype=np.float32) + 0.5) / size / np.float32(zoom)
         self.x = centres[None, :]  # (1, W)
         self.y = centres[:, None]  # (H, 1)
         self.rgb = np.zeros((size, size, 3), np.float32)
 
+    def _pixels(self, low: float, high: float) -> slice:
+        """Pixel indices covering the world interval [low, high] along one axis, padded by 2 px."""
+        left, _ = view_window(self.zoom)
+        scale = self.size * self.zoom
+        start = min(max(math.floor((low - left) * scale) - 2, 0), self.size)
+        return slice(start, min(max(math.floor((high - left) * scale) + 3, start), self.size))
+
     def window(self, x0: float, x1: float, y0: float, y1: float) -> tuple[np.ndarray, np.ndarray, tuple]:
-        """Pixel coordinates of a normalised box (padded by 2 px): x (1, w), y (h, 1), index."""
-        cols = slice(max(int(x0 * self.size) - 2, 0), min(int(x1 * self.size) + 3, self.size))
-        rows = slice(max(int(y0 * self.size) - 2, 0), min(int(y1 * self.size) + 3, self.size))
+        """Pixel coordinates of a box in world coordinates (padded by 2 px): x (1, w), y (h, 1), index.
+
+        A box outside the view gives empty arrays, and painting it does nothing."""
+        cols, rows = self._pixels(x0, x1), self._pixels(y0, y1)
         return self.x[:, cols], self.y[rows], (rows, cols)
 
     def coverage(self, sdf: np.ndarray, soft: float = 1.2) -> np.ndarray:
-        """Anti-aliased inside-ness from a signed distance: a linear ramp `soft` pixels wide."""
-        ramp = 0.5 - sdf * (self.size / soft)
+        """Anti-aliased inside-ness from a signed distance (world units): a ramp `soft` output pixels wide."""
+        ramp = 0.5 - sdf * (self.size * self.zoom / soft)  # world units -> output pixels
         return np.minimum(np.maximum(ramp, 0, out=ramp), 1, out=ramp)
 
     def paint(self, index: tuple, coverage: np.ndarray, colour: np.ndarray, alpha: float = 1.0) -> None:
@@ -150,15 +204,21 @@ class _Canvas:
         self.paint(index, inside, colour, alpha)
 
 
-def render_portrait(attributes: Mapping[str, str], size: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw one portrait with the given (complete) attributes: uint8 (size, size, 3).
+def render_portrait(attributes: Mapping[str, str], size: int, rng: np.random.Generator,
+                    zoom: int = 1) -> np.ndarray:
+    """Draw one portrait with the given (complete) attributes, seen at `zoom` (1, 2 or 4): uint8 (size, size, 3).
 
-    Layers back to front: background and head shadow, long hair, clothes, neck, ears, face, beard,
-    mouth, nose, eyes, brows, top hair, glasses, then one smooth lighting gradient over everything.
+    The portrait is a pure function of (attributes, rng state), whatever the zoom: the same rng state
+    gives the same person at every level, and each level is the centre half of the one before, rendered
+    at full resolution (`view_window`). Layers back to front: background and head shadow, long hair,
+    clothes, neck, ears, face, beard, mouth, nose, eyes, brows, top hair, glasses, then one smooth
+    lighting gradient over everything.
     """
     man = attributes["gender"] == "man"
     long_hair = attributes["hair_length"] == "long"
-    canvas = _Canvas(size)
+    if zoom not in ZOOM_LEVELS:
+        raise ValueError(f"zoom must be one of {ZOOM_LEVELS}, got {zoom}")
+    canvas = _Canvas(size, zoom)
     x, y = canvas.x, canvas.y
 
     scale = rng.uniform(0.94, 1.06)

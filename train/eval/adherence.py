@@ -12,7 +12,9 @@ combinations) it reports, for each guidance scale of a sweep:
   round trip alone costs) and unconditional samples (chance);
 - the Fréchet distance between judge features of generated and real images, beside real-vs-real and
   reconstructions-vs-real;
-- diversity: mean pairwise RMS pixel distance between images of the same prompt (real: same measure).
+- diversity: mean pairwise RMS pixel distance between images of the same prompt (real: same measure);
+- with `--zoom-levels 2 4`, per zoom level at the best guidance scale: adherence to a prompt per visible attribute value
+  at that level ("a close-up of the face of a man with glasses"), beside real renders of the level.
 Writes `evaluation.json`, `evaluation.md` and `progression.png` (coarse-to-fine for four prompts).
 """
 
@@ -24,6 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,7 +37,7 @@ from nextscale.images import from_uint8, save_grid, to_uint8
 from nextscale.sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline, record_sampling
 from nextscale.sampling.sampler import SamplingConfig, generate
 from nextscale.train.data.captions import caption_from_attributes
-from nextscale.train.data.portraits import ATTRIBUTES, render_portrait, sample_attributes
+from nextscale.train.data.portraits import ATTRIBUTES, render_portrait, sample_attributes, visible_attributes
 from nextscale.train.eval.judge import AttributeJudge, attribute_indices, reconstruct
 
 PROGRESSION_PROMPTS = (
@@ -53,6 +56,9 @@ class EvaluationConfig:
     """Pipeline directory (default: the bundled demo model)."""
     judge: str | None = None
     """Judge directory (default: the judge bundled beside the demo model)."""
+    zoom_judge: str | None = None
+    """Judge of the per-level adherence (default: `judge`), e.g. a zoom judge beside a 1x judge whose
+    features keep the Fréchet distances comparable with earlier runs."""
     out: Path = Path("outputs/evaluation")
     """Where evaluation.json, evaluation.md and progression.png go."""
     images_per_prompt: int = 16
@@ -76,9 +82,17 @@ class EvaluationConfig:
     record: bool = False
     """Store the best guidance scale, with this run's top-k and top-p, in the pipeline's pipeline.json:
     `sample.py` then uses them unless told otherwise."""
+    zoom_levels: tuple[int, ...] = ()
+    """Zoom levels (2, 4) whose per-level adherence is measured at the best guidance scale (1x is the main
+    table); needs a judge trained on those levels (`--zoom-judge`); () skips it."""
+    guidance_off_last: int = 0
+    """Switch guidance off for the last N scales (the guidance window measured for adherence and FD)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Weights and activations dtype of the sampled pipeline (the judge stays float32)."""
 
     def sampling(self, cfg_scale: float) -> SamplingConfig:
-        return SamplingConfig(cfg_scale=cfg_scale, top_k=self.top_k, top_p=self.top_p, temperature=self.temperature)
+        return SamplingConfig(cfg_scale=cfg_scale, guidance_off_last=self.guidance_off_last, top_k=self.top_k,
+                              top_p=self.top_p, temperature=self.temperature)
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,12 @@ class PromptSpec:
 
     text: str
     attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+def level_prompt_set(level: int) -> list[PromptSpec]:
+    """One prompt per value of every attribute visible at zoom `level`, worded for that level."""
+    return [PromptSpec(caption_from_attributes({name: value}, level=level), {name: value})
+            for name in visible_attributes(level) for value in ATTRIBUTES[name]]
 
 
 def prompt_set(num_triples: int, seed: int) -> tuple[list[PromptSpec], list[PromptSpec]]:
@@ -116,13 +136,13 @@ def consistent_attributes(requested: Mapping[str, str], rng: np.random.Generator
     raise ValueError(f"no portrait satisfies {dict(requested)}")
 
 
-def render_real(specs: Sequence[PromptSpec], per_prompt: int, size: int, seed: int) -> torch.Tensor:
-    """Real renders satisfying each prompt: (len(specs) * per_prompt, 3, size, size) in [-1, 1]."""
+def render_real(specs: Sequence[PromptSpec], per_prompt: int, size: int, seed: int, zoom: int = 1) -> torch.Tensor:
+    """Real renders satisfying each prompt, seen at `zoom`: (len(specs) * per_prompt, 3, size, size) in [-1, 1]."""
     images = []
     for index, spec in enumerate(specs):
         for item in range(per_prompt):
             rng = np.random.default_rng([seed, index, item])
-            pixels = render_portrait(consistent_attributes(spec.attributes, rng), size, rng)
+            pixels = render_portrait(consistent_attributes(spec.attributes, rng), size, rng, zoom)
             images.append(torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1)
     return torch.stack(images)
 
@@ -213,6 +233,9 @@ def evaluate(config: EvaluationConfig) -> dict:
     # what the tokenizer's round trip alone costs: real renders encoded and decoded
     reconstructed = from_uint8(reconstruct(pipeline.tokenizer, to_uint8(real_again)))
     reconstructed_pred, reconstructed_features = judge_images(judge, reconstructed)
+    # the baselines above use the float32 tokenizer; sampling runs in the dtype asked for
+    pipeline.tokenizer.to(getattr(torch, config.dtype))
+    pipeline.transformer.to(getattr(torch, config.dtype))
     unconditional = sample_prompts(pipeline, [""] * len(prompts), config, 0.0, config.seed)
     uncond_pred, _ = judge_images(judge, unconditional)
 
@@ -238,6 +261,9 @@ def evaluate(config: EvaluationConfig) -> dict:
                                 "frechet_distance": frechet_distance(features, real_features)})
     best = max(report["sweep"], key=lambda row: row["single"]["mean"])
     report["best_cfg_scale"] = best["cfg_scale"]
+    zoom_judge = AttributeJudge.from_pretrained(config.zoom_judge) if config.zoom_judge else judge
+    report["zoom"] = {str(level): zoom_adherence(pipeline, zoom_judge, level, best["cfg_scale"], config)
+                      for level in config.zoom_levels}
     report["seconds_per_image"] = seconds_per_image(pipeline, best["cfg_scale"])
     if config.record and pipeline.directory is not None:
         sweep = "/".join(f"{row['cfg_scale']:g}" for row in report["sweep"])
@@ -252,6 +278,20 @@ def evaluate(config: EvaluationConfig) -> dict:
     if config.progression:
         save_progression_figure(pipeline, config.out / "progression.png", best["cfg_scale"], config)
     return report
+
+
+def zoom_adherence(pipeline: Pipeline, judge: AttributeJudge, level: int, cfg_scale: float,
+                   config: EvaluationConfig) -> dict:
+    """Adherence at one zoom level: generated images of `level_prompt_set(level)` and real renders of the
+    level, each judged on the one attribute its prompt names."""
+    specs, per = level_prompt_set(level), config.images_per_prompt
+    size = pipeline.tokenizer.config.image_size
+    real, _ = judge_images(judge, render_real(specs, per, size, config.seed + 1, level))
+    images = sample_prompts(pipeline, [spec.text for spec in specs for _ in range(per)], config, cfg_scale,
+                            config.seed)
+    generated, _ = judge_images(judge, images)
+    return {"cfg_scale": cfg_scale, "prompts": [spec.text for spec in specs],
+            "real": adherence(real, specs, per, judge), "generated": adherence(generated, specs, per, judge)}
 
 
 def save_progression_figure(pipeline: Pipeline, path: Path, cfg_scale: float, config: EvaluationConfig) -> None:
@@ -286,6 +326,13 @@ def markdown_report(report: dict) -> str:
     lines.append("")
     lines.append(f"Best guidance scale: {report['best_cfg_scale']:g}; sampling one image (batch 1, guided): "
                  f"{report['seconds_per_image'] * 1000:.0f} ms.")
+    for level, entry in report.get("zoom", {}).items():
+        level_names = list(entry["real"]["per_attribute"])
+        lines += ["", f"Zoom {level}x (one prompt per visible attribute value, cfg {entry['cfg_scale']:g}):", "",
+                  "| | " + " | ".join(level_names) + " | mean |", "|" + "---|" * (len(level_names) + 2)]
+        for label, key in (("real renders", "real"), ("generated", "generated")):
+            cells = [f"{entry[key]['per_attribute'][n]:.2f}" for n in level_names]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {entry[key]['mean']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,9 @@ held-out renders' reconstructions and the agreement with the predictions on the 
     python -m nextscale.train.eval.judge --output-dir runs/judge --tokenizer runs/tokenizer/model
 
 (the training runs in the shared runtime, `nextscale.train.judge_loop`; the judge is saved to
-`runs/judge/model`, its metrics to `runs/judge/metrics.json`).
+`runs/judge/model`, its metrics to `runs/judge/metrics.json`). With `--zoom-levels 1 2 4` it trains on
+portraits seen at every zoom level, each attribute scored only where it is visible
+(`visible_attributes`), and validates per level; `--init-from` starts from a saved judge.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tqdm.auto import tqdm
 from nextscale.checkpoint import PretrainedMixin
 from nextscale.images import from_uint8, to_uint8
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data.portraits import ATTRIBUTES
+from nextscale.train.data.portraits import ATTRIBUTES, visible_attributes
 from nextscale.train.data.sources.synthetic import SyntheticConfig, SyntheticPortraits
 
 
@@ -186,19 +188,31 @@ def augment(images: torch.Tensor, config: AugmentationConfig, generator: torch.G
 
 
 def _images_and_attributes(items: list[dict]) -> tuple[list[torch.Tensor], list[dict[str, str]]]:
-    return [item["image"] for item in items], [item["attributes"] for item in items]
+    """Images and the attributes visible at each item's zoom level (the others are not scored)."""
+    return [item["image"] for item in items], [
+        {name: value for name, value in item["attributes"].items() if name in visible_attributes(item["zoom"])}
+        for item in items]
 
 
-def render_portraits(seed: int, count: int, size: int, judge_config: JudgeConfig,
-                     num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Synthetic portraits `0 .. count - 1` of `seed`: images (n, 3, H, W) uint8, labels (n, A) long."""
-    dataset = SyntheticPortraits(SyntheticConfig(size=size, seed=seed, length=count))
+def render_portraits(seed: int, count: int, size: int, judge_config: JudgeConfig, num_workers: int = 0,
+                     zoom_levels: tuple[int, ...] = (1,)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic portraits `0 .. count - 1` of `seed`, each at a level drawn from `zoom_levels`: images
+    (n, 3, H, W) uint8, labels (n, A) long, -1 where the attribute is not visible at the item's level."""
+    dataset = SyntheticPortraits(SyntheticConfig(size=size, seed=seed, length=count, zoom_levels=zoom_levels))
     loader = DataLoader(dataset, batch_size=256, num_workers=num_workers, collate_fn=_images_and_attributes)
     images, labels = [], []
     for batch_images, batch_attributes in tqdm(loader, desc=f"rendering seed {seed}", unit="batch", leave=False):
         images.append(to_uint8(torch.stack(batch_images)))
         labels.append(attribute_indices(batch_attributes, judge_config))
     return torch.cat(images), torch.cat(labels)
+
+
+def attribute_loss(logits: Mapping[str, torch.Tensor], labels: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+    """Mean over attributes of the cross-entropy over the images where each is scored (label >= 0);
+    attributes scored in none of the images are left out."""
+    losses = [F.cross_entropy(logits[name], labels[:, a], ignore_index=-1)
+              for a, name in enumerate(names) if (labels[:, a] >= 0).any()]
+    return torch.stack(losses).mean()
 
 
 @torch.no_grad()
@@ -217,15 +231,18 @@ def predict_all(judge: AttributeJudge, images: torch.Tensor, batch_size: int = 2
 
 
 def validate(judge: AttributeJudge, images: torch.Tensor, labels: torch.Tensor,
-             tokenizer: MultiScaleVQVAE | None = None) -> dict:
+             tokenizer: MultiScaleVQVAE | None = None, scored: Sequence[str] | None = None) -> dict:
     """Per-attribute accuracy on held-out renders and, given a tokenizer, on their reconstructions
-    (against the renders' true attributes) and the agreement of the predictions on both."""
+    (against the renders' true attributes) and the agreement of the predictions on both; only the
+    attributes in `scored` (default: all), e.g. those visible at the renders' zoom level."""
     names = judge.config.attribute_names
-    predicted = predict_all(judge, images)
+    keep = [a for a, name in enumerate(names) if scored is None or name in scored]
+    names, labels = [names[a] for a in keep], labels[:, keep]
+    predicted = predict_all(judge, images)[:, keep]
     metrics: dict = {"num_images": len(images), "accuracy_real": attribute_accuracy(predicted, labels, names),
                      "exact_match_real": float((predicted == labels).all(1).float().mean())}
     if tokenizer is not None:
-        predicted_reconstructed = predict_all(judge, reconstruct(tokenizer, images))
+        predicted_reconstructed = predict_all(judge, reconstruct(tokenizer, images))[:, keep]
         metrics.update(
             accuracy_reconstruction=attribute_accuracy(predicted_reconstructed, labels, names),
             exact_match_reconstruction=float((predicted_reconstructed == labels).all(1).float().mean()),
@@ -235,7 +252,11 @@ def validate(judge: AttributeJudge, images: torch.Tensor, labels: torch.Tensor,
 
 
 def format_judge_metrics(metrics: dict) -> str:
-    """Per-attribute table: accuracy on renders, on reconstructions, and their agreement."""
+    """Per-attribute table: accuracy on renders, on reconstructions, and their agreement (per zoom level)."""
+    if metrics.get("levels"):
+        tables = [f"zoom {level}x\n" + format_judge_metrics({**metrics, **level_metrics, "levels": None})
+                  for level, level_metrics in metrics["levels"].items()]
+        return "\n".join(tables)
     columns = [("real", "accuracy_real"), ("recon", "accuracy_reconstruction"), ("agree", "agreement")]
     columns = [(title, key) for title, key in columns if key in metrics]
     lines = [f"{'attribute':<12}" + "".join(f"{title:>8}" for title, _ in columns)]

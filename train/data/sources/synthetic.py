@@ -1,6 +1,7 @@
 """`--data.source synthetic` (the default): procedurally rendered captioned portraits, offline.
 
-Item i is a pure function of (seed, i); the held-out split is the same world under another seed.
+Item i is a pure function of (seed, i); the held-out split is the same world under another seed. With
+several zoom levels, item i is the same portrait at a level drawn from (seed, i) by its own generator.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch.utils.data import Dataset
 
 from nextscale.train.data.captions import sample_caption
 from nextscale.train.data.config import DataConfig
-from nextscale.train.data.portraits import render_portrait, sample_attributes
+from nextscale.train.data.portraits import ZOOM_LEVELS, render_portrait, sample_attributes
 from nextscale.train.data.sources import Source, register_source
 
 HELD_OUT_SEED_OFFSET = 1_000_003
@@ -29,6 +30,20 @@ class SyntheticConfig:
     """Data seed: 0 for training, 1 (or any other) for held-out evaluation; distinct seeds, distinct data."""
     length: int = 50_000
     """Number of items (each rendered on the fly from (seed, index))."""
+    zoom_levels: tuple[int, ...] = (1,)
+    """Zoom levels (1, 2, 4) an item may be seen at, one drawn uniformly per item from this tuple (repeat a
+    level to weight it)."""
+
+    def __post_init__(self) -> None:
+        if not self.zoom_levels or any(level not in ZOOM_LEVELS for level in self.zoom_levels):
+            raise ValueError(f"zoom_levels must be a non-empty tuple of {ZOOM_LEVELS}, got {self.zoom_levels}")
+
+    def zoom_level(self, index: int) -> int:
+        """The zoom level of item `index`: a pure function of (seed, index), independent of the item's portrait."""
+        if len(self.zoom_levels) == 1:
+            return self.zoom_levels[0]
+        pick = np.random.default_rng([self.seed, index, len(ZOOM_LEVELS)]).integers(len(self.zoom_levels))
+        return self.zoom_levels[pick]
 
 
 class SyntheticPortraits(Dataset):
@@ -41,19 +56,22 @@ class SyntheticPortraits(Dataset):
         return self.config.length
 
     def __getitem__(self, index: int) -> dict:
-        """{"image": (3, H, W) float in [-1, 1], "caption": str, "attributes": dict[str, str], "index": int}."""
+        """{"image": (3, H, W) float in [-1, 1], "caption": str, "attributes": dict[str, str], "index": int,
+        "zoom": int}. `attributes` are the whole portrait's; the caption names only those visible at its zoom."""
         if not 0 <= index < self.config.length:
             raise IndexError(f"index {index} out of range for {self.config.length} synthetic portraits")
+        zoom = self.config.zoom_level(index)
         rng = np.random.default_rng([self.config.seed, index])
         attributes = sample_attributes(rng)
-        pixels = render_portrait(attributes, self.config.size, rng)  # (H, W, 3) uint8
+        pixels = render_portrait(attributes, self.config.size, rng, zoom)  # (H, W, 3) uint8
         image = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
-        return {"image": image, "caption": sample_caption(attributes, rng), "attributes": attributes, "index": index}
-
+        return {"image": image, "caption": sample_caption(attributes, rng, zoom), "attributes": attributes,
+                "index": index, "zoom": zoom}
 
 
 def _build(config: DataConfig, shuffle: bool) -> SyntheticPortraits:
-    return SyntheticPortraits(SyntheticConfig(size=config.image_size, seed=config.seed, length=config.synthetic_length))
+    return SyntheticPortraits(SyntheticConfig(size=config.image_size, seed=config.seed, length=config.synthetic_length,
+                                              zoom_levels=config.zoom_levels))
 
 
 def _held_out(config: DataConfig) -> DataConfig:

@@ -1,0 +1,69 @@
+"""The performance suite's pure pieces, and a tiny run of its sections (figures are not checked here:
+speed targets live in `python -m bench`, never in timed unit tests)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `bench` is a folder of the checkout, not part of the installed package
+
+from bench.baselines import baseline_flops  # noqa: E402
+from bench.common import VAR_SCALES, perturbed  # noqa: E402
+from bench.memory import kv_cache_bytes  # noqa: E402
+from bench.resolution import fitted_exponent, schedule_ending_at  # noqa: E402
+from bench.run import SuiteConfig, main  # noqa: E402
+from bench.sampling import FUNCTIONS, METHODS, timed_parts  # noqa: E402
+from nextscale.sampling import sampler  # noqa: E402
+from nextscale.transformer import NextScaleTransformer, TransformerConfig  # noqa: E402
+
+
+def test_schedules_stretch_var_and_start_at_one() -> None:
+    assert schedule_ending_at(16) == VAR_SCALES
+    assert schedule_ending_at(8) == (1, 2, 3, 4, 5, 6, 8)
+    for side in (8, 12, 24, 32):
+        sizes = schedule_ending_at(side)
+        assert sizes[0] == 1 and sizes[-1] == side and list(sizes) == sorted(set(sizes))
+
+
+def test_fitted_exponent_recovers_a_power_law() -> None:
+    tokens = [100.0, 300.0, 1000.0, 3000.0]
+    assert fitted_exponent(tokens, [2e-3 * t**1.5 for t in tokens]) == pytest.approx(1.5)
+
+
+def test_timed_parts_wrap_what_the_loop_calls() -> None:
+    """The time share per part wraps these names: a refactor that renames them must update the suite."""
+    for owner, name, _ in METHODS:
+        assert name in owner.__dict__, f"{owner.__name__}.{name}"
+    for name, _ in FUNCTIONS:
+        assert hasattr(sampler, name), name
+    with timed_parts(torch.device("cpu")) as parts:
+        assert set(parts) == {"transformer", "filter+draw", "tokenizer", "text"}
+    assert all(owner.__dict__[name].__name__ != "wrapper" for owner, name, _ in METHODS)  # restored
+
+
+def test_equal_backbone_flops_favour_next_scale_over_diffusion() -> None:
+    config = TransformerConfig(depth=2, width=64, num_heads=2, scale_sizes=(1, 2, 4), vocab_size=64, text_width=384)
+    flops = baseline_flops(perturbed(NextScaleTransformer(config)), batch=1)
+    assert flops["diffusion 50"] == pytest.approx(2 * flops["diffusion 25"])
+    assert flops["diffusion 25"] > flops["next-scale"] > 0 and flops["raster AR"] > 0
+
+
+def test_suite_runs_and_writes_json(tmp_path: Path) -> None:
+    results = main(SuiteConfig(sections=("peak",), repeats=1, out=tmp_path, clock="cpu"))
+    written = json.loads((tmp_path / "suite.json").read_text())
+    assert written["peak_flops"] == results["peak_flops"] and written["peak_flops"]["float32"] > 0
+    assert written["machine"]["clock"] == "cpu"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kv_cache_bytes_equal_the_formula(dtype: torch.dtype) -> None:
+    config = TransformerConfig(depth=2, width=64, num_heads=2, scale_sizes=(1, 2, 4), vocab_size=64, text_width=384)
+    entry = kv_cache_bytes(config, 3, torch.device("cpu"), dtype)
+    bytes_per_value = 4 if dtype == torch.float32 else 2
+    assert entry["measured_bytes"] == entry["formula_bytes"] == 2 * 2 * 6 * 21 * 64 * bytes_per_value  # depth 2, 6 rows

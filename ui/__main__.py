@@ -1,0 +1,5 @@
+"""`python -m nextscale.ui`: the same as the `nextscale-ui` console script."""
+
+from nextscale.ui.main import cli
+
+cli()
