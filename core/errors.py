@@ -34,13 +34,14 @@ _BOX = re.compile(r"[\u2500-\u257f\u2580-\u259f]+")
 _TYRO_TITLES = ("Value error", "Parsing error", "Required options", "Unrecognized options")
 
 
-def parse(config_class: type[T], argv: list[str]) -> T:
+def parse(config_class: type[T], argv: list[str], default: T | None = None) -> T:
     """tyro.cli, with its framed multi-line error boxes (bad values, a config's own checks) condensed into
-    one `error: ...` line (exit 2); --help and successful parses are untouched."""
+    one `error: ...` line (exit 2); --help and successful parses are untouched. `default` replaces the
+    class's defaults (e.g. a preset chosen by one option)."""
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
-            return tyro.cli(config_class, args=argv)
+            return tyro.cli(config_class, args=argv, default=default)
     except SystemExit as exit_:
         text = captured.getvalue()
         if exit_.code in (0, None) or not text.strip():
@@ -58,17 +59,19 @@ def parse(config_class: type[T], argv: list[str]) -> T:
 def run_cli(config_class: type[T], main: Callable[[T], Any], argv: list[str] | None = None,
             user_errors: tuple[type[BaseException], ...] = (),
             failures: tuple[type[BaseException], ...] = (),
-            explain: Callable[[BaseException], str | None] | None = None) -> Any:
+            explain: Callable[[BaseException], str | None] | None = None,
+            defaults: Callable[[list[str]], T | None] | None = None) -> Any:
     """Parse `config_class` from the command line (tyro) and call `main` with it; mistakes become one line.
 
     `user_errors` add to `USER_ERRORS` (exit 2); `failures` exit 1; `explain(error)` may turn any other
-    exception into a one-line message (exit 1), or return None to keep its traceback.
+    exception into a one-line message (exit 1), or return None to keep its traceback. `defaults(argv)` may
+    return the instance whose values are the defaults of this command line (None: the class's own).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [arg for arg in argv if arg != "--debug"]
     try:
-        return main(parse(config_class, argv))
+        return main(parse(config_class, argv, defaults(argv) if defaults is not None else None))
     except (*USER_ERRORS, *user_errors) as error:
         if debug:
             raise

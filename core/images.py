@@ -33,11 +33,25 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(array) for array in to_arrays(images)]
 
 
+def grid_columns(count: int, group: int = 1) -> int:
+    """Columns of a close-to-square grid of `count` images that come in groups of `group` (images per
+    prompt): whole groups per row when groups are short, each group in whole rows when it is long, the
+    square root when neither fits within a factor of two of square."""
+    square = math.ceil(math.sqrt(max(count, 1)))
+    if group <= 1:
+        return square
+    if group <= square:
+        return group * max(1, round(square / group))
+    divisor = next(d for d in range(square, group + 1) if group % d == 0)
+    return divisor if divisor <= 2 * square else square
+
+
 def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> Image.Image:
-    """Tile (b, 3, H, W) images in [-1, 1] row-major into one RGB image with white padding."""
+    """Tile (b, 3, H, W) images in [-1, 1] row-major into one RGB image with white padding (`columns`
+    defaults to a close-to-square grid)."""
     arrays = to_arrays(images)
     count, height, width, _ = arrays.shape
-    columns = columns or math.ceil(math.sqrt(count))
+    columns = columns or grid_columns(count)
     rows = math.ceil(count / columns)
     canvas = np.full(
         (rows * (height + padding) + padding, columns * (width + padding) + padding, 3), 255, dtype=np.uint8

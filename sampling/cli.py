@@ -17,7 +17,7 @@ import torch
 from tyro.conf import OmitArgPrefixes, UseAppendAction
 
 from nextscale.errors import run_cli
-from nextscale.images import save_grid
+from nextscale.images import grid_columns, save_grid
 from nextscale.sampling.edit_cli import EditArgs, ZoomArgs, check_edit_args, run_edits, run_zoom, usage_error
 from nextscale.sampling.outputs import image_stem, save_images, save_progression
 from nextscale.sampling.pipeline import Pipeline, load_pipeline
@@ -42,16 +42,19 @@ class SampleArgs:
     """Images per prompt."""
     seed: int = 0
     """Base seed: image i (counting over all prompts and repeats) uses seed + i, whatever the batch size."""
-    cfg: float = DEFAULTS.cfg_scale
-    """Classifier-free guidance strength (VAR: logits = (1 + t) cond - t uncond, t ramping to cfg); 0 = off."""
+    cfg: float | None = None
+    """Classifier-free guidance strength (VAR: logits = (1 + t) cond - t uncond, t ramping to cfg); 0 = off.
+    Default: the pipeline's recommended setting (pipeline.json "sampling"), else 4."""
     guidance_schedule: Literal["linear", "constant"] = DEFAULTS.guidance_schedule
     """linear: t grows with the scale up to --cfg (VAR); constant: t = --cfg at every scale."""
     guidance_off_last: int = DEFAULTS.guidance_off_last
     """Turn guidance off for the last N scales (Switti): faster, the finest scales barely need it."""
-    top_k: int | None = DEFAULTS.top_k
-    """Sample only among the k most likely codes; 0 or None = all codes, 1 = greedy."""
-    top_p: float = DEFAULTS.top_p
-    """Nucleus sampling: keep the most likely codes up to this probability mass; 1 = all."""
+    top_k: int | None = None
+    """Sample only among the k most likely codes; 0 = all codes, 1 = greedy. Default: the pipeline's
+    recommended setting, else 900."""
+    top_p: float | None = None
+    """Nucleus sampling: keep the most likely codes up to this probability mass; 1 = all. Default: the
+    pipeline's recommended setting, else 0.95."""
     temperature: float = DEFAULTS.temperature
     """Softmax temperature; lower is more conservative, 0 = greedy (argmax)."""
     out: Path = Path("samples")
@@ -69,8 +72,10 @@ class SampleArgs:
     batch_size: int = 8
     """Images per forward batch (each batch runs 2x rows while guidance is on)."""
     grid: bool = True
-    """Also write grid.png of every image; --no-grid for large runs (e.g. 50,000 FID samples), which then keep
+    """Also write grid.png, close to square; --no-grid for large runs (e.g. 50,000 FID samples), which then keep
     no image in memory."""
+    grid_max: int = 100
+    """grid.png shows at most the first N images (a 10 x 10 grid by default); all are saved as PNGs."""
     save_progression: bool = False
     """Also save each image's coarse-to-fine progression as a strip PNG and an animated GIF."""
     progress: bool = True
@@ -83,16 +88,36 @@ class SampleArgs:
     def __post_init__(self) -> None:
         if self.num_images < 1 or self.batch_size < 1:
             raise ValueError(f"--num-images and --batch-size must be >= 1, got {self.num_images}, {self.batch_size}")
+        if self.grid_max < 1:
+            raise ValueError(f"--grid-max must be >= 1 (or pass --no-grid), got {self.grid_max}")
 
-    def sampling_config(self) -> SamplingConfig:
+    def sampling_config(self, recommended: dict | None = None) -> SamplingConfig:
+        """The options, where not given the pipeline's `recommended` settings, else SamplingConfig's defaults."""
+        chosen = {**DEFAULT_SETTINGS, **(recommended or {})}
         return SamplingConfig(
-            cfg_scale=self.cfg,
+            cfg_scale=chosen["cfg_scale"] if self.cfg is None else self.cfg,
             guidance_schedule=self.guidance_schedule,
             guidance_off_last=self.guidance_off_last,
-            top_k=self.top_k,
-            top_p=self.top_p,
+            top_k=chosen["top_k"] if self.top_k is None else self.top_k,
+            top_p=chosen["top_p"] if self.top_p is None else self.top_p,
             temperature=self.temperature,
         )
+
+
+DEFAULT_SETTINGS = {"cfg_scale": DEFAULTS.cfg_scale, "top_k": DEFAULTS.top_k, "top_p": DEFAULTS.top_p}
+
+
+def settings_note(args: SampleArgs, recommended: dict | None, config: SamplingConfig) -> str | None:
+    """One line when the pipeline's recommended settings are used for options the command line left out."""
+    if not recommended:
+        return None
+    taken = [name for name, value in (("--cfg", args.cfg), ("--top-k", args.top_k), ("--top-p", args.top_p))
+             if value is None]
+    if not taken:
+        return None
+    top_k = "off" if not config.top_k else str(config.top_k)
+    return (f"sampling with the pipeline's recommended settings ({recommended.get('source', 'its evaluation')}): "
+            f"cfg {config.cfg_scale:g}, top-k {top_k}, top-p {config.top_p:g}; {', '.join(taken)} override them")
 
 
 MAX_SEED = 2**63 - 1
@@ -103,7 +128,7 @@ def validate(args: SampleArgs) -> list[str] | list[int]:
     the option: numbers must be finite, the seed of every image within [0, 2^63 - 1], the prompts file a
     readable UTF-8 text file, --out a directory that can be written (created if missing)."""
     for name, value in (("--cfg", args.cfg), ("--top-p", args.top_p), ("--temperature", args.temperature)):
-        if not math.isfinite(value):
+        if value is not None and not math.isfinite(value):
             raise ValueError(f"{name} must be a finite number, got {value}")
     prompts = read_prompts(args)
     count = len(prompts) * args.num_images
@@ -129,8 +154,8 @@ def check_writable(out: Path) -> None:
 
 def read_prompts(args: SampleArgs) -> list[str] | list[int]:
     """--class-label values, or --prompt values then the lines of --prompts-file (UTF-8, a byte-order mark
-    dropped; --scale-prompt alone: one image per --num-images); ValueError when there are none, both
-    kinds, or the file cannot be read."""
+    dropped; --scale-prompt alone: one image per --num-images); ValueError when there are none, both kinds,
+    or the file cannot be read."""
     if args.class_label:
         if args.prompt or args.prompts_file is not None:
             raise ValueError("pass either --class-label (class-conditional pipeline) or --prompt, not both")
@@ -172,7 +197,7 @@ def open_pipeline(args: SampleArgs) -> Pipeline:
         raise ValueError(f"cannot load the checkpoint: {error}") from error
 
 
-def sample_jobs(args: SampleArgs, pipeline: Pipeline, jobs: list[str] | list[int]
+def sample_jobs(args: SampleArgs, pipeline: Pipeline, jobs: list[str] | list[int], config: SamplingConfig
                 ) -> tuple[list[Path], torch.Tensor | None]:
     """Text (or class label) to image for every job, in batches: the written paths and, when a grid is
     wanted, the images (None with --no-grid, so that large runs do not keep every image in memory)."""
@@ -181,7 +206,7 @@ def sample_jobs(args: SampleArgs, pipeline: Pipeline, jobs: list[str] | list[int
         batch = jobs[start : start + args.batch_size]
         seeds = [args.seed + index for index in range(start, start + len(batch))]
         result = generate(
-            pipeline, batch, seeds, args.sampling_config(), progress=args.progress,
+            pipeline, batch, seeds, config, progress=args.progress,
             return_progression=args.save_progression,
         )
         stems = [image_stem(index, f"class {prompt}" if isinstance(prompt, int) else prompt)
@@ -190,8 +215,8 @@ def sample_jobs(args: SampleArgs, pipeline: Pipeline, jobs: list[str] | list[int
         if result.progression is not None:
             for row, stem in enumerate(stems):
                 written += save_progression([frame[row] for frame in result.progression], stem, args.out)
-        if args.grid:
-            images.append(result.images)
+        if args.grid and start < args.grid_max:
+            images.append(result.images[: args.grid_max - start])
     return written, torch.cat(images) if images else None
 
 
@@ -209,7 +234,6 @@ def check_condition_kind(args: SampleArgs, pipeline: Pipeline) -> None:
 def main(args: SampleArgs) -> list[Path]:
     """Generate `num_images` per prompt, write PNGs, grid.png and (optionally) progressions; return the paths."""
     prompts = validate(args)
-    config = args.sampling_config()
     check_edit_args(args.editing, args.zooming)
     if args.save_progression and (args.editing.editing or args.editing.mixing or args.zooming.zoom):
         raise usage_error("--save-progression is for plain text-to-image sampling: drop it for edits, per-scale "
@@ -221,6 +245,10 @@ def main(args: SampleArgs) -> list[Path]:
     if args.compile:
         pipeline.transformer.compile_blocks()
     check_edit_args(args.editing, args.zooming, pipeline.transformer.config.num_scales)
+    config = args.sampling_config(pipeline.recommended)
+    note = settings_note(args, pipeline.recommended, config)
+    if note:
+        print(note)
     if args.zooming.zoom:
         written = run_zoom(args.zooming, pipeline, prompts, args.num_images, args.seed, config, args.out,
                            args.progress)
@@ -233,11 +261,14 @@ def main(args: SampleArgs) -> list[Path]:
         written, images = run_edits(args.editing, pipeline, jobs, args.seed, config, args.batch_size, args.out,
                                     args.progress)
     else:
-        written, images = sample_jobs(args, pipeline, jobs)
+        written, images = sample_jobs(args, pipeline, jobs, config)
+    grid_note = ""
     if args.grid and images is not None:
-        columns = args.num_images if args.num_images > 1 else None  # one row per prompt, else square
-        written.append(save_grid(images, args.out / "grid.png", columns=columns))
-    grid_note = f" (grid: {args.out / 'grid.png'})" if args.grid else ""
+        shown = images[: args.grid_max]
+        written.append(save_grid(shown, args.out / "grid.png", columns=grid_columns(len(shown), args.num_images)))
+        grid_note = f" (grid: {args.out / 'grid.png'}"
+        grid_note += f", the first {len(shown)} of {len(jobs)}; --grid-max N for more)" if len(shown) < len(jobs) \
+            else ")"
     print(f"wrote {len(jobs)} images for {len(prompts)} prompts to {args.out}/{grid_note}")
     for path in written:
         print(f"  {path}")

@@ -8,8 +8,10 @@
 
 The text encoder is frozen and external, so only its name (hub id, directory or the packaged offline
 encoder) is stored. A class-conditional transformer (`num_classes` > 0, e.g. a converted official VAR)
-has no text encoder: `"text_encoder": null`. `load_pipeline` checks that the parts fit each other and
-says which field disagrees when they do not.
+has no text encoder: `"text_encoder": null`. An optional `"sampling": {"cfg_scale", "top_k", "top_p",
+"source"}` holds the settings an evaluation found best (`record_sampling`); `sample.py` uses them unless
+its options say otherwise. `load_pipeline` checks that the parts fit each other and says which field
+disagrees when they do not.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Pipeline:
     text_encoder: TextEncoder | None
     """None for a class-conditional transformer."""
     directory: Path | None = None
+    recommended: dict | None = None
+    """Sampling settings its evaluation found best (`cfg_scale`, `top_k`, `top_p`, `source`), or None."""
 
     @property
     def device(self) -> torch.device:
@@ -62,6 +66,36 @@ def write_pipeline_spec(directory: Path, text_encoder: str | None, text_max_leng
     spec = {"tokenizer": "tokenizer", "transformer": "transformer", "text_encoder": text_encoder,
             "text_max_length": text_max_length}
     (directory / PIPELINE_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+
+
+RECOMMENDED_KEYS = ("cfg_scale", "top_k", "top_p")
+
+
+def record_sampling(directory: str | os.PathLike, cfg_scale: float, top_k: int | None, top_p: float,
+                    source: str) -> dict:
+    """Store the sampling settings an evaluation found best in the pipeline's pipeline.json (atomically);
+    `sample.py` uses them unless told otherwise. Returns the recorded entry."""
+    spec_file = Path(directory) / PIPELINE_FILE
+    spec = read_spec(spec_file)
+    spec["sampling"] = {"cfg_scale": float(cfg_scale), "top_k": top_k, "top_p": float(top_p), "source": source}
+    check_recommended(spec["sampling"], spec_file)
+    temporary = spec_file.with_name(f".{PIPELINE_FILE}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(spec, indent=2) + "\n")
+    os.replace(temporary, spec_file)
+    return spec["sampling"]
+
+
+def check_recommended(entry: object, spec_file: Path) -> dict:
+    """pipeline.json's optional "sampling" entry, checked: a ValueError names what is wrong."""
+    if not isinstance(entry, dict) or any(key not in entry for key in RECOMMENDED_KEYS):
+        raise ValueError(f"{spec_file}: sampling must be an object with {list(RECOMMENDED_KEYS)}, got {entry!r}")
+    top_k = entry["top_k"]
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
+        raise ValueError(f"{spec_file}: sampling.top_k is {json.dumps(top_k)}, expected an integer >= 0 or null")
+    for key in ("cfg_scale", "top_p"):
+        if isinstance(entry[key], bool) or not isinstance(entry[key], (int, float)) or entry[key] < 0:
+            raise ValueError(f"{spec_file}: sampling.{key} is {json.dumps(entry[key])}, expected a number >= 0")
+    return entry
 
 
 def write_pipeline(
@@ -146,6 +180,8 @@ def read_spec(spec_file: Path) -> dict:
     length = spec.get("text_max_length")
     if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
         raise ValueError(f"{spec_file}: text_max_length is {json.dumps(length)}, expected a positive integer or null")
+    if spec.get("sampling") is not None:
+        check_recommended(spec["sampling"], spec_file)
     return spec
 
 
@@ -176,4 +212,4 @@ def load_pipeline(
         text_encoder = TextEncoder.from_pretrained(spec["text_encoder"], max_length=spec.get("text_max_length"),
                                                    device=device)
     check_compatible(tokenizer, transformer, None if text_encoder is None else text_encoder.width)
-    return Pipeline(tokenizer.to(dtype), transformer.to(dtype), text_encoder, directory)
+    return Pipeline(tokenizer.to(dtype), transformer.to(dtype), text_encoder, directory, spec.get("sampling"))

@@ -18,6 +18,7 @@ from PIL import Image
 
 from nextscale.train.data import (
     DataConfig,
+    HeldOutConfig,
     TooManyBadFiles,
     build_dataset,
     collate,
@@ -517,7 +518,7 @@ def test_an_empty_or_short_shard_is_named_when_training_gets_no_batch(tmp_path):
         pass
     data = DataConfig(source="webdataset", path=str(tmp_path / "{short,empty}.tar"), image_size=16)
     config = TokenizerTrainConfig(output_dir=str(tmp_path / "run"), model=tiny_tokenizer_config(), data=data,
-                                  eval_data=DataConfig(image_size=16, synthetic_length=8), steps=2, batch_size=4,
+                                  eval_data=HeldOutConfig(source="synthetic"), steps=2, batch_size=4,
                                   mixed_precision="no", tracker="none", eval_images=8)
     with pytest.raises(ValueError, match=r"no batch of 4 in a whole pass.*short.tar: 1.*empty.tar: 0"):
         train_tokenizer(config)
@@ -539,7 +540,7 @@ def test_webdataset_missing_package_says_how_to_install(tmp_path, monkeypatch):
 
 
 def test_the_transformer_holds_out_data_it_never_trains_on_for_every_source(tmp_path):
-    from nextscale.train.var_data import evaluation_split
+    from nextscale.train.data.split import evaluation_split
 
     folder = tmp_path / "folder"
     folder.mkdir()
@@ -561,4 +562,4 @@ def test_the_transformer_holds_out_data_it_never_trains_on_for_every_source(tmp_
         assert [Path(url).name for url in shards.evaluation.urls] == ["shard-00001.tar"]
         single = str(tmp_path / "shards" / "shard-00000.tar")
         alone = evaluation_split(DataConfig(source="webdataset", path=single, image_size=16), None, 5)
-        assert alone.evaluation is None and "pass --eval-data" in alone.description
+        assert alone.evaluation is None and "pass --eval-data.path DIR" in alone.description

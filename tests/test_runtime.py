@@ -165,3 +165,13 @@ def test_training_learning_rate_1e3_stops_with_one_line_and_saves_nothing_non_fi
     for _, checkpoint in list_checkpoints(out):
         for value in load_file(str(checkpoint / "model.safetensors")).values():
             assert torch.isfinite(value).all(), checkpoint
+
+
+def test_mixed_precision_has_one_source():
+    from nextscale.train.run_config import precision_note
+
+    assert precision_note("bf16", {}) is None  # not under accelerate launch
+    assert precision_note("bf16", {"ACCELERATE_MIXED_PRECISION": "bf16"}) is None
+    note = precision_note("bf16", {"ACCELERATE_MIXED_PRECISION": "no"})
+    assert note is not None and note.startswith("mixed precision: bf16 (--mixed-precision)")
+    assert "accelerate launch's 'no' is not used" in note

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 import tyro
 from PIL import Image
 
-from nextscale.images import to_arrays
+from nextscale.images import grid_columns, make_grid, to_arrays
 from nextscale.sampling import pipeline as pipeline_module
 from nextscale.sampling.cli import SampleArgs, main
 from nextscale.sampling.filtering import (
@@ -387,3 +388,67 @@ def test_cli_errors(tmp_path: Path, write_tiny_pipeline: Callable[..., Path], mo
     mismatched = write_tiny_pipeline(tmp_path / "mismatched", transformer_overrides={"vocab_size": 32})
     with pytest.raises(ValueError, match="vocab_size: transformer 32 vs tokenizer 64"):
         main(SampleArgs(prompt=("a",), checkpoint=str(mismatched), out=tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("count", "group", "shape"),  # shape: (columns, rows)
+    [(1, 1, (1, 1)), (4, 4, (2, 2)), (8, 4, (4, 2)), (20, 2, (4, 5)), (21, 7, (7, 3)), (160, 160, (16, 10)),
+     (97, 97, (10, 10)), (100, 1, (10, 10)), (100, 160, (10, 10))],
+)
+def test_grid_layout_is_close_to_square(count: int, group: int, shape: tuple[int, int]) -> None:
+    columns = grid_columns(count, group)
+    rows = -(-count // columns)
+    assert (columns, rows) == shape
+    square = -(-count**0.5 // 1)
+    assert columns <= 2 * square and rows <= 2 * square  # never a long strip
+    if group <= columns:
+        assert columns % group == 0  # each prompt's images stay together on one row
+    grid = make_grid(torch.zeros(count, 3, 4, 4), columns, padding=2)
+    assert grid.size == (columns * 6 + 2, rows * 6 + 2)
+
+
+def test_cli_grid_is_square_and_capped(tiny_pipeline_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    args = SampleArgs(prompt=("a portrait",), num_images=12, grid_max=9, checkpoint=str(tiny_pipeline_dir),
+                      out=tmp_path / "out", batch_size=4, progress=False, device="cpu")
+    written = main(args)
+    assert len([path for path in written if path.name != "grid.png"]) == 12
+    side = 16 + 2  # tiny images are 16 px, with 2 px of padding
+    assert Image.open(tmp_path / "out" / "grid.png").size == (3 * side + 2, 3 * side + 2)  # the first 9, 3 x 3
+    assert "the first 9 of 12; --grid-max N for more" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--grid-max must be >= 1"):
+        SampleArgs(prompt=("a portrait",), grid_max=0)
+
+
+def test_recommended_sampling_settings_travel_with_the_pipeline(
+    tiny_pipeline_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from nextscale.sampling.pipeline import load_pipeline, record_sampling
+
+    directory = Path(shutil.copytree(tiny_pipeline_dir, tmp_path / "pipeline"))
+    assert load_pipeline(directory).recommended is None
+    record_sampling(directory, 2.0, None, 1.0, "an evaluation")
+    pipeline = load_pipeline(directory)
+    assert pipeline.recommended == {"cfg_scale": 2.0, "top_k": None, "top_p": 1.0, "source": "an evaluation"}
+    args = SampleArgs(prompt=("a portrait",), checkpoint=str(directory), out=tmp_path / "out", progress=False,
+                      device="cpu")
+    config = args.sampling_config(pipeline.recommended)
+    assert (config.cfg_scale, config.top_k, config.top_p) == (2.0, None, 1.0)
+    # each option given on the command line wins; without a recommendation the defaults are SamplingConfig's
+    config = SampleArgs(cfg=3.0, top_k=5).sampling_config(pipeline.recommended)
+    assert (config.cfg_scale, config.top_k, config.top_p) == (3.0, 5, 1.0)
+    defaults = SampleArgs().sampling_config()
+    assert (defaults.cfg_scale, defaults.top_k, defaults.top_p) == (4.0, 900, 0.95)
+    main(args)
+    out = capsys.readouterr().out
+    assert "sampling with the pipeline's recommended settings (an evaluation): cfg 2, top-k off, top-p 1" in out
+    main(SampleArgs(prompt=("a portrait",), checkpoint=str(directory), out=tmp_path / "again", progress=False,
+                    device="cpu", cfg=1.0, top_k=0, top_p=0.9))
+    assert "the pipeline's recommended settings" not in capsys.readouterr().out
+    spec = json.loads((directory / "pipeline.json").read_text())
+    spec["sampling"]["top_k"] = -1
+    (directory / "pipeline.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="sampling.top_k is -1"):
+        load_pipeline(directory)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from nextscale.scales import phi_index, validate_scale_sizes
 
@@ -73,12 +73,13 @@ class TokenizerConfig:
         if self.image_size % self.downsample:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by the downsampling factor {self.downsample} "
-                f"(from channel_mult {self.channel_mult})"
+                f"(2 ** (len(channel_mult) - 1), channel_mult {self.channel_mult}): {size_fix(self.image_size)}"
             )
         if sizes[-1] != self.latent_size:
             raise ValueError(
-                f"the last scale size must equal the latent side {self.latent_size} "
-                f"(image_size {self.image_size} / downsample {self.downsample}); got scale_sizes {sizes}"
+                f"the last scale size must equal the latent side {self.latent_size} (image_size {self.image_size} / "
+                f"downsampling {self.downsample} from channel_mult {self.channel_mult}); got scale_sizes {sizes}: "
+                f"{size_fix(self.image_size, self.latent_size)}"
             )
         for name in ("encoder_channels", "decoder_channels"):
             if getattr(self, name) % self.norm_groups:
@@ -99,6 +100,11 @@ class TokenizerConfig:
                 f"{len(sizes)} scales; use num_phi <= {len(used)}"
             )
 
+    @classmethod
+    def for_image_size(cls, image_size: int, **overrides: Any) -> TokenizerConfig:
+        """The size preset of `image_size` (channel_mult and scale_sizes, `size_preset`), with overrides."""
+        return cls(**{"image_size": image_size, **size_preset(image_size).fields(), **overrides})
+
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.channel_mult) - 1)
@@ -110,3 +116,59 @@ class TokenizerConfig:
     @property
     def num_scales(self) -> int:
         return len(self.scale_sizes)
+
+
+@dataclass(frozen=True)
+class SizePreset:
+    """The downsampling and scale schedule of one image size."""
+
+    channel_mult: tuple[int, ...]
+    """Channel multiplier per level; downsampling = 2 ** (len - 1)."""
+    scale_sizes: tuple[int, ...]
+    """Token-map sides, coarse to fine, ending at the latent side."""
+
+    def fields(self) -> dict[str, tuple[int, ...]]:
+        return {"channel_mult": self.channel_mult, "scale_sizes": self.scale_sizes}
+
+
+# 32 and 64 px keep the demo's 130-token schedule (latent 8); 128 px adds two scales (latent 16, 530 tokens);
+# 256 px is VAR's 16x tokenizer with its 10-scale schedule (680 tokens); 512 px is VAR-d36's (2240 tokens).
+SIZE_PRESETS: dict[int, SizePreset] = {
+    32: SizePreset((1, 2, 4), (1, 2, 3, 4, 6, 8)),
+    64: SizePreset((1, 2, 2, 4), (1, 2, 3, 4, 6, 8)),
+    128: SizePreset((1, 2, 2, 4), (1, 2, 3, 4, 6, 8, 12, 16)),
+    256: SizePreset((1, 1, 2, 2, 4), (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)),
+    512: SizePreset((1, 1, 2, 2, 4), (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)),
+}
+
+
+def suggested_scale_sizes(latent_size: int) -> tuple[int, ...]:
+    """A VAR-like schedule ending at `latent_size`: VAR's 256 px sides (1 ... 16) rescaled, deduplicated."""
+    var = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    return tuple(sorted({max(1, round(side * latent_size / 16)) for side in var} | {latent_size}))
+
+
+def size_preset(image_size: int) -> SizePreset:
+    """SIZE_PRESETS[image_size], else derived: the largest downsampling (2 to 16) that leaves a latent side of
+    at least 8, with a VAR-like schedule up to it; ValueError naming the preset sizes when none fits."""
+    if image_size in SIZE_PRESETS:
+        return SIZE_PRESETS[image_size]
+    for downsample, channel_mult in ((16, (1, 1, 2, 2, 4)), (8, (1, 2, 2, 4)), (4, (1, 2, 4)), (2, (1, 2))):
+        if image_size % downsample == 0 and image_size // downsample >= 8:
+            return SizePreset(channel_mult, suggested_scale_sizes(image_size // downsample))
+    raise ValueError(f"no size preset fits {image_size} px (the latent side must be at least 8 after a 2x to 16x "
+                     f"downsampling): resize the images to a preset size ({', '.join(map(str, SIZE_PRESETS))} px)")
+
+
+def size_fix(image_size: int, latent_size: int | None = None) -> str:
+    """What to pass so that a tokenizer fits `image_size`: its size preset when there is one, else the options."""
+    try:
+        preset = size_preset(image_size)
+    except ValueError:
+        return (f"pick --model.channel-mult with one entry per level so that 2 ** (levels - 1) divides {image_size} "
+                f"(dropping a level halves the downsampling), or use a preset size "
+                f"({', '.join(map(str, SIZE_PRESETS))} px)")
+    return (f"use the size preset (--image-size {image_size} alone) or pass --model.channel-mult "
+            f"{' '.join(map(str, preset.channel_mult))} --model.scale-sizes {' '.join(map(str, preset.scale_sizes))}"
+            + (f" (dropping a --model.channel-mult level halves the downsampling; scale_sizes end at the latent side"
+               f" {latent_size})" if latent_size else ""))

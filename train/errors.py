@@ -25,11 +25,13 @@ def collective_timeout(error: BaseException) -> str | None:
             "see its log, then resume with --resume latest (--collective-timeout sets the wait)")
 
 
-def run_cli(config_class: type[T], main: Callable[[T], Any], argv: list[str] | None = None) -> Any:
-    """Parse a training config from the command line and run it, turning mistakes into one line."""
+def run_cli(config_class: type[T], main: Callable[[T], Any], argv: list[str] | None = None,
+            defaults: Callable[[list[str]], T | None] | None = None) -> Any:
+    """Parse a training config from the command line and run it, turning mistakes into one line;
+    `defaults(argv)` may pick the defaults (a size preset)."""
     from nextscale.train.data.badinput import TooManyBadFiles
     from nextscale.train.runtime import NonFiniteTraining
     from nextscale.train.state import CheckpointError
 
     return run_any_cli(config_class, main, argv, user_errors=(TooManyBadFiles, CheckpointError),
-                       failures=(NonFiniteTraining,), explain=collective_timeout)
+                       failures=(NonFiniteTraining,), explain=collective_timeout, defaults=defaults)

@@ -7,6 +7,7 @@ shared field only to change its default. The command line stays flat (`--learnin
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,7 +37,8 @@ class RunConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
-    """Autocast precision; bf16 trains 2-3x faster than fp32 on CPUs with AVX512-BF16."""
+    """Autocast precision; bf16 trains 2-3x faster than fp32 on CPUs with AVX512-BF16. This option is the
+    one setting: `accelerate launch --mixed_precision` and Accelerate's config file do not change it."""
     num_workers: int = 0
     """DataLoader worker processes."""
     seed: int = 0
@@ -85,3 +87,13 @@ class RunConfig:
             raise ValueError(f"--betas must lie in [0, 1), got {self.betas}")
         if self.collective_timeout == 0:
             raise ValueError("--collective-timeout must be positive (seconds)")
+
+
+def precision_note(mixed_precision: str, environ: Mapping[str, str]) -> str | None:
+    """One line when `accelerate launch` announced another precision than the run's (the launcher prints
+    its default 'no' when it has no config file): the run's `--mixed-precision` is the one used."""
+    launched = environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched is None or launched == mixed_precision:
+        return None
+    return (f"mixed precision: {mixed_precision} (--mixed-precision); accelerate launch's {launched!r} is not used, "
+            f"pass --mixed-precision {launched} to train in it")

@@ -43,7 +43,7 @@ from accelerate.utils import (
 from torch import nn
 from tqdm.auto import tqdm
 
-from nextscale.train.run_config import RunConfig
+from nextscale.train.run_config import RunConfig, precision_note
 from nextscale.train.state import Stateful, check_resume_argument, resume_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -251,6 +251,9 @@ class Runtime:
         if self.tracker:
             accelerator.init_trackers(training.name, config={"steps": config.steps, "batch_size": config.batch_size,
                                                              "learning_rate": config.learning_rate})
+        note = precision_note(config.mixed_precision, os.environ)
+        if note:
+            accelerator.print(note)
         training.setup(self)
         resumed = resume_checkpoint(accelerator, self.output_dir, config.resume, self.registered,
                                     config.accept_lost_random_state)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,14 @@ from nextscale.tokenizer.losses.alignment import (
 )
 from nextscale.tokenizer.losses.discriminator import AdversarialConfig
 from nextscale.tokenizer.losses.perceptual import PerceptualConfig, PerceptualLoss
-from nextscale.train.data import DataConfig, held_out, make_dataloader
+from nextscale.train.data import DataConfig, HeldOutConfig, loader_over
+from nextscale.train.data.split import EvaluationSplit, evaluation_split
 from nextscale.train.errors import run_cli
 from nextscale.train.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult
+from nextscale.train.sizes import tokenizer_defaults
 from nextscale.train.state import GeneratorState, TensorState, load_initial_weights
 from nextscale.train.tokenizer_objective import (
     Adversary,
@@ -51,12 +52,17 @@ class TokenizerTrainConfig(RunConfig):
     """Where checkpoints, sample grids, the exported model (`model/`) and `metrics.json` go."""
     steps: int = 1200
     """Optimiser steps."""
+    image_size: int | None = None
+    """Side of the training images in px, given once: sets --data.image-size and --model.image-size and picks
+    the size preset (--model.channel-mult, --model.scale-sizes): 32, 64 (the demo), 128, 256 (VAR's 10
+    scales) or 512 px, other sizes derived; --model.* options override it."""
     model: TokenizerConfig = field(default_factory=TokenizerConfig)
-    """Tokenizer architecture."""
+    """Tokenizer architecture (from --image-size's preset when given)."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training data (synthetic portraits by default; an image folder or WebDataset shards)."""
-    eval_data: DataConfig | None = None
-    """Held-out data; None uses the source's held-out split (synthetic: another seed), or the training data."""
+    eval_data: HeldOutConfig = field(default_factory=HeldOutConfig)
+    """Held-out images (--eval-data.path DIR), read like --data; by default a part of --data that is never
+    trained on (the transformer training holds out the same way). Named in metrics.json."""
     alignment: AlignmentConfig = field(default_factory=lambda: AlignmentConfig(teacher="none"))
     """Representation alignment; the offline preset has no teacher weights, so it is off by default.
     Enable with --alignment.teacher facebook/dinov2-base (or a local directory)."""
@@ -77,20 +83,17 @@ class TokenizerTrainConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.eval_data.resolve(self.data)  # a held-out source without its path fails here, not after training
+        if self.image_size is not None and {self.data.image_size, self.model.image_size} != {self.image_size}:
+            raise ValueError(f"--image-size {self.image_size} sets the data and model sizes: drop --data.image-size "
+                             "and --model.image-size")
         if self.data.image_size != self.model.image_size:
-            raise ValueError(
-                f"--data.image-size {self.data.image_size} differs from --model.image-size {self.model.image_size}"
-            )
+            raise ValueError(f"--data.image-size {self.data.image_size} differs from --model.image-size "
+                             f"{self.model.image_size}: pass --image-size N alone instead of both")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.sample_every < 1:
             raise ValueError(f"--sample-every must be >= 1, got {self.sample_every}")
-
-
-def held_out_data(config: TokenizerTrainConfig) -> DataConfig:
-    if config.eval_data is not None:
-        return config.eval_data
-    return held_out(config.data)
 
 
 class TokenizerTraining:
@@ -123,8 +126,9 @@ class TokenizerTraining:
         optimizer, scheduler = adamw_with_schedule(objective, config.learning_rate, config.weight_decay,
                                                    config.betas, config.steps, config.warmup_steps,
                                                    config.decay_fraction)
-        loader = make_dataloader(config.data, batch_size=config.batch_size, shuffle=True,
-                                 num_workers=config.num_workers, drop_last=True)
+        self.split = evaluation_split(config.data, config.eval_data.resolve(config.data), config.eval_images)
+        loader = loader_over(self.split.train, batch_size=config.batch_size, shuffle=True,
+                             num_workers=config.num_workers, drop_last=True)
         self.objective, optimizer, scheduler, runtime.loader = accelerator.prepare(objective, optimizer, scheduler,
                                                                                    loader)
         runtime.add_part(self.objective, optimizer, scheduler)
@@ -140,7 +144,8 @@ class TokenizerTraining:
         runtime.register("codebook_usage", TensorState(lambda: {"usage_ema": model.quantizer.usage_ema}))
         self.restarts = torch.Generator(device=accelerator.device).manual_seed(config.seed)
         runtime.register("dead_code_restarts", GeneratorState(self.restarts))
-        sample_loader = make_dataloader(held_out_data(config), batch_size=8, shuffle=False, drop_last=False)
+        sample_loader = loader_over(self.split.evaluation or self.split.train, batch_size=8, shuffle=False,
+                                    drop_last=False)
         self.sample_images = next(iter(sample_loader))["image"].to(accelerator.device)
 
     def micro_step(self, runtime: Runtime, batch: Any, step: int) -> dict[str, torch.Tensor]:
@@ -187,7 +192,7 @@ class TokenizerTraining:
     def finish(self, runtime: Runtime) -> dict:
         final = self.final_model()
         final.save_pretrained(runtime.output_dir / "model")
-        metrics = evaluate_held_out(final, self.config)
+        metrics = evaluate_held_out(final, self.split, self.config.eval_images)
         runtime.accelerator.print(format_tokenizer_metrics(metrics))
         runtime.accelerator.print(f"exported {runtime.output_dir / 'model'}; metrics in "
                                   f"{runtime.output_dir / 'metrics.json'}")
@@ -213,26 +218,22 @@ def save_reconstructions(model: MultiScaleVQVAE, images: torch.Tensor, path: Pat
     model.train(was_training)
 
 
-def evaluate_held_out(model: MultiScaleVQVAE, config: TokenizerTrainConfig) -> dict:
-    data = held_out_data(config)
-    loader = make_dataloader(data, batch_size=64, shuffle=False, num_workers=0, drop_last=False)
-    needed = math.ceil(config.eval_images / 64)
-    batches = (batch["image"][: config.eval_images - i * 64] for i, batch in zip(range(needed), loader))
+def evaluate_held_out(model: MultiScaleVQVAE, split: EvaluationSplit, eval_images: int) -> dict:
+    """Reconstruction metrics on the held-out images (the training data itself when there are none, said so)."""
+    evaluation = split.evaluation if split.evaluation is not None else split.train
+    loader = loader_over(evaluation, batch_size=64, shuffle=False, num_workers=0, drop_last=False)
+    needed = math.ceil(eval_images / 64)
+    batches = (batch["image"][: eval_images - i * 64] for i, batch in zip(range(needed), loader))
     metrics = evaluate_tokenizer(model, batches)
-    metrics["eval_data"] = dataclasses.asdict(data)
-    metrics["held_out"] = data != config.data
-    if config.eval_data is not None:
-        metrics["held_out_source"] = f"--eval-data ({data.source} {data.path or ''})".replace(" )", ")")
-    elif metrics["held_out"]:
-        metrics["held_out_source"] = f"the {data.source} source's held-out split (seed {data.seed})"
-    else:
-        metrics["held_out_source"] = "none: the training data itself (pass --eval-data for a true hold-out)"
+    metrics["held_out"] = split.evaluation is not None
+    metrics["held_out_source"] = split.description if split.evaluation is not None else \
+        f"{split.description}; measured on the training data itself"
     return metrics
 
 
 def cli() -> None:
     """The `nextscale-train-tokenizer` console script (also `accelerate launch train_tokenizer.py`)."""
-    run_cli(TokenizerTrainConfig, train_tokenizer)
+    run_cli(TokenizerTrainConfig, train_tokenizer, defaults=tokenizer_defaults)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 Encoding images with the frozen tokenizer and captions with the frozen text encoder is the same work
 every epoch, so by default both are computed once into a cache directory:
 
-    cache_dir/codes.safetensors   codes (n, L) int16 + a fingerprint of tokenizer and data
-    cache_dir/text.safetensors    text_tokens (n, t, d) fp16, text_mask, text_pooled + the captions
+    cache_dir/codes.safetensors   codes (n, L) int16, caption_index (n,) int64 + a fingerprint
+    cache_dir/text.safetensors    text_tokens (D, t, d) fp16, text_mask, text_pooled + the D distinct captions
+
+Captions repeat (a folder of 20,000 images may have 40 distinct captions), so the text states of each
+distinct caption are stored once and every item points at its row: the text file grows with D, not n.
 
 A cache is reused only when its fingerprint matches (same tokenizer weights, data config and text
 encoder), so changing any of them rebuilds it instead of silently training on stale codes.
@@ -17,65 +20,24 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import Dataset, IterableDataset, Subset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from nextscale.checkpoint import WEIGHTS_NAME, resolve_model_dir
 from nextscale.scales import flatten_codes
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data import DataConfig, build_dataset, held_out, loader_over
-from nextscale.train.data.sources import get_source
+from nextscale.train.data import DataConfig, loader_over
 from nextscale.transformer.text import TextEncoder, load_text_cache, precompute_text_embeddings, save_text_cache
 
 CODES_FILE = "codes.safetensors"
 TEXT_FILE = "text.safetensors"
-
-
-@dataclass
-class EvaluationSplit:
-    """The transformer's training items and the held-out items it never trains on."""
-
-    train: Dataset
-    evaluation: Dataset | None
-    """None when the data has no part to hold out (the run then reports no held-out metrics)."""
-    description: str
-    """Where the held-out items come from (written to metrics.json)."""
-
-
-def evaluation_split(data: DataConfig, eval_data: DataConfig | None, eval_images: int) -> EvaluationSplit:
-    """Split off held-out data: `eval_data` when given, else the source's own held-out split (synthetic:
-    another seed), else every k-th item of a map-style source (an image or class folder: `eval_images` of
-    them, at most a tenth), else the last shard of a WebDataset with several shards."""
-    if eval_data is not None:
-        return EvaluationSplit(build_dataset(data, shuffle=True), build_dataset(eval_data),
-                               f"--eval-data ({eval_data.source} {eval_data.path or ''})".replace(" )", ")"))
-    if get_source(data.source).held_out is not None:
-        split = held_out(data)
-        return EvaluationSplit(build_dataset(data, shuffle=True), build_dataset(split),
-                               f"the {data.source} source's held-out split (seed {split.seed})")
-    dataset = build_dataset(data, shuffle=True)
-    if isinstance(dataset, IterableDataset):
-        urls = list(getattr(dataset, "urls", []))
-        if len(urls) < 2:
-            return EvaluationSplit(dataset, None, "none: one shard, nothing to hold out (pass --eval-data)")
-        evaluation = build_dataset(data)
-        dataset.urls, evaluation.urls = urls[:-1], urls[-1:]
-        return EvaluationSplit(dataset, evaluation, f"the last shard {urls[-1]}, never trained on")
-    total = len(dataset)
-    count = min(eval_images, total // 10)
-    if count < 1:
-        return EvaluationSplit(dataset, None, f"none: {total} items, too few to hold out (pass --eval-data)")
-    stride = total // count  # every stride-th item: spread over the folder (and over the classes of a class-folder)
-    evaluation = list(range(stride - 1, total, stride))[:count]
-    held = set(evaluation)
-    return EvaluationSplit(Subset(dataset, [i for i in range(total) if i not in held]), Subset(dataset, evaluation),
-                           f"every {stride}th of {total} items of {data.path} ({count}), never trained on")
+CACHE_FORMAT = 2
+"""Bumped when the cache layout changes (2: de-duplicated captions), so older caches are rebuilt."""
 
 
 def cache_fingerprint(tokenizer_path: str, data: DataConfig, text_encoder: str, max_length: int, count: int,
@@ -88,7 +50,7 @@ def cache_fingerprint(tokenizer_path: str, data: DataConfig, text_encoder: str, 
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     payload = {"tokenizer": digest.hexdigest(), "data": dataclasses.asdict(data), "text_encoder": text_encoder,
-               "max_length": max_length, "count": count, "subset": subset}
+               "max_length": max_length, "count": count, "subset": subset, "format": CACHE_FORMAT}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -140,13 +102,32 @@ def build_cache(
     if tokenizer.config.vocab_size > 2**15:
         raise ValueError("codes are cached as int16: vocab_size must be <= 32768")
     codes, captions = encode_dataset(tokenizer, dataset, count, progress=progress)
-    embeddings = precompute_text_embeddings(text_encoder, captions, batch_size=256)
+    distinct, caption_index = deduplicate(captions)
+    embeddings = precompute_text_embeddings(text_encoder, distinct, batch_size=256, progress=progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    save_text_cache(cache_dir / TEXT_FILE, embeddings, captions)
+    save_text_cache(cache_dir / TEXT_FILE, embeddings, distinct)
     temporary = cache_dir / f".{CODES_FILE}.tmp-{os.getpid()}"
-    save_file({"codes": codes.contiguous()}, str(temporary), metadata={"fingerprint": fingerprint})
+    save_file({"codes": codes.contiguous(), "caption_index": caption_index}, str(temporary),
+              metadata={"fingerprint": fingerprint})
     os.replace(temporary, cache_dir / CODES_FILE)
+    if progress:
+        print(describe_cache(cache_dir, len(captions), len(distinct)))
     return cache_dir
+
+
+def deduplicate(captions: list[str]) -> tuple[list[str], torch.Tensor]:
+    """(the distinct captions in order of first appearance, index (n,) int64 of each caption among them)."""
+    rows: dict[str, int] = {}
+    index = [rows.setdefault(caption, len(rows)) for caption in captions]
+    return list(rows), torch.tensor(index, dtype=torch.int64)
+
+
+def describe_cache(cache_dir: Path, items: int, distinct: int) -> str:
+    """One line: items, distinct captions and the size of each file of the cache."""
+    codes_mb = (cache_dir / CODES_FILE).stat().st_size / 1e6
+    text_mb = (cache_dir / TEXT_FILE).stat().st_size / 1e6
+    return (f"cache {cache_dir}: {items} items, {distinct} distinct captions; codes {codes_mb:.1f} MB, "
+            f"text states {text_mb:.1f} MB")
 
 
 class CachedCodesDataset(Dataset):
@@ -156,16 +137,25 @@ class CachedCodesDataset(Dataset):
         cache_dir = Path(cache_dir)
         with safe_open(str(cache_dir / CODES_FILE), framework="pt") as handle:
             self.codes = handle.get_tensor("codes")
+            self.caption_index = handle.get_tensor("caption_index")
         # fp16 in memory (half the RAM); cast to fp32 per batch in the training step
         self.text, self.captions = load_text_cache(cache_dir / TEXT_FILE, dtype=torch.float16)
-        if len(self.captions) != len(self.codes):
-            raise ValueError(f"{cache_dir}: {len(self.codes)} code rows but {len(self.captions)} captions")
+        if len(self.caption_index) != len(self.codes):
+            raise ValueError(f"{cache_dir}: {len(self.codes)} code rows but {len(self.caption_index)} caption indices")
+        if len(self.caption_index) and not 0 <= int(self.caption_index.min()) <= int(self.caption_index.max()) \
+                < len(self.captions):
+            raise ValueError(f"{cache_dir}: caption indices outside the {len(self.captions)} cached captions")
 
     def __len__(self) -> int:
         return len(self.codes)
 
+    def caption(self, index: int) -> str:
+        """The caption of item `index`."""
+        return self.captions[int(self.caption_index[index])]
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return {"codes": self.codes[index].long(), **{k: v[index] for k, v in self.text.items()}}
+        row = int(self.caption_index[index])
+        return {"codes": self.codes[index].long(), **{k: v[row] for k, v in self.text.items()}}
 
 
 def on_the_fly_class_batches(loader, tokenizer: MultiScaleVQVAE) -> Iterator[dict[str, torch.Tensor]]:

@@ -11,17 +11,18 @@ import torch
 
 from nextscale.sampling.pipeline import write_pipeline
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data import DataConfig, loader_over
+from nextscale.train.data import DataConfig, HeldOutConfig, loader_over
+from nextscale.train.data.split import evaluation_split
 from nextscale.train.errors import run_cli
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.preview import PreviewConfig, write_preview
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult
+from nextscale.train.sizes import check_tokenizer_size, var_defaults
 from nextscale.train.state import GeneratorState, load_initial_weights
 from nextscale.train.var_data import (
     CachedCodesDataset,
     build_cache,
-    evaluation_split,
     on_the_fly_batches,
     on_the_fly_class_batches,
 )
@@ -85,10 +86,10 @@ class VarTrainConfig(RunConfig):
     """Transformer shape; scale_sizes, vocab_size, latent_dim and text_width are taken from the tokenizer
     and the text encoder."""
     data: DataConfig = field(default_factory=DataConfig)
-    """Captioned training images (synthetic portraits by default)."""
-    eval_data: DataConfig | None = None
-    """Held-out captioned images; None: the source's held-out split (synthetic), else the last items of a
-    folder or the last shard of a WebDataset, which are then never trained on."""
+    """Captioned training images (synthetic portraits by default); their size is the tokenizer's."""
+    eval_data: HeldOutConfig = field(default_factory=HeldOutConfig)
+    """Held-out captioned images (--eval-data.path DIR), read like --data; by default a part of --data that is
+    never trained on. Named in metrics.json (held_out_source)."""
     cache: bool = True
     """Precompute codes and text embeddings of `cache_images` items once; False encodes every batch."""
     cache_images: int = 24_000
@@ -104,6 +105,7 @@ class VarTrainConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.eval_data.resolve(self.data)  # a held-out source without its path fails here, not after training
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"--cond-drop is a probability in [0, 1), got {self.cond_drop}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -130,7 +132,8 @@ class VarTraining:
         config, accelerator = self.config, runtime.accelerator
         device = accelerator.device
         self.tokenizer = tokenizer = MultiScaleVQVAE.from_pretrained(config.tokenizer, map_location=device)
-        self.split = evaluation_split(config.data, config.eval_data, config.eval_images)
+        check_tokenizer_size(config.data, tokenizer.config.image_size)
+        self.split = evaluation_split(config.data, config.eval_data.resolve(config.data), config.eval_images)
         self.text_encoder: TextEncoder | None = None
         self.null_text: dict[str, torch.Tensor] = {}
         if config.condition == "class":
@@ -226,7 +229,7 @@ def train_var(config: VarTrainConfig) -> TrainResult:
 
 def cli() -> None:
     """The `nextscale-train-var` console script (also `accelerate launch train_var.py`)."""
-    run_cli(VarTrainConfig, train_var)
+    run_cli(VarTrainConfig, train_var, defaults=var_defaults)
 
 
 if __name__ == "__main__":

@@ -213,11 +213,20 @@ class TextEncoder:
 
 
 def precompute_text_embeddings(
-    encoder: TextEncoder, captions: Sequence[str], batch_size: int = 64
+    encoder: TextEncoder, captions: Sequence[str], batch_size: int = 64, progress: bool = False
 ) -> dict[str, torch.Tensor]:
-    """Encode every caption once: text_tokens (n, t, d), text_mask (n, t), text_pooled (n, d), on CPU."""
+    """Encode every caption once: text_tokens (n, t, d), text_mask (n, t), text_pooled (n, d), on CPU.
+
+    `progress` shows a bar over the captions (a large cache takes minutes to encode).
+    """
+    from tqdm.auto import tqdm
+
     captions = check_prompts(captions)
-    chunks = [encoder.encode(captions[i : i + batch_size]) for i in range(0, len(captions), batch_size)]
+    chunks = []
+    with tqdm(total=len(captions), desc="encoding captions", unit="caption", disable=not progress) as bar:
+        for start in range(0, len(captions), batch_size):
+            chunks.append(encoder.encode(captions[start : start + batch_size]))
+            bar.update(len(chunks[-1].pooled))
     return {
         "text_tokens": torch.cat([c.tokens.cpu() for c in chunks]),
         "text_mask": torch.cat([c.mask.cpu() for c in chunks]),

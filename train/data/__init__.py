@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from nextscale.train.data.badinput import BadInput, BadInputTracker, TooManyBadFiles
-from nextscale.train.data.config import DataConfig
+from nextscale.train.data.config import DataConfig, HeldOutConfig
 from nextscale.train.data.decode import IMAGE_SUFFIXES, decode_image
 from nextscale.train.data.sources import get_source, source_names
 
@@ -24,6 +24,7 @@ __all__ = [
     "BadInput",
     "BadInputTracker",
     "DataConfig",
+    "HeldOutConfig",
     "TooManyBadFiles",
     "build_dataset",
     "collate",

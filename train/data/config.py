@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -53,3 +53,23 @@ class DataConfig:
             raise ValueError(f"max_file_bytes must be positive, got {self.max_file_bytes}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ValueError(f"max_bad_fraction is a fraction in [0, 1], got {self.max_bad_fraction}")
+
+
+@dataclass(frozen=True)
+class HeldOutConfig:
+    """Held-out images for the final evaluation, read like --data (the same decoding and image size)."""
+
+    path: str | None = None
+    """A folder (or shard pattern) of held-out images, never trained on. None: hold out part of --data (the
+    source's own held-out split, else every k-th item of a folder, else the last WebDataset shard)."""
+    source: str | None = None
+    """The held-out images' source when it is not --data.source (e.g. synthetic for the portraits' own)."""
+
+    def resolve(self, data: DataConfig) -> DataConfig | None:
+        """The DataConfig of the held-out images (None: split off `data`); ValueError names a bad option."""
+        if self.path is None and self.source is None:
+            return None
+        try:
+            return replace(data, source=self.source or data.source, path=self.path)
+        except ValueError as error:
+            raise ValueError(f"--eval-data: {error}") from None

@@ -34,7 +34,7 @@ import tyro
 from tqdm.auto import tqdm
 
 from nextscale.images import from_uint8, save_grid, to_uint8
-from nextscale.sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline
+from nextscale.sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline, record_sampling
 from nextscale.sampling.sampler import SamplingConfig, generate
 from nextscale.train.data.captions import caption_from_attributes
 from nextscale.train.data.portraits import ATTRIBUTES, render_portrait, sample_attributes, visible_attributes
@@ -79,6 +79,9 @@ class EvaluationConfig:
     """Seed of generated images, real renders and the 3-attribute prompt set."""
     progression: bool = True
     """Also save the coarse-to-fine progression of four prompts."""
+    record: bool = False
+    """Store the best guidance scale, with this run's top-k and top-p, in the pipeline's pipeline.json:
+    `sample.py` then uses them unless told otherwise."""
     zoom_levels: tuple[int, ...] = ()
     """Zoom levels (2, 4) whose per-level adherence is measured at the best guidance scale (1x is the main
     table); needs a judge trained on those levels (`--zoom-judge`); () skips it."""
@@ -262,6 +265,12 @@ def evaluate(config: EvaluationConfig) -> dict:
     report["zoom"] = {str(level): zoom_adherence(pipeline, zoom_judge, level, best["cfg_scale"], config)
                       for level in config.zoom_levels}
     report["seconds_per_image"] = seconds_per_image(pipeline, best["cfg_scale"])
+    if config.record and pipeline.directory is not None:
+        sweep = "/".join(f"{row['cfg_scale']:g}" for row in report["sweep"])
+        report["recorded"] = record_sampling(
+            pipeline.directory, best["cfg_scale"], config.top_k, config.top_p,
+            f"prompt-adherence evaluation: best single-attribute adherence {best['single']['mean']:.3f} over cfg "
+            f"{sweep}")
 
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")

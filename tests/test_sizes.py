@@ -1,0 +1,91 @@
+"""Sizes given once: --image-size picks a size preset, train_var.py takes the size from its tokenizer,
+held-out data is one plain option; every mistake of the issue is one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from nextscale.errors import parse
+from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
+from nextscale.tokenizer.config import SIZE_PRESETS, size_preset, suggested_scale_sizes
+from nextscale.train.data import DataConfig, HeldOutConfig
+from nextscale.train.errors import run_cli
+from nextscale.train.sizes import check_tokenizer_size, option_value, tokenizer_defaults, var_defaults
+from nextscale.train.tokenizer_loop import TokenizerTrainConfig
+from nextscale.train.var_loop import VarTrainConfig
+
+
+def tokenizer_args(argv: list[str]) -> TokenizerTrainConfig:
+    return parse(TokenizerTrainConfig, argv, tokenizer_defaults(argv))
+
+
+def error_line(capsys: pytest.CaptureFixture[str], config_class: type, argv: list[str], defaults) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(config_class, lambda config: pytest.fail("the run must not start"), argv, defaults=defaults)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_every_preset_builds_a_tokenizer_of_its_size():
+    assert SIZE_PRESETS[256].scale_sizes == (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # VAR's schedule
+    for size in SIZE_PRESETS:
+        config = TokenizerConfig.for_image_size(size)
+        assert config.image_size == size and config.scale_sizes[-1] == config.latent_size
+    assert TokenizerConfig.for_image_size(96).scale_sizes == (1, 2, 3, 4, 6, 8, 10, 12)  # derived: latent 12
+    assert suggested_scale_sizes(16) == SIZE_PRESETS[256].scale_sizes
+    with pytest.raises(ValueError, match="no size preset fits 33 px"):
+        size_preset(33)
+
+
+def test_one_image_size_sets_data_model_and_schedule():
+    config = tokenizer_args(["--image-size", "32"])
+    assert config.data.image_size == config.model.image_size == 32
+    assert config.model.channel_mult == (1, 2, 4) and config.model.scale_sizes == (1, 2, 3, 4, 6, 8)
+    overridden = tokenizer_args(["--image-size=256", "--model.scale-sizes", "1", "2", "4", "8", "16"])
+    assert overridden.model.channel_mult == (1, 1, 2, 2, 4) and overridden.model.scale_sizes == (1, 2, 4, 8, 16)
+    assert tokenizer_args([]).model == TokenizerConfig()  # no size: the 64 px demo preset
+    assert option_value(["--image-size", "32", "--image-size=64"], "--image-size") == "64"
+
+
+def test_size_mistakes_are_one_line_naming_the_fix(capsys):
+    # the 64 px schedule at 32 px: the error names the preset and the options that fit
+    line = error_line(capsys, TokenizerTrainConfig, ["--model.image-size", "32", "--data.image-size", "32"],
+                      tokenizer_defaults)
+    assert "--image-size 32 alone" in line and "--model.channel-mult 1 2 4" in line
+    assert "dropping a --model.channel-mult level" in line
+    line = error_line(capsys, TokenizerTrainConfig, ["--data.image-size", "32"], tokenizer_defaults)
+    assert "pass --image-size N alone" in line
+    line = error_line(capsys, TokenizerTrainConfig, ["--image-size", "32", "--data.image-size", "64"],
+                      tokenizer_defaults)
+    assert "--image-size 32 sets the data and model sizes" in line
+    line = error_line(capsys, TokenizerTrainConfig, ["--image-size", "33"], tokenizer_defaults)
+    assert "no size preset fits 33 px" in line
+    line = error_line(capsys, TokenizerTrainConfig, ["--image-size", "32", "--model.channel-mult", "1", "2", "2", "4"],
+                      tokenizer_defaults)
+    assert "must equal the latent side 4" in line and "--model.channel-mult 1 2 4" in line
+
+
+def test_held_out_data_is_a_plain_option_checked_before_training(capsys, tmp_path):
+    config = tokenizer_args(["--image-size", "32", "--data.source", "folder", "--data.path", str(tmp_path),
+                             "--eval-data.path", str(tmp_path / "held-out")])
+    held_out = config.eval_data.resolve(config.data)
+    assert held_out is not None and held_out.path == str(tmp_path / "held-out") and held_out.image_size == 32
+    assert HeldOutConfig().resolve(config.data) is None
+    line = error_line(capsys, TokenizerTrainConfig, ["--eval-data.source", "folder"], tokenizer_defaults)
+    assert "--eval-data: source='folder' needs a path" in line
+    line = error_line(capsys, VarTrainConfig, ["--eval-data.source", "webdataset"], var_defaults)
+    assert "--eval-data: source='webdataset' needs a path" in line
+
+
+def test_the_transformer_training_takes_the_image_size_from_its_tokenizer(capsys, tmp_path):
+    from conftest import tiny_tokenizer_config
+
+    MultiScaleVQVAE(tiny_tokenizer_config()).save_pretrained(tmp_path / "tokenizer")  # 16 px
+    argv = ["--tokenizer", str(tmp_path / "tokenizer"), "--data.source", "folder", "--data.path", str(tmp_path)]
+    config = parse(VarTrainConfig, argv, var_defaults(argv))
+    assert config.data.image_size == 16
+    assert var_defaults(["--tokenizer", str(tmp_path / "missing")]) is None  # reported when it loads
+    with pytest.raises(ValueError, match="the tokenizer works at 16 px but --data.image-size is 64: drop"):
+        check_tokenizer_size(DataConfig(), 16)
