@@ -36,7 +36,7 @@ from nextscale.train.eval.judge import (
 )
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.run_config import RunConfig
-from nextscale.train.runtime import Runtime, TrainResult
+from nextscale.train.runtime import Runtime, TrainResult, close_process_group
 from nextscale.train.state import GeneratorState
 
 
@@ -217,7 +217,10 @@ def train_judge(config: JudgeTrainConfig) -> tuple[AttributeJudge, dict]:
 
 def cli() -> None:
     """`python -m nextscale.train.eval.judge` (also `accelerate launch -m nextscale.train.judge_loop`)."""
-    run_cli(JudgeTrainConfig, train_judge)
+    try:
+        run_cli(JudgeTrainConfig, train_judge)
+    finally:
+        close_process_group()
 
 
 if __name__ == "__main__":

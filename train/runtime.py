@@ -122,6 +122,14 @@ def make_accelerator(config: RunConfig, tracker: str | None) -> Accelerator:
     )
 
 
+def close_process_group() -> None:
+    """End the distributed process group when a training command ends (the trainings themselves keep it,
+    since one process may run several). Left to interpreter shutdown, a gloo group can abort the process
+    ("terminate called without an active exception") after the run has finished."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def finish_trackers(accelerator: Accelerator) -> None:
     """Close the trackers, keeping the process group (one process may run several trainings)."""
     for tracker in accelerator.trackers:

@@ -25,7 +25,7 @@ from nextscale.train.errors import run_cli
 from nextscale.train.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.run_config import RunConfig
-from nextscale.train.runtime import Runtime, TrainResult
+from nextscale.train.runtime import Runtime, TrainResult, close_process_group
 from nextscale.train.sizes import tokenizer_defaults
 from nextscale.train.state import GeneratorState, TensorState, load_initial_weights
 from nextscale.train.tokenizer_objective import (
@@ -233,7 +233,10 @@ def evaluate_held_out(model: MultiScaleVQVAE, split: EvaluationSplit, eval_image
 
 def cli() -> None:
     """The `nextscale-train-tokenizer` console script (also `accelerate launch train_tokenizer.py`)."""
-    run_cli(TokenizerTrainConfig, train_tokenizer, defaults=tokenizer_defaults)
+    try:
+        run_cli(TokenizerTrainConfig, train_tokenizer, defaults=tokenizer_defaults)
+    finally:
+        close_process_group()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from nextscale.train.errors import run_cli
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.preview import PreviewConfig, write_preview
 from nextscale.train.run_config import RunConfig
-from nextscale.train.runtime import Runtime, TrainResult
+from nextscale.train.runtime import Runtime, TrainResult, close_process_group
 from nextscale.train.sizes import check_tokenizer_size, var_defaults
 from nextscale.train.state import GeneratorState, load_initial_weights
 from nextscale.train.var_data import (
@@ -229,7 +229,10 @@ def train_var(config: VarTrainConfig) -> TrainResult:
 
 def cli() -> None:
     """The `nextscale-train-var` console script (also `accelerate launch train_var.py`)."""
-    run_cli(VarTrainConfig, train_var, defaults=var_defaults)
+    try:
+        run_cli(VarTrainConfig, train_var, defaults=var_defaults)
+    finally:
+        close_process_group()
 
 
 if __name__ == "__main__":
