@@ -65,3 +65,19 @@ def test_data_source_registry(monkeypatch: pytest.MonkeyPatch) -> None:
         register_source(Source("folder", lambda config, shuffle: synthetic))
     with pytest.raises(ValueError, match="unknown data source 'nope'; choose one of"):
         DataConfig(source="nope")
+
+
+def test_every_subpackage_is_in_the_wheel() -> None:
+    # setuptools' explicit `packages` list: a new folder with an __init__.py that is not listed would work
+    # in an editable install and be missing from the wheel.
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    found = set()
+    for package, folder in setuptools["package-dir"].items():
+        for init in (root / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(root / folder).parts
+            found.add(".".join((package, *relative)))
+    assert found - listed == set(), f"packages missing from pyproject's list: {sorted(found - listed)}"
