@@ -33,24 +33,22 @@ def test_app_folder_with_generic_module_names_imports_nextscale(tmp_path: Path) 
     assert result.stdout.strip() == "ok"
 
 
-def test_transformer_does_not_load_the_autoencoder(tmp_path: Path) -> None:
+def modules_loaded_by(imports: str, prefixes: tuple[str, ...], cwd: Path) -> str:
+    """The modules under `prefixes` that a fresh interpreter has loaded after `import <imports>`."""
     result = run_python(
-        "import sys, nextscale.transformer, nextscale.transformer.var_weights\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('nextscale.tokenizer', 'nextscale.train'))))",
-        tmp_path,
+        f"import sys, {imports}\nprint(sorted(m for m in sys.modules if m.startswith({prefixes!r})))", cwd
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    return result.stdout.strip()
+
+
+def test_transformer_does_not_load_the_autoencoder(tmp_path: Path) -> None:
+    imports = "nextscale.transformer, nextscale.transformer.var_weights"
+    assert modules_loaded_by(imports, ("nextscale.tokenizer", "nextscale.train"), tmp_path) == "[]"
 
 
 def test_training_losses_are_not_loaded_for_inference(tmp_path: Path) -> None:
-    result = run_python(
-        "import sys, nextscale.sampling\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('nextscale.tokenizer.losses', 'nextscale.train'))))",
-        tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert modules_loaded_by("nextscale.sampling", ("nextscale.tokenizer.losses", "nextscale.train"), tmp_path) == "[]"
 
 
 def test_data_source_registry(monkeypatch: pytest.MonkeyPatch) -> None:
