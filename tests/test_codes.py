@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -173,6 +174,49 @@ def test_arms_share_one_budget_and_resume(tmp_path):
         arm_config(config, "nope")
     with pytest.raises(ValueError, match="need --teacher"):
         arm_config(dataclasses.replace(config, teacher=None), "align-scales")
+
+
+def test_arms_downstream_trains_one_transformer_per_arm(tiny_bert_dir, tmp_path):
+    """--downstream trains the same transformer on each arm's codes, scores it, and resumes without work."""
+    import dataclasses
+
+    from conftest import TINY_TEXT_MAX_LENGTH
+
+    from nextscale.train.data import DataConfig
+    from nextscale.train.eval.arms import ArmsConfig, format_arms, run_arms
+    from nextscale.train.eval.judge import AttributeJudge, JudgeConfig
+    from nextscale.transformer import TransformerConfig
+
+    torch.manual_seed(0)
+    AttributeJudge(JudgeConfig(image_size=16, channels=(8, 8), pooled_size=2, feature_dim=8)).save_pretrained(
+        tmp_path / "judge")
+    data = DataConfig(image_size=16, synthetic_length=64)
+    defaults = ArmsConfig()
+    base = dataclasses.replace(defaults.base, model=tiny_tokenizer_config(), data=data, steps=2, batch_size=4,
+                               warmup_steps=1, log_every=1, checkpoint_every=100, eval_images=8,
+                               mixed_precision="no")
+    transformer = dataclasses.replace(
+        defaults.transformer, model=TransformerConfig.preset("tiny"), data=data, cache_images=64, steps=3,
+        batch_size=8, warmup_steps=1, log_every=1, eval_images=16, mixed_precision="no",
+        text_encoder=str(tiny_bert_dir), text_max_length=TINY_TEXT_MAX_LENGTH)
+    config = ArmsConfig(out=str(tmp_path / "arms"), arms=("cosine", "l2"), base=base,
+                        judge=str(tmp_path / "judge"), judge_images=8, downstream=True, transformer=transformer,
+                        images_per_prompt=1)
+    rows = run_arms(config)
+    for row in rows:
+        arm = tmp_path / "arms" / row["arm"]
+        trained = json.loads((arm / "var" / "train_config.json").read_text())
+        assert trained["tokenizer"] == str(arm / "model") and trained["steps"] == 3
+        assert len(row["var_loss_per_scale"]) == 3 and row["var_held_out_loss"] > 0
+        assert 0.0 <= row["adherence_single"] <= 1.0 and row["adherence_cfg"] == 2.0
+        assert row["sample_frechet_distance"] >= 0
+    assert rows[0]["var_loss_per_scale"] != rows[1]["var_loss_per_scale"]  # each on its own arm's codes
+    table = format_arms(rows)
+    assert "| l2 | " in table.split("transformer held-out loss")[1]
+    stamps = [(tmp_path / "arms" / name / "var" / "metrics.json").stat().st_mtime_ns for name in config.arms]
+    assert run_arms(config) == rows
+    assert stamps == [(tmp_path / "arms" / name / "var" / "metrics.json").stat().st_mtime_ns
+                      for name in config.arms]
 
 
 def test_judge_check_of_a_tokenizer():

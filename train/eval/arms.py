@@ -5,14 +5,16 @@ restarts, the null code, representation alignment (every scale, the last scale o
 gradient goes). Every arm trains with the project's own `train_tokenizer` into `out/ARM/` and is
 evaluated on the same held-out portraits (PSNR, per-scale usage, code predictability) and, with a
 judge, on the same renders (agreement of the judge's attributes between renders and reconstructions;
-Fréchet distance of reconstructions against renders in the judge's features); an arm whose
-`metrics.json` exists is not trained again, so an interrupted experiment continues. Alignment arms
-share one teacher-feature cache (`out/teacher-cache`). The table goes to `out/arms.md` and
-`out/arms.json`.
+Fréchet distance of reconstructions against renders in the judge's features). With `--downstream`, a
+transformer is then trained on each arm's codes with the project's own `train_var` (the same
+training for every arm, `out/ARM/var/`) and scored: held-out loss per scale, and prompt adherence and
+FD of its samples at one guidance scale with the judge (`out/ARM/adherence/`). A stage whose result
+file exists is not run again, so an interrupted experiment continues. Alignment arms share one
+teacher-feature cache (`out/teacher-cache`). The table goes to `out/arms.md` and `out/arms.json`.
 
     python -m nextscale.train.eval.teacher --out runs/teacher
     python -m nextscale.train.eval.arms --out runs/arms --teacher runs/teacher \\
-        --arms cosine cosine-null l2-restarts align-scales align-last
+        --arms cosine cosine-null l2-restarts align-scales align-last --downstream
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from nextscale.sampling.pipeline import DEMO_PIPELINE
 from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
 from nextscale.tokenizer.losses.alignment import AlignmentConfig
 from nextscale.train.data import DataConfig
-from nextscale.train.eval.adherence import frechet_distance
+from nextscale.train.eval.adherence import EvaluationConfig, evaluate, frechet_distance
 from nextscale.train.eval.judge import (
     AttributeJudge,
     attribute_accuracy,
@@ -40,7 +42,9 @@ from nextscale.train.eval.judge import (
     reconstruct,
     render_portraits,
 )
+from nextscale.train.preview import PreviewConfig
 from nextscale.train.tokenizer_loop import TokenizerTrainConfig, train_tokenizer
+from nextscale.train.var_loop import VarTrainConfig, train_var
 
 
 def reduced_base() -> TokenizerTrainConfig:
@@ -55,6 +59,23 @@ def reduced_base() -> TokenizerTrainConfig:
         sample_every=10_000,
         checkpoint_every=100,
         eval_images=512,
+        tracker="none",
+    )
+
+
+def reduced_transformer() -> VarTrainConfig:
+    """The reduced-budget transformer every arm's codes get: the demo architecture, 400 steps of 32
+    sequences over a cache of the 6,400 training portraits the arms' tokenizers saw (two passes)."""
+    return VarTrainConfig(
+        data=DataConfig(synthetic_length=6400),
+        steps=400,
+        batch_size=32,
+        warmup_steps=40,
+        cache_images=6400,
+        eval_images=512,
+        log_every=25,
+        checkpoint_every=100,
+        preview=PreviewConfig(every=0),
         tracker="none",
     )
 
@@ -84,6 +105,15 @@ class ArmsConfig:
     """Renders of the tokenizer check (data seed `judge_seed`; a second set of seed + 1 gives real vs real)."""
     judge_seed: int = 7
     """Data seed of the tokenizer check's renders."""
+    downstream: bool = False
+    """Also train a transformer on each arm's codes (`transformer`) and score it (held-out loss per scale;
+    adherence and FD of samples at `cfg_scale` with the judge)."""
+    transformer: VarTrainConfig = field(default_factory=reduced_transformer)
+    """The transformer training every arm shares (its tokenizer and output directory are the arm's)."""
+    cfg_scale: float = 2.0
+    """Guidance scale of the downstream adherence evaluation."""
+    images_per_prompt: int = 16
+    """Images per prompt of the downstream adherence evaluation (24 single- and 12 3-attribute prompts)."""
 
 
 def _alignment(config: ArmsConfig, base: TokenizerTrainConfig, **changes: object) -> TokenizerTrainConfig:
@@ -145,11 +175,40 @@ def run_arms(config: ArmsConfig) -> list[dict]:
                 check = judge_check(judge, tokenizer, *renders)
                 check_path.write_text(json.dumps(check, indent=2) + "\n")
             row.update(json.loads(check_path.read_text()))
+        if config.downstream:
+            row.update(downstream(config, Path(train.output_dir)))
         rows.append(row)
     out = Path(config.out)
     (out / "arms.json").write_text(json.dumps({"base": dataclasses.asdict(config.base), "arms": rows}, indent=2) + "\n")
     (out / "arms.md").write_text(format_arms(rows) + "\n")
     return rows
+
+
+def downstream(config: ArmsConfig, arm_dir: Path) -> dict:
+    """Train the shared transformer on the codes of the tokenizer in `arm_dir/model` (unless done) and
+    evaluate it; return its figures: held-out loss per scale, adherence and FD at `cfg_scale`."""
+    var_dir = arm_dir / "var"
+    if not (var_dir / "metrics.json").is_file():
+        train_var(replace(config.transformer, tokenizer=str(arm_dir / "model"), output_dir=str(var_dir)))
+    metrics = json.loads((var_dir / "metrics.json").read_text())
+    report_path = arm_dir / "adherence" / "evaluation.json"
+    if not report_path.is_file():
+        evaluate(EvaluationConfig(checkpoint=str(var_dir / "pipeline"), judge=config.judge, out=report_path.parent,
+                                  images_per_prompt=config.images_per_prompt, cfg_scales=(config.cfg_scale,),
+                                  progression=False))
+    report = json.loads(report_path.read_text())
+    sweep = report["sweep"][0]
+    num_scales = sum(1 for key in metrics if key.startswith("loss_scale"))
+    return {
+        "var_held_out_loss": metrics["held_out_loss"],
+        "var_loss_per_scale": [metrics[f"loss_scale{k}"] for k in range(num_scales)],
+        "var_train_minutes": metrics.get("train_minutes"),
+        "adherence_cfg": sweep["cfg_scale"],
+        "adherence_single": sweep["single"]["mean"],
+        "adherence_triple": sweep["triple"]["all_correct"],
+        "sample_frechet_distance": sweep["frechet_distance"],
+        "sample_frechet_distance_real_vs_real": report["real"]["frechet_distance_real_vs_real"],
+    }
 
 
 @torch.no_grad()
@@ -207,6 +266,16 @@ def format_arms(rows: Sequence[dict]) -> str:
             judged = f"{row['frechet_distance']:.0f} ({row['frechet_distance_real_vs_real']:.0f})"
         lines.append(f"| {row['arm']} | {row['psnr']:.2f} dB | {100 * row['usage']:.1f}% | {usage} | {conditional} | "
                      f"{', '.join(flat)} | {ratio} | {agreement} | {judged} |")
+    if any("var_held_out_loss" in row for row in rows):
+        lines += ["", "| arm | transformer held-out loss | loss per scale | adherence: single, 3-attribute "
+                  "| FD of samples (real vs real) |", "|---|---|---|---|---|"]
+        for row in rows:
+            if "var_held_out_loss" in row:
+                per_scale = " / ".join(f"{loss:.2f}" for loss in row["var_loss_per_scale"])
+                lines.append(f"| {row['arm']} | {row['var_held_out_loss']:.3f} | {per_scale} | "
+                             f"{row['adherence_single']:.3f}, {row['adherence_triple']:.3f} (cfg "
+                             f"{row['adherence_cfg']:g}) | {row['sample_frechet_distance']:.0f} "
+                             f"({row['sample_frechet_distance_real_vs_real']:.0f}) |")
     return "\n".join(lines)
 
 
