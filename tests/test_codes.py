@@ -73,6 +73,31 @@ def test_dead_code_restarts_leave_the_null_code_alone():
     assert torch.equal(model.quantizer.codebook()[0], torch.zeros(8))
 
 
+def test_residual_sparsity_adds_the_mean_cell_norm_of_the_finest_residuals_and_reaches_the_encoder_only():
+    from nextscale.tokenizer.quantizer import resize
+
+    latent = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    plain, sparse = tiny(), tiny(residual_sparsity=0.3, residual_sparsity_scales=2)
+    runs = []
+    for model in (plain, sparse):
+        x = latent.clone().requires_grad_(True)
+        out = model.quantizer(x)
+        out.loss.backward()
+        runs.append((out, x.grad, model.quantizer.embedding.weight.grad, model.quantizer.phis[0].conv.weight.grad))
+    (reference, latent_plain, codebook_plain, phi_plain), (out, latent_sparse, codebook_sparse, phi_sparse) = runs
+    assert all(torch.equal(a, b) for a, b in zip(out.codes, reference.codes))  # the codes do not change
+    # the residuals the two finest scales (2x2, 4x4) quantise: the latent minus the coarser scales' sum
+    expected = sum(resize(latent - before.detach(), size).pow(2).sum(1).sqrt().mean()
+                   for before, size in zip(reference.accumulated[:2], (2, 4))) / 2
+    torch.testing.assert_close(out.loss - reference.loss, 0.3 * expected)
+    # its gradient reaches the encoder's latent and nothing in the codebook or phi
+    assert (latent_sparse - latent_plain).abs().sum() > 1e-3
+    torch.testing.assert_close(codebook_sparse, codebook_plain)
+    torch.testing.assert_close(phi_sparse, phi_plain)
+    with pytest.raises(ValueError, match="residual_sparsity_scales"):
+        tiny_tokenizer_config(residual_sparsity=0.1, residual_sparsity_scales=4)
+
+
 def test_default_config_behaves_as_before():
     """null_code off: the lookup and the embeddings are the plain cosine ones."""
     model = tiny()
@@ -164,6 +189,8 @@ def test_arms_share_one_budget_and_resume(tmp_path):
     assert aligned.alignment.scale_weights == (0.0, 0.0, 1.0) and aligned.model == base.model
     assert (aligned.steps, aligned.seed, aligned.data) == (base.steps, base.seed, base.data)
     assert arm_config(config, "cosine-null").model.null_code
+    sparse = arm_config(config, "null-sparse").model
+    assert sparse.null_code and sparse.residual_sparsity == config.residual_sparsity > 0
     rows = run_arms(config)
     assert [row["arm"] for row in rows] == ["cosine-null", "align-last"]
     assert "| align-last |" in (tmp_path / "arms" / "arms.md").read_text()

@@ -62,6 +62,14 @@ class TokenizerConfig:
     """Phi output = (1 - mix) * input + mix * conv(input) (VAR's quant_resi)."""
     commitment_beta: float = 0.25
     """Weight of the commitment term of the quantisation loss."""
+    residual_sparsity: float = 0.0
+    """Weight of a group-sparsity term on the residual that the finest `residual_sparsity_scales` scales
+    quantise: the mean L2 norm of the residual's cell vectors (the residual area-pooled to each scale's
+    side, the coarser scales' sum detached), with its gradient to the encoder only. A norm (not its
+    square) drives small residuals to zero, so where the coarse scales already say everything (a flat
+    cell) the encoder leaves the fine scales nothing to add; with `null_code` such cells get code 0."""
+    residual_sparsity_scales: int = 2
+    """How many of the finest scales the residual sparsity term covers."""
     dead_code_threshold: float = 0.0
     """Restart codes whose EMA usage falls below this many hits per step (0 disables)."""
     norm_groups: int = 16
@@ -92,6 +100,9 @@ class TokenizerConfig:
             raise ValueError(f"phi_mix must be in [0, 1], got {self.phi_mix}")
         if self.num_phi < 0:
             raise ValueError(f"num_phi must be >= 0, got {self.num_phi}")
+        if self.residual_sparsity < 0 or not 1 <= self.residual_sparsity_scales <= len(sizes):
+            raise ValueError(f"residual_sparsity must be >= 0 and residual_sparsity_scales in [1, {len(sizes)}]; got "
+                             f"{self.residual_sparsity} and {self.residual_sparsity_scales}")
         used = {phi_index(k, len(sizes), self.num_phi) for k in range(len(sizes))} if self.num_phi else set()
         if len(used) < self.num_phi:
             # an unused phi conv is a parameter without gradient: distributed training (DDP) rejects it

@@ -8,7 +8,9 @@
 
 `accumulated` after the last scale is the quantised latent; the straight-through estimator passes the
 decoder's gradient to the encoder. The loss is measured on the cumulative reconstruction after every
-scale, so each scale learns to refine the previous ones.
+scale, so each scale learns to refine the previous ones; an optional group-sparsity term on the finest
+scales' residuals (`TokenizerConfig.residual_sparsity`) teaches the encoder to leave them nothing to add
+where the coarse scales already say everything.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ def null_code_lookup(vectors: torch.Tensor, weight: torch.Tensor, rule: str) -> 
     chosen = weight[code]  # (n, C)
     helps = 2 * (vectors * chosen).sum(-1) > chosen.pow(2).sum(-1)
     return torch.where(helps, code, torch.zeros_like(code))
+
+
+def residual_cell_norms(residual: torch.Tensor, size: int) -> torch.Tensor:
+    """L2 norms of a residual's cell vectors at one scale: (b, C, h, w) area-pooled to (b, C, s, s) -> (b, s, s)."""
+    return resize(residual, size).pow(2).sum(1).add(1e-12).sqrt()
 
 
 @dataclass
@@ -128,8 +135,11 @@ class MultiScaleQuantizer(nn.Module):
             residual = target.clone()
             accumulated = torch.zeros_like(target)
             codes, partials = [], []
-            loss = latent.new_zeros(())
+            loss = sparsity = latent.new_zeros(())
+            sparse_from = len(self.scale_sizes) - self.config.residual_sparsity_scales
             for scale, size in enumerate(self.scale_sizes):
+                if self.config.residual_sparsity and scale >= sparse_from:
+                    sparsity = sparsity + residual_cell_norms(latent - accumulated.detach(), size).mean()
                 down = rearrange(resize(residual, size), "b c s t -> (b s t) c")
                 code = self.lookup(down).view(latent.shape[0], size, size)
                 z = self.embed_scale(scale, code)
@@ -142,6 +152,8 @@ class MultiScaleQuantizer(nn.Module):
                 codes.append(code)
                 partials.append(accumulated)
             loss = loss / len(self.scale_sizes)
+            if self.config.residual_sparsity:
+                loss = loss + self.config.residual_sparsity * sparsity / self.config.residual_sparsity_scales
             quantized = latent + (accumulated - latent).detach()  # straight-through estimator
         if self.training:
             self._track_usage(codes)
