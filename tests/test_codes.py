@@ -240,6 +240,8 @@ def test_arms_downstream_trains_one_transformer_per_arm(tiny_bert_dir, tmp_path)
     assert rows[0]["var_loss_per_scale"] != rows[1]["var_loss_per_scale"]  # each on its own arm's codes
     table = format_arms(rows)
     assert "| l2 | " in table.split("transformer held-out loss")[1]
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "arms" / "arms.png").stat().st_size > 10_000
     stamps = [(tmp_path / "arms" / name / "var" / "metrics.json").stat().st_mtime_ns for name in config.arms]
     assert run_arms(config) == rows
     assert stamps == [(tmp_path / "arms" / name / "var" / "metrics.json").stat().st_mtime_ns

@@ -186,6 +186,7 @@ def run_arms(config: ArmsConfig) -> list[dict]:
     out = Path(config.out)
     (out / "arms.json").write_text(json.dumps({"base": dataclasses.asdict(config.base), "arms": rows}, indent=2) + "\n")
     (out / "arms.md").write_text(format_arms(rows) + "\n")
+    plot_arms(rows, out / "arms.png")
     return rows
 
 
@@ -282,6 +283,49 @@ def format_arms(rows: Sequence[dict]) -> str:
                              f"{row['adherence_cfg']:g}) | {row['sample_frechet_distance']:.0f} "
                              f"({row['sample_frechet_distance_real_vs_real']:.0f}) |")
     return "\n".join(lines)
+
+
+def plot_arms(rows: Sequence[dict], path: Path) -> Path | None:
+    """One figure of the arms: the transformer's held-out loss per scale, the flat / textured perplexity
+    ratio at the two finest scales (against the quarter target), and PSNR against the transformer's
+    held-out loss. None when matplotlib (the `bench` extra) is missing or no arm has a transformer."""
+    rows = [row for row in rows if "var_held_out_loss" in row]
+    if not rows:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for row in rows:
+        losses = row["var_loss_per_scale"]
+        axes[0].plot(range(len(losses)), losses, "o-", label=row["arm"])
+    axes[0].set_xlabel("scale (coarse to fine)")
+    axes[0].set_ylabel("transformer held-out loss (nats)")
+    axes[0].set_title("what the transformer pays per scale", fontsize=10)
+    axes[0].legend(fontsize=8)
+    width = 0.8 / 2
+    for offset, index, label in ((-width / 2, -2, "second finest"), (width / 2, -1, "finest")):
+        ratios = [row["flat_perplexity_per_scale"][index] / row["textured_perplexity_per_scale"][index] for row in rows]
+        axes[1].bar([k + offset for k in range(len(rows))], ratios, width, label=f"{label} scale")
+    axes[1].axhline(0.25, color="black", linestyle="--", linewidth=1, label="target 0.25")
+    axes[1].set_xticks(range(len(rows)), [row["arm"] for row in rows], rotation=20, fontsize=8)
+    axes[1].set_ylabel("flat / textured code perplexity")
+    axes[1].set_title("codes where the image is flat", fontsize=10)
+    axes[1].legend(fontsize=8)
+    for row in rows:
+        axes[2].scatter(row["psnr"], row["var_held_out_loss"])
+        axes[2].annotate(row["arm"], (row["psnr"], row["var_held_out_loss"]), fontsize=8)
+    axes[2].set_xlabel("tokenizer held-out PSNR (dB)")
+    axes[2].set_ylabel("transformer held-out loss (nats)")
+    axes[2].set_title("fidelity against predictability", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
 
 
 def main(config: ArmsConfig) -> None:
