@@ -160,14 +160,16 @@ def test_tokenizer_evaluation_prints_the_code_predictability():
 
 def test_the_teacher_trains_and_loads_as_an_alignment_teacher(tmp_path):
     from nextscale.tokenizer.losses.alignment import FrozenVisionTeacher
-    from nextscale.train.eval.teacher import TeacherTrainConfig, train_teacher
+    from nextscale.train.teacher_loop import TeacherTrainConfig, train_teacher
 
-    config = TeacherTrainConfig(out=str(tmp_path / "teacher"), image_size=16, patch_size=4, hidden_size=16, layers=1,
-                                heads=2, train_images=32, steps=3, batch_size=8, validation_images=8)
+    config = TeacherTrainConfig(output_dir=str(tmp_path / "teacher"), image_size=16, patch_size=4, hidden_size=16,
+                                layers=1, heads=2, train_images=64, steps=6, batch_size=8, eval_images=8,
+                                log_every=1, checkpoint_every=3, tracker="none")
     metrics = train_teacher(config)
-    assert set(metrics["held_out_accuracy"]) >= {"gender", "smile"}
-    teacher = FrozenVisionTeacher(tmp_path / "teacher", resolution=16)
+    assert set(metrics["held_out_accuracy"]) >= {"gender", "smile"} and len(metrics["loss_curve"]) == 6
+    teacher = FrozenVisionTeacher(tmp_path / "teacher" / "model", resolution=16)
     assert teacher(images(2)).shape == (2, 16, 4, 4)
+    assert [path.name for path in (tmp_path / "teacher" / "checkpoints").iterdir()] == ["step_3"]  # the runtime
 
 
 def test_arms_share_one_budget_and_resume(tmp_path):
@@ -176,15 +178,16 @@ def test_arms_share_one_budget_and_resume(tmp_path):
 
     from nextscale.train.data import DataConfig
     from nextscale.train.eval.arms import ArmsConfig, arm_config, run_arms
-    from nextscale.train.eval.teacher import TeacherTrainConfig, train_teacher
+    from nextscale.train.teacher_loop import TeacherTrainConfig, train_teacher
 
-    train_teacher(TeacherTrainConfig(out=str(tmp_path / "teacher"), image_size=16, patch_size=4, hidden_size=16,
-                                     layers=1, heads=2, train_images=16, steps=1, batch_size=4, validation_images=4))
+    train_teacher(TeacherTrainConfig(output_dir=str(tmp_path / "teacher"), image_size=16, patch_size=4, hidden_size=16,
+                                     layers=1, heads=2, train_images=16, steps=1, batch_size=4, eval_images=4,
+                                     tracker="none"))
     base = dataclasses.replace(
         ArmsConfig().base, model=tiny_tokenizer_config(), data=DataConfig(image_size=16, synthetic_length=16),
         steps=2, batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=100, eval_images=8, mixed_precision="no")
     config = ArmsConfig(out=str(tmp_path / "arms"), arms=("cosine-null", "align-last"),
-                        teacher=str(tmp_path / "teacher"), teacher_resolution=16, base=base, judge=None)
+                        teacher=str(tmp_path / "teacher" / "model"), teacher_resolution=16, base=base, judge=None)
     aligned = arm_config(config, "align-last")
     assert aligned.alignment.scale_weights == (0.0, 0.0, 1.0) and aligned.model == base.model
     assert (aligned.steps, aligned.seed, aligned.data) == (base.steps, base.seed, base.data)

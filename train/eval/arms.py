@@ -13,8 +13,8 @@ stage whose result file exists is not run again, so an interrupted experiment co
 share one teacher-feature cache (`out/teacher-cache`). The table goes to `out/arms.md` and
 `out/arms.json`.
 
-    python -m nextscale.train.eval.teacher --out runs/teacher
-    python -m nextscale.train.eval.arms --out runs/arms --teacher runs/teacher \\
+    python -m nextscale.train.eval.teacher --output-dir runs/teacher
+    python -m nextscale.train.eval.arms --out runs/arms --teacher runs/teacher/model \\
         --arms cosine cosine-null l2-restarts align-scales align-last --downstream
 """
 
