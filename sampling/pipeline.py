@@ -185,6 +185,16 @@ def read_spec(spec_file: Path) -> dict:
     return spec
 
 
+def recommended_sampling(name_or_path: str | os.PathLike | None = None) -> dict | None:
+    """pipeline.json's recommended sampling settings of a local pipeline directory (None: the bundled demo),
+    read without loading any model; None when there are none or the directory is not local."""
+    directory = Path(name_or_path) if name_or_path is not None else DEMO_PIPELINE
+    spec_file = directory / PIPELINE_FILE
+    if not spec_file.is_file():
+        return None
+    return read_spec(spec_file).get("sampling")
+
+
 def load_pipeline(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",

@@ -379,3 +379,23 @@ def test_a_class_conditional_pipeline_takes_class_numbers(tmp_path: Path) -> Non
         run_generate(model, GenerateRequest(("a cat",), 1, 0, SamplingConfig()), tmp_path / "ui", print)
     with pytest.raises(ValueError, match="the Mix tab needs a text-conditioned pipeline"):
         model.require_text("Mix")
+
+
+def test_the_sampling_controls_start_from_the_models_recommended_settings(tiny_pipeline_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """The page's first values are what `sample.py` uses when its options are left out."""
+    import shutil
+
+    from nextscale.sampling.pipeline import recommended_sampling, record_sampling
+    from nextscale.ui.services import Services
+
+    plain = Services(UIConfig(checkpoint=str(tiny_pipeline_dir)), ModelRegistry("cpu", "float32", 1, 1))
+    assert plain.sampling_defaults == SamplingConfig()
+    recorded = tmp_path / "pipeline"
+    shutil.copytree(tiny_pipeline_dir, recorded)
+    record_sampling(recorded, 2.0, None, 1.0, "an evaluation")
+    services = Services(UIConfig(checkpoint=str(recorded)), ModelRegistry("cpu", "float32", 1, 1))
+    assert services.sampling_defaults == SampleArgs().sampling_config({"cfg_scale": 2.0, "top_k": None, "top_p": 1.0})
+    assert (services.sampling_defaults.cfg_scale, services.sampling_defaults.top_k) == (2.0, None)
+    demo = Services(UIConfig(), ModelRegistry("cpu", "float32", 1, 1)).sampling_defaults
+    assert demo == SampleArgs().sampling_config(recommended_sampling(None))  # the bundled demo's pipeline.json

@@ -11,22 +11,23 @@ from nextscale.sampling import SamplingConfig
 DEFAULTS = SamplingConfig()
 
 
-def sampling_controls(prefix: str = "") -> dict[str, gr.components.Component]:
+def sampling_controls(prefix: str = "", defaults: SamplingConfig = DEFAULTS) -> dict[str, gr.components.Component]:
     """cfg, schedule, guidance-off-last, top-k, top-p, temperature: shared by the tabs that sample (their
-    element ids start with `prefix`, so that each tab's are distinct in the page)."""
+    element ids start with `prefix`, so that each tab's are distinct in the page); their initial values
+    are `defaults` (the page passes the first model's recommended settings, as `sample.py` uses them)."""
     with gr.Accordion("Sampling", open=not prefix):
         with gr.Row():
-            cfg = gr.Slider(0, 10, value=DEFAULTS.cfg_scale, step=0.1, label="cfg", elem_id=f"{prefix}cfg",
+            cfg = gr.Slider(0, 10, value=defaults.cfg_scale, step=0.1, label="cfg", elem_id=f"{prefix}cfg",
                             info="guidance strength; 0 = off")
-            schedule = gr.Radio(["linear", "constant"], value=DEFAULTS.guidance_schedule, label="guidance schedule",
+            schedule = gr.Radio(["linear", "constant"], value=defaults.guidance_schedule, label="guidance schedule",
                                 elem_id=f"{prefix}guidance-schedule")
-            off_last = gr.Slider(0, 10, value=DEFAULTS.guidance_off_last, step=1, label="guidance off for the last",
+            off_last = gr.Slider(0, 10, value=defaults.guidance_off_last, step=1, label="guidance off for the last",
                                  elem_id=f"{prefix}guidance-off-last", info="scales without guidance (faster)")
         with gr.Row():
-            top_k = gr.Number(DEFAULTS.top_k, precision=0, minimum=0, label="top-k", elem_id=f"{prefix}top-k",
+            top_k = gr.Number(defaults.top_k, precision=0, minimum=0, label="top-k", elem_id=f"{prefix}top-k",
                               info="0 = every code; 1 = greedy")
-            top_p = gr.Slider(0, 1, value=DEFAULTS.top_p, step=0.01, label="top-p", elem_id=f"{prefix}top-p")
-            temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05, label="temperature",
+            top_p = gr.Slider(0, 1, value=defaults.top_p, step=0.01, label="top-p", elem_id=f"{prefix}top-p")
+            temperature = gr.Slider(0, 2, value=defaults.temperature, step=0.05, label="temperature",
                                     elem_id=f"{prefix}temperature", info="0 = greedy")
     return {"cfg": cfg, "schedule": schedule, "off_last": off_last, "top_k": top_k, "top_p": top_p,
             "temperature": temperature}

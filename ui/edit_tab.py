@@ -47,7 +47,7 @@ def build_edit_tab(services: Services, model_name: gr.State, recent: gr.Gallery)
             keep = gr.Slider(1, 10, value=2, step=1, label="keep scales", elem_id="edit-keep-scales",
                              info="variations: the first k scales (layout, colours) come from the image")
             seed = seed_controls("edit-")
-            controls = sampling_controls("edit-")
+            controls = sampling_controls("edit-", services.sampling_defaults)
             button = gr.Button("Edit", variant="primary", elem_id="edit-run")
             status = gr.Markdown("", elem_id="edit-status")
         with gr.Column(scale=3):

@@ -32,7 +32,7 @@ def build_generate_tab(services: Services, model_name: gr.State, recent: gr.Gall
             num_images = gr.Slider(1, config.max_images, value=min(4, config.max_images), step=1,
                                    label="images per prompt", elem_id="num-images")
             seed = seed_controls()
-            controls = sampling_controls()
+            controls = sampling_controls("", services.sampling_defaults)
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             status = gr.Markdown("", elem_id="generate-status")
         with gr.Column(scale=3):

@@ -31,7 +31,7 @@ def build_mix_tab(services: Services, model_name: gr.State) -> None:
             count = gr.Slider(1, max(1, config.max_images // len(ROWS)), value=min(2, config.max_images // 3),
                               step=1, label="images", elem_id="mix-num-images")
             seed = seed_controls("mix-")
-            controls = sampling_controls("mix-")
+            controls = sampling_controls("mix-", services.sampling_defaults)
             button = gr.Button("Mix", variant="primary", elem_id="mix-run")
             status = gr.Markdown("", elem_id="mix-status")
         with gr.Column(scale=3):

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
+from nextscale.sampling import SamplingConfig
+from nextscale.sampling.cli import SampleArgs
+from nextscale.sampling.pipeline import recommended_sampling
 from nextscale.ui.config import UIConfig
 from nextscale.ui.models import ModelError, ModelRegistry
 from nextscale.ui.outputs import OutputStore
@@ -27,6 +31,16 @@ class Services:
     registry: ModelRegistry
     store: OutputStore = field(default_factory=OutputStore)
     log: RequestLog = field(default_factory=RequestLog)
+
+    @cached_property
+    def sampling_defaults(self) -> SamplingConfig:
+        """The sampling controls' initial values: the first model's recommended settings (pipeline.json),
+        else the defaults, exactly as `sample.py` chooses them when its options are left out."""
+        try:
+            recommended = recommended_sampling(self.config.checkpoint)
+        except ValueError:  # a damaged pipeline.json: loading the model reports it
+            recommended = None
+        return SampleArgs().sampling_config(recommended)
 
     @staticmethod
     def registry_for(config: UIConfig) -> ModelRegistry:

@@ -30,7 +30,7 @@ def build_zoom_tab(services: Services, model_name: gr.State) -> None:
                 zoom_out = gr.Checkbox(False, label="zoom out", elem_id="zoom-out",
                                        info="each level shrinks the previous one into its centre")
             seed = seed_controls("zoom-")
-            controls = sampling_controls("zoom-")
+            controls = sampling_controls("zoom-", services.sampling_defaults)
             button = gr.Button("Zoom", variant="primary", elem_id="zoom-run")
             status = gr.Markdown("", elem_id="zoom-status")
         with gr.Column(scale=3):
