@@ -35,7 +35,7 @@ from nextscale.sampling.zoom import (
 )
 from nextscale.sampling.zoom_video import save_zoom, zoom_frames
 from nextscale.train.data.captions import caption_from_attributes
-from nextscale.train.data.portraits import ATTRIBUTES
+from nextscale.train.data.portraits import visible_attributes
 from nextscale.train.eval.adherence import consistent_attributes
 from nextscale.train.eval.judge import AttributeJudge
 
@@ -54,12 +54,9 @@ class ZoomEvaluation:
     """Deepest magnification (levels 1x, f x, ... up to this)."""
     zoom_out: bool = True
     """Also measure a zoom out at factor 2."""
-    level_attributes: tuple[tuple[str, ...], ...] = (
-        tuple(ATTRIBUTES),
-        ("gender", "beard", "glasses", "hair_color", "skin", "smile"),
-        ("glasses", "skin"),
-    )
-    """Attributes judged at 1x, 2x and 4x (those visible at that magnification)."""
+    level_attributes: tuple[tuple[str, ...], ...] = tuple(visible_attributes(level) for level in (1, 2, 4))
+    """Attributes named and judged at 1x, 2x and 4x: those the zoom world shows at that magnification
+    (`visible_attributes`, what its captions name and the zoom judge was validated on)."""
     seed: int = 100
     """Seed of the attribute sets and the stacks."""
 
