@@ -247,6 +247,8 @@ def test_arms_downstream_trains_one_transformer_per_arm(tiny_bert_dir, tmp_path)
     assert (tmp_path / "arms" / "arms.png").stat().st_size > 10_000
     stamps = [(tmp_path / "arms" / name / "var" / "metrics.json").stat().st_mtime_ns for name in config.arms]
     assert run_arms(config) == rows
+    with pytest.raises(ValueError, match="--downstream scores the transformers with a judge"):
+        run_arms(dataclasses.replace(config, judge=None))
     assert stamps == [(tmp_path / "arms" / name / "var" / "metrics.json").stat().st_mtime_ns
                       for name in config.arms]
 

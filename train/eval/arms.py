@@ -161,6 +161,8 @@ def run_arms(config: ArmsConfig) -> list[dict]:
     """Train the arms not trained yet, then return one summary row per arm (and write the table)."""
     for name in config.arms:
         arm_config(config, name)  # unknown names and missing teachers fail before any training
+    if config.downstream and config.judge is None:
+        raise ValueError("--downstream scores the transformers with a judge: give --judge DIR")
     rows: list[dict] = []
     renders: tuple[torch.Tensor, ...] | None = None
     for name in config.arms:
