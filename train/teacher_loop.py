@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from nextscale.images import from_uint8
+from nextscale.tokenizer.losses.backbone import ImageNetNormalise
 from nextscale.train.errors import run_cli
 from nextscale.train.eval.judge import JudgeConfig, render_portraits
-from nextscale.train.eval.teacher import AttributeProbe, teacher_pixels
+from nextscale.train.eval.teacher import AttributeProbe
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult, close_process_group
@@ -96,6 +97,7 @@ class TeacherTraining:
         self.images, self.labels = render_portraits(config.data_seed, config.train_images, config.image_size,
                                                     self.attributes)
         self.held_out = render_portraits(config.data_seed + 1, config.eval_images, config.image_size, self.attributes)
+        self.normalise = ImageNetNormalise()  # the input FrozenBackbone gives the teacher when it aligns
         self.probe = AttributeProbe(config.image_size, config.patch_size, config.hidden_size, config.layers,
                                     config.heads, self.attributes.attribute_values)
         optimizer, scheduler = adamw_with_schedule(self.probe, config.learning_rate, config.weight_decay,
@@ -111,7 +113,7 @@ class TeacherTraining:
     def micro_step(self, runtime: Runtime, batch: Any, step: int) -> dict[str, torch.Tensor]:
         (indices,) = batch
         indices = indices.cpu()
-        pixels = teacher_pixels(from_uint8(self.images[indices])).to(runtime.device)
+        pixels = self.normalise(from_uint8(self.images[indices])).to(runtime.device)
         labels = self.labels[indices].to(runtime.device)  # (b, A), -1 where an attribute does not apply
         logits = self.module(pixels)
         loss = sum(F.cross_entropy(out, labels[:, a], ignore_index=-1) for a, out in enumerate(logits))
@@ -128,7 +130,7 @@ class TeacherTraining:
         images, labels = self.held_out
         correct = torch.zeros(len(self.attributes.attribute_names))
         for start in range(0, len(images), 128):
-            logits = self.probe(teacher_pixels(from_uint8(images[start:start + 128])))
+            logits = self.probe(self.normalise(from_uint8(images[start:start + 128])))
             target = labels[start:start + 128]
             correct += torch.stack([(out.argmax(-1) == target[:, a]).float().sum() for a, out in enumerate(logits)])
         self.probe.backbone.save_pretrained(runtime.output_dir / "model")

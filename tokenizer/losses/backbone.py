@@ -12,6 +12,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+class ImageNetNormalise(nn.Module):
+    """images (b, 3, H, W) in [-1, 1] -> float32 pixel values normalised with the ImageNet statistics (the
+    statistics are non-persistent buffers: they move with the module and are never saved)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return ((images.float() + 1) / 2 - self.mean) / self.std
+
+
 class FrozenBackbone(nn.Module):
     """`transformers.AutoModel.from_pretrained(name_or_path)`, frozen, always in inference mode.
 
@@ -39,8 +52,7 @@ class FrozenBackbone(nn.Module):
         if resolution is not None and self.patch_size:
             resolution -= resolution % self.patch_size
         self.resolution = resolution
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalise = ImageNetNormalise()
 
     def train(self, mode: bool = True) -> FrozenBackbone:
         super().train(mode)
@@ -52,4 +64,4 @@ class FrozenBackbone(nn.Module):
         x = images.float()
         if self.resolution is not None and x.shape[-1] != self.resolution:
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bicubic")
-        return ((x + 1) / 2 - self.mean) / self.std
+        return self.normalise(x)

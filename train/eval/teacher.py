@@ -36,13 +36,6 @@ class AttributeProbe(nn.Module):
         return [head(pooled) for head in self.heads]
 
 
-def teacher_pixels(images: torch.Tensor) -> torch.Tensor:
-    """images (b, 3, H, W) in [-1, 1] -> ImageNet-normalised pixels, as `FrozenVisionTeacher` feeds them."""
-    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
-    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
-    return ((images.float() + 1) / 2 - mean) / std
-
-
 if __name__ == "__main__":  # the documented command; the training lives in nextscale.train.teacher_loop
     from nextscale.train.teacher_loop import cli
 
