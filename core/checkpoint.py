@@ -94,6 +94,17 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     raise ConfigTypeError(f"{name} is {json.dumps(value)}, expected {expected}")
 
 
+def read_json_object(path: Path, expected: str = "a JSON object") -> dict:
+    """A JSON file that must hold an object; a ValueError names the file and what is wrong with it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds {type(data).__name__}, expected {expected}")
+    return data
+
+
 def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
     """Build the dataclass `cls` from a dict, naming unknown keys and ill-typed values."""
     if not isinstance(data, dict):
@@ -199,12 +210,7 @@ class PretrainedMixin:
         config_file = directory / CONFIG_NAME
         if not config_file.is_file():
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}: not a nextscale model directory")
-        try:
-            data = json.loads(config_file.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{config_file} is not valid JSON ({error})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{config_file} holds {type(data).__name__}, expected a JSON object of config fields")
+        data = read_json_object(config_file, "a JSON object of config fields")
         kind = data.pop("class", cls.__name__)
         if kind != cls.__name__:
             raise ValueError(f"{directory} holds a {kind}, not a {cls.__name__}")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import nextscale
-from nextscale.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_dir, resolve_model_dir
+from nextscale.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_dir, read_json_object, resolve_model_dir
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.transformer import NextScaleTransformer
 from nextscale.transformer.text import TextEncoder
@@ -163,12 +163,7 @@ def read_spec(spec_file: Path) -> dict:
     """pipeline.json, checked: a JSON object with the part directories (strings), the text encoder (a string,
     or null for a class-conditional model) and an optional text_max_length (a positive integer or null);
     a ValueError names what is wrong."""
-    try:
-        spec = json.loads(spec_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{spec_file} is not valid JSON ({error})") from None
-    if not isinstance(spec, dict):
-        raise ValueError(f"{spec_file} holds {type(spec).__name__}, expected a JSON object")
+    spec = read_json_object(spec_file)
     missing = [key for key in ("tokenizer", "transformer", "text_encoder") if key not in spec]
     if missing:
         raise ValueError(f"{spec_file} lacks {missing}")
