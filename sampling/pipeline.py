@@ -61,10 +61,14 @@ class Pipeline:
         return next(self.transformer.parameters()).device
 
 
-def write_pipeline_spec(directory: Path, text_encoder: str | None, text_max_length: int | None) -> None:
-    """Write `pipeline.json` (parts in `tokenizer/` and `transformer/`; no text encoder for class models)."""
+def write_pipeline_spec(directory: Path, text_encoder: str | None, text_max_length: int | None,
+                        sampling: dict | None = None) -> None:
+    """Write `pipeline.json` (parts in `tokenizer/` and `transformer/`; no text encoder for class models;
+    `sampling`: the recommended settings, checked, or None for none)."""
     spec = {"tokenizer": "tokenizer", "transformer": "transformer", "text_encoder": text_encoder,
             "text_max_length": text_max_length}
+    if sampling is not None:
+        spec["sampling"] = check_recommended(dict(sampling), directory / PIPELINE_FILE)
     (directory / PIPELINE_FILE).write_text(json.dumps(spec, indent=2) + "\n")
 
 
@@ -105,16 +109,28 @@ def write_pipeline(
     text_encoder: str | None,
     text_max_length: int | None,
     dtype: torch.dtype | None = None,
+    sampling: dict | None = None,
 ) -> Path:
-    """Save tokenizer and transformer side by side with `pipeline.json`, atomically."""
-
-    def write(tmp: Path) -> None:
-        tokenizer.save_pretrained(tmp / "tokenizer", dtype=dtype)
-        transformer.save_pretrained(tmp / "transformer", dtype=dtype)
-        write_pipeline_spec(tmp, text_encoder, text_max_length)
-
-    atomic_write_dir(Path(directory), write)
+    """Save tokenizer and transformer side by side with `pipeline.json`, atomically (`sampling`: recommended
+    settings to record, as `record_sampling` would)."""
+    atomic_write_dir(Path(directory), lambda tmp: write_pipeline_files(
+        tmp, tokenizer, transformer, text_encoder, text_max_length, dtype=dtype, sampling=sampling))
     return Path(directory)
+
+
+def write_pipeline_files(
+    directory: Path,
+    tokenizer: MultiScaleVQVAE,
+    transformer: NextScaleTransformer,
+    text_encoder: str | None,
+    text_max_length: int | None,
+    dtype: torch.dtype | None = None,
+    sampling: dict | None = None,
+) -> None:
+    """The files of a pipeline, written into `directory` as they are (`write_pipeline` makes it atomic)."""
+    tokenizer.save_pretrained(directory / "tokenizer", dtype=dtype)
+    transformer.save_pretrained(directory / "transformer", dtype=dtype)
+    write_pipeline_spec(directory, text_encoder, text_max_length, sampling)
 
 
 def check_compatible(

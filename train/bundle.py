@@ -3,8 +3,10 @@
     python -m nextscale.train.bundle --tokenizer-run runs/tokenizer --var-run runs/var --judge runs/judge \
         --out checkpoints/demo
 
-Writes the sampling pipeline (weights stored as float16: half the size, loaded back as float32), the
-judge, and one `metrics.json` gathering the three runs' metrics.
+Writes the sampling pipeline (weights stored as float16: half the size, loaded back as float32; the
+transformer run's recommended sampling settings, when its pipeline.json has them), the judge, and one
+`metrics.json` gathering the three runs' metrics, all in one atomic swap: a failed bundle leaves the
+previous one as it was.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import tyro
 
-from nextscale.sampling.pipeline import PIPELINE_FILE, write_pipeline
+from nextscale.checkpoint import atomic_write_dir, read_json_object
+from nextscale.errors import run_cli
+from nextscale.sampling.pipeline import PIPELINE_FILE, read_spec, write_pipeline_files
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.transformer import NextScaleTransformer
 
@@ -37,21 +40,32 @@ class BundleArgs:
 
 
 def bundle(args: BundleArgs) -> Path:
-    spec = json.loads((args.var_run / "pipeline" / PIPELINE_FILE).read_text())
+    """Write the bundle `args.out` from the three runs (atomically); returns its path."""
+    spec = read_spec(args.var_run / "pipeline" / PIPELINE_FILE)
+    judge_model = args.judge / "model"
+    if not judge_model.is_dir():
+        raise FileNotFoundError(f"{judge_model} is not a directory: give --judge the output directory of "
+                                "python -m nextscale.train.eval.judge")
+    metrics = {"tokenizer": read_json_object(args.tokenizer_run / "metrics.json"),
+               "transformer": read_json_object(args.var_run / "metrics.json"),
+               "judge": read_json_object(args.judge / "metrics.json")}
     tokenizer = MultiScaleVQVAE.from_pretrained(args.var_run / "pipeline" / spec["tokenizer"])
     transformer = NextScaleTransformer.from_pretrained(args.var_run / "pipeline" / spec["transformer"])
-    write_pipeline(args.out, tokenizer, transformer, spec["text_encoder"], spec["text_max_length"],
-                   dtype=torch.float16)
-    shutil.copytree(args.judge / "model", args.out / "judge")
-    shutil.copy(args.judge / "metrics.json", args.out / "judge" / "metrics.json")
-    metrics = {
-        "tokenizer": json.loads((args.tokenizer_run / "metrics.json").read_text()),
-        "transformer": json.loads((args.var_run / "metrics.json").read_text()),
-        "judge": json.loads((args.judge / "metrics.json").read_text()),
-    }
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    def write(directory: Path) -> None:
+        write_pipeline_files(directory, tokenizer, transformer, spec["text_encoder"], spec.get("text_max_length"),
+                             dtype=torch.float16, sampling=spec.get("sampling"))
+        shutil.copytree(judge_model, directory / "judge")
+        shutil.copy(args.judge / "metrics.json", directory / "judge" / "metrics.json")
+        (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    atomic_write_dir(args.out, write)
     return args.out
 
 
+def main(args: BundleArgs) -> None:
+    print(f"wrote {bundle(args)}")
+
+
 if __name__ == "__main__":
-    print(f"wrote {bundle(tyro.cli(BundleArgs))}")
+    run_cli(BundleArgs, main)

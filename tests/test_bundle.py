@@ -1,0 +1,64 @@
+"""`python -m nextscale.train.bundle`: three runs become one demo directory, atomically, with the
+transformer run's recommended sampling settings carried over."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PipelineWriter
+from safetensors import safe_open
+
+from nextscale.errors import run_cli
+from nextscale.sampling.pipeline import PIPELINE_FILE, load_pipeline, record_sampling
+from nextscale.train.bundle import BundleArgs, bundle, main
+from nextscale.train.eval.judge import AttributeJudge, JudgeConfig
+
+
+@pytest.fixture
+def runs(tmp_path: Path, write_tiny_pipeline: PipelineWriter) -> BundleArgs:
+    """A tokenizer run, a transformer run (pipeline with a recorded sampling entry) and a judge run."""
+    tokenizer_run, var_run, judge_run = tmp_path / "tokenizer", tmp_path / "var", tmp_path / "judge"
+    write_tiny_pipeline(var_run / "pipeline")
+    record_sampling(var_run / "pipeline", cfg_scale=2.5, top_k=None, top_p=0.9, source="evaluation")
+    AttributeJudge(JudgeConfig(image_size=16, channels=(8, 8), pooled_size=2, feature_dim=8)).save_pretrained(
+        judge_run / "model")
+    for run, loss in ((tokenizer_run, 0.1), (var_run, 3.0), (judge_run, 0.2)):
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "metrics.json").write_text(json.dumps({"loss": loss}))
+    return BundleArgs(tokenizer_run=tokenizer_run, var_run=var_run, judge=judge_run, out=tmp_path / "bundle")
+
+
+def test_bundle_keeps_the_recommended_sampling_and_halves_the_weights(runs: BundleArgs) -> None:
+    out = bundle(runs)
+    spec = json.loads((out / PIPELINE_FILE).read_text())
+    assert spec["sampling"] == {"cfg_scale": 2.5, "top_k": None, "top_p": 0.9, "source": "evaluation"}
+    pipeline = load_pipeline(out)
+    assert pipeline.recommended == spec["sampling"]
+    with safe_open(str(out / "transformer" / "model.safetensors"), framework="pt") as weights:
+        assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.float16}
+    source = load_pipeline(runs.var_run / "pipeline")
+    for ours, theirs in zip(pipeline.transformer.state_dict().values(), source.transformer.state_dict().values()):
+        torch.testing.assert_close(ours, theirs.to(torch.float16).to(ours.dtype))
+    assert AttributeJudge.from_pretrained(out / "judge").config.image_size == 16
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {name: value["loss"] for name, value in metrics.items()} == {"tokenizer": 0.1, "transformer": 3.0,
+                                                                         "judge": 0.2}
+
+
+def test_a_failed_bundle_leaves_the_previous_one_and_says_why_in_one_line(
+        runs: BundleArgs, capsys: pytest.CaptureFixture[str]) -> None:
+    before = bundle(runs)
+    files = {path: path.read_bytes() for path in before.rglob("*") if path.is_file()}
+    (runs.judge / "metrics.json").unlink()
+    argv = ["--tokenizer-run", str(runs.tokenizer_run), "--var-run", str(runs.var_run), "--judge", str(runs.judge),
+            "--out", str(runs.out)]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(BundleArgs, main, argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "metrics.json" in error and len(error.splitlines()) == 1
+    assert {path: path.read_bytes() for path in before.rglob("*") if path.is_file()} == files
+    assert not list(runs.out.parent.glob(".bundle.*"))  # no temporary directory left behind
