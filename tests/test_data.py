@@ -22,7 +22,9 @@ from nextscale.train.data import (
     TooManyBadFiles,
     build_dataset,
     collate,
+    crop_seed,
     decode_image,
+    loader_over,
     make_dataloader,
 )
 from nextscale.train.data.captions import caption_from_attributes, sample_caption
@@ -375,9 +377,18 @@ def test_random_crop_moves_along_the_longer_side():
     data = encoded(noise_image(width=64, height=16), "PNG")
     centre = [decode_image(data, 16) for _ in range(2)]
     assert torch.equal(centre[0], centre[1])
-    torch.manual_seed(0)
-    crops = [decode_image(data, 16, random_crop=True) for _ in range(8)]
-    assert len({tuple(crop.flatten()[:16].tolist()) for crop in crops}) > 2
+    crops = [decode_image(data, 16, crop_seed(0, epoch, 3)) for epoch in range(8)]
+    assert len({tuple(crop.flatten()[:16].tolist()) for crop in crops}) > 2  # another crop each pass
+    assert torch.equal(decode_image(data, 16, crop_seed(0, 5, 3)), crops[5])  # the seed alone decides
+    state = torch.get_rng_state()
+    decode_image(data, 16, crop_seed(0, 5, 3))
+    assert torch.equal(torch.get_rng_state(), state)  # torch's global generator is left alone
+
+
+def test_crop_seeds_differ_by_seed_pass_and_item():
+    seeds = {crop_seed(seed, epoch, key) for seed in range(3) for epoch in range(3) for key in range(3)}
+    assert len(seeds) == 27 and all(0 <= seed < 2**63 for seed in seeds)
+    assert crop_seed(1, 2, 3) == crop_seed(1, 2, 3)
 
 
 def write_hostile_files(root: Path) -> dict[str, int]:
@@ -563,3 +574,32 @@ def test_the_transformer_holds_out_data_it_never_trains_on_for_every_source(tmp_
         single = str(tmp_path / "shards" / "shard-00000.tar")
         alone = evaluation_split(DataConfig(source="webdataset", path=single, image_size=16), None, 5)
         assert alone.evaluation is None and "pass --eval-data.path DIR" in alone.description
+
+
+def test_every_pass_crops_anew_even_in_persistent_workers(tmp_path):
+    """The runtime tells the folder (under its Subset) which pass begins; workers that outlive a pass
+    see it, so an image gets another crop next pass, and the same crop as any other run of that pass."""
+    from torch.utils.data import Subset
+
+    from nextscale.train.runtime import endless_batches
+
+    for index in range(8):
+        (tmp_path / f"{index}.png").write_bytes(encoded(noise_image(width=64, height=16, seed=index), "PNG"))
+    dataset = Subset(ImageFolderDataset(folder_config(tmp_path, random_crop=True)), list(range(8)))
+
+    def two_passes() -> list[dict[int, torch.Tensor]]:
+        loader = loader_over(dataset, batch_size=4, shuffle=False, num_workers=2)
+        batches = endless_batches(None, loader)
+        passes = []
+        for _ in range(2):
+            crops = {}
+            for batch in (next(batches), next(batches)):
+                crops |= {int(i): image for i, image in zip(batch["index"], batch["image"])}
+            passes.append(crops)
+        return passes
+
+    first, second = two_passes()
+    assert sorted(first) == sorted(second) == list(range(8))
+    assert sum(not torch.equal(first[i], second[i]) for i in range(8)) >= 6  # mostly other crops
+    again = two_passes()
+    assert all(torch.equal(again[p][i], (first, second)[p][i]) for p in range(2) for i in range(8))

@@ -267,3 +267,22 @@ def test_class_conditional_training_from_class_folders(trained_tokenizer, tmp_pa
     assert red_minus_blue[1] > red_minus_blue[0], red_minus_blue  # class 1 ("red") comes out redder
     with pytest.raises(ValueError, match="--data.source class-folder"):
         var_run(tmp_path / "bad", output / "model", Path("unused"), condition="class")
+
+
+def test_resume_mid_epoch_with_random_crops_and_workers_is_exact(tmp_path):
+    """Own images, random crops and two loader workers: a run resumed mid-epoch sees the same crops."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(30):  # wide images: the random crop moves along the width
+        pixels = rng.integers(0, 256, (16, 28, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index:02d}.png")
+    data = DataConfig(source="folder", path=str(folder), image_size=16, random_crop=True)
+    settings = dict(data=data, steps=16, batch_size=4, num_workers=2, log_every=1, checkpoint_every=10,
+                    eval_images=3, sample_every=100)
+    full = train_tokenizer(tokenizer_run(tmp_path / "full", **settings))
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "full" / "checkpoints", resumed_dir / "checkpoints")
+    resumed = train_tokenizer(tokenizer_run(resumed_dir, resume="latest", **settings))
+    assert resumed.metrics["resumed_at"] == [10]  # 27 training images, 6 batches an epoch: mid-epoch
+    assert resumed.metrics["loss_curve"] == full.metrics["loss_curve"]

@@ -164,6 +164,7 @@ def endless_batches(accelerator: Accelerator, loader, micro_steps_done: int = 0)
     for epoch in itertools.count(first_epoch):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
+        set_data_epoch(loader, epoch)
         produced = 0
         iterator = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
         # Starting an epoch draws a worker seed from torch's global generator; a resumed run starts one
@@ -185,6 +186,16 @@ def endless_batches(accelerator: Accelerator, loader, micro_steps_done: int = 0)
             raise ValueError(f"the training data gave no batch of {loader.batch_size} in a whole pass"
                              f"{detail}. Add data or lower --batch-size.")
         skip = 0
+
+
+def set_data_epoch(loader: Any, epoch: int) -> None:
+    """Tell the datasets under `loader` (through wrappers such as `Subset`, which hold theirs as
+    `.dataset`) which pass begins, e.g. for random crops drawn per pass and item."""
+    dataset = getattr(loader, "dataset", None)
+    while dataset is not None:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        dataset = getattr(dataset, "dataset", None)
 
 
 def finite_json(value: Any) -> Any:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from nextscale.train.data.badinput import BadInput, BadInputTracker, TooManyBadFiles
 from nextscale.train.data.config import DataConfig, HeldOutConfig
-from nextscale.train.data.decode import IMAGE_SUFFIXES, decode_image
+from nextscale.train.data.decode import IMAGE_SUFFIXES, crop_seed, decode_image
 from nextscale.train.data.sources import get_source, source_names
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "TooManyBadFiles",
     "build_dataset",
     "collate",
+    "crop_seed",
     "decode_image",
     "held_out",
     "loader_over",

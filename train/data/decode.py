@@ -68,13 +68,20 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes, image_size: int, random_crop: bool = False,
+def crop_seed(seed: int, epoch: int, key: int) -> int:
+    """The seed of one random crop: a pure function of the data seed, the pass over the data and the
+    item (its index, or a hash of a stream sample's key), so a resumed run crops every item as the
+    uninterrupted run did, whichever worker loads it."""
+    return int(np.random.SeedSequence([seed, epoch, key]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def decode_image(data: bytes, image_size: int, crop: int | None = None,
                  max_image_pixels: int = 40_000_000) -> torch.Tensor:
     """Encoded JPEG/PNG/WebP bytes -> (3, image_size, image_size) float in [-1, 1], or raise BadInput.
 
     EXIF orientation is applied; the shorter side is resized to `image_size` (bicubic, antialiased)
-    and the square is cropped at the centre or, with `random_crop`, at a position drawn from torch's
-    default generator (which DataLoader seeds in every worker).
+    and the square is cropped at the centre or, with a `crop` seed (`crop_seed`), at a position drawn
+    from a generator seeded with it: the same seed gives the same crop.
     """
     if not data:
         raise BadInput("empty", "zero bytes")
@@ -105,9 +112,10 @@ def decode_image(data: bytes, image_size: int, random_crop: bool = False,
 
     width, height = image.size
     side = min(width, height)
-    if random_crop:
-        left = int(torch.randint(0, width - side + 1, ()))
-        top = int(torch.randint(0, height - side + 1, ()))
+    if crop is not None:
+        generator = torch.Generator().manual_seed(crop)
+        left = int(torch.randint(0, width - side + 1, (), generator=generator))
+        top = int(torch.randint(0, height - side + 1, (), generator=generator))
     else:
         left, top = (width - side) // 2, (height - side) // 2
     # Resizing straight from the crop box: one resampling pass, antialiased when shrinking.

@@ -9,11 +9,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from nextscale.train.data.badinput import BadInput, BadInputTracker, TooManyBadFiles
 from nextscale.train.data.config import DataConfig
-from nextscale.train.data.decode import IMAGE_SUFFIXES, decode_image, read_regular_file
+from nextscale.train.data.decode import IMAGE_SUFFIXES, crop_seed, decode_image, read_regular_file
 from nextscale.train.data.sources import Source, register_source
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,14 @@ class ImageFolderDataset(Dataset):
                            "they get the empty caption", uncaptioned, len(files), self.root)
         self._seen = np.zeros(len(files), dtype=bool)
         self._bad: set[int] = set()
+        # The pass over the data, in shared memory so that persistent DataLoader workers see `set_epoch`:
+        # a random crop is drawn from (data seed, pass, index) alone (`crop_seed`).
+        self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """The pass over the data that the next items belong to (varies the random crops; the training
+        runtime sets it before every pass)."""
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -117,7 +126,8 @@ class ImageFolderDataset(Dataset):
     def _load(self, index: int) -> dict:
         config = self.config
         data = read_regular_file(self.root / self.files[index], config.max_file_bytes)
-        image = decode_image(data, config.image_size, config.random_crop, config.max_image_pixels)
+        crop = crop_seed(config.seed, int(self._epoch), index) if config.random_crop else None
+        image = decode_image(data, config.image_size, crop, config.max_image_pixels)
         return {"image": image, "caption": self.caption(index), "attributes": {}}
 
     def __getitem__(self, index: int) -> dict:

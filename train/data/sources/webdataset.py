@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from nextscale.train.data.badinput import BadInput, BadInputTracker
 from nextscale.train.data.config import DataConfig
-from nextscale.train.data.decode import decode_image
+from nextscale.train.data.decode import crop_seed, decode_image
 from nextscale.train.data.sources import Source, register_source
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,9 @@ class WebDatasetShards(IterableDataset):
             if key is None:
                 members = sorted(k for k in sample if not k.startswith("__"))
                 raise BadInput("missing_image", f"no jpg/jpeg/png/webp member among {members}")
-            image = decode_image(sample[key], self.config.image_size, self.config.random_crop,
-                                 self.config.max_image_pixels)
+            crop = (crop_seed(self.config.seed, self._passes, zlib.crc32(name.encode()))
+                    if self.config.random_crop else None)
+            image = decode_image(sample[key], self.config.image_size, crop, self.config.max_image_pixels)
         except BadInput as error:
             self.tracker.record_bad(name, error.reason, error.detail)
             return None
