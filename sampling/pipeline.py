@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,27 +111,20 @@ def write_pipeline(
     text_max_length: int | None,
     dtype: torch.dtype | None = None,
     sampling: dict | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Save tokenizer and transformer side by side with `pipeline.json`, atomically (`sampling`: recommended
-    settings to record, as `record_sampling` would)."""
-    atomic_write_dir(Path(directory), lambda tmp: write_pipeline_files(
-        tmp, tokenizer, transformer, text_encoder, text_max_length, dtype=dtype, sampling=sampling))
+    """Save tokenizer and transformer side by side with `pipeline.json`, atomically. `sampling`: recommended
+    settings to record (as `record_sampling` would); `extra(tmp)` may add files before the swap."""
+
+    def write(tmp: Path) -> None:
+        tokenizer.save_pretrained(tmp / "tokenizer", dtype=dtype)
+        transformer.save_pretrained(tmp / "transformer", dtype=dtype)
+        write_pipeline_spec(tmp, text_encoder, text_max_length, sampling)
+        if extra is not None:
+            extra(tmp)
+
+    atomic_write_dir(Path(directory), write)
     return Path(directory)
-
-
-def write_pipeline_files(
-    directory: Path,
-    tokenizer: MultiScaleVQVAE,
-    transformer: NextScaleTransformer,
-    text_encoder: str | None,
-    text_max_length: int | None,
-    dtype: torch.dtype | None = None,
-    sampling: dict | None = None,
-) -> None:
-    """The files of a pipeline, written into `directory` as they are (`write_pipeline` makes it atomic)."""
-    tokenizer.save_pretrained(directory / "tokenizer", dtype=dtype)
-    transformer.save_pretrained(directory / "transformer", dtype=dtype)
-    write_pipeline_spec(directory, text_encoder, text_max_length, sampling)
 
 
 def check_compatible(

@@ -12,7 +12,7 @@ from conftest import PipelineWriter
 from safetensors import safe_open
 
 from nextscale.errors import run_cli
-from nextscale.sampling.pipeline import PIPELINE_FILE, load_pipeline, record_sampling
+from nextscale.sampling.pipeline import PIPELINE_FILE, load_pipeline, record_sampling, write_pipeline
 from nextscale.train.bundle import BundleArgs, bundle, main
 from nextscale.train.eval.judge import AttributeJudge, JudgeConfig
 
@@ -62,3 +62,18 @@ def test_a_failed_bundle_leaves_the_previous_one_and_says_why_in_one_line(
     assert error.startswith("error: ") and "metrics.json" in error and len(error.splitlines()) == 1
     assert {path: path.read_bytes() for path in before.rglob("*") if path.is_file()} == files
     assert not list(runs.out.parent.glob(".bundle.*"))  # no temporary directory left behind
+
+
+def test_a_failure_while_writing_keeps_the_previous_pipeline(runs: BundleArgs) -> None:
+    before = bundle(runs)
+    files = {path: path.read_bytes() for path in before.rglob("*") if path.is_file()}
+    pipeline = load_pipeline(before)
+
+    def fail(directory: Path) -> None:
+        assert (directory / PIPELINE_FILE).is_file()  # called after the parts are written, before the swap
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_pipeline(before, pipeline.tokenizer, pipeline.transformer, "other-encoder", 8, extra=fail)
+    assert {path: path.read_bytes() for path in before.rglob("*") if path.is_file()} == files
+    assert not list(before.parent.glob(".bundle.*"))

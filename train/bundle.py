@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from nextscale.checkpoint import atomic_write_dir, read_json_object
+from nextscale.checkpoint import read_json_object
 from nextscale.errors import run_cli
-from nextscale.sampling.pipeline import PIPELINE_FILE, read_spec, write_pipeline_files
+from nextscale.sampling.pipeline import PIPELINE_FILE, read_spec, write_pipeline
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.transformer import NextScaleTransformer
 
@@ -52,15 +52,13 @@ def bundle(args: BundleArgs) -> Path:
     tokenizer = MultiScaleVQVAE.from_pretrained(args.var_run / "pipeline" / spec["tokenizer"])
     transformer = NextScaleTransformer.from_pretrained(args.var_run / "pipeline" / spec["transformer"])
 
-    def write(directory: Path) -> None:
-        write_pipeline_files(directory, tokenizer, transformer, spec["text_encoder"], spec.get("text_max_length"),
-                             dtype=torch.float16, sampling=spec.get("sampling"))
+    def add_judge_and_metrics(directory: Path) -> None:
         shutil.copytree(judge_model, directory / "judge")
         shutil.copy(args.judge / "metrics.json", directory / "judge" / "metrics.json")
         (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
-    atomic_write_dir(args.out, write)
-    return args.out
+    return write_pipeline(args.out, tokenizer, transformer, spec["text_encoder"], spec.get("text_max_length"),
+                          dtype=torch.float16, sampling=spec.get("sampling"), extra=add_judge_and_metrics)
 
 
 def main(args: BundleArgs) -> None:
