@@ -17,6 +17,11 @@ from nextscale.train.bundle import BundleArgs, bundle, main
 from nextscale.train.eval.judge import AttributeJudge, JudgeConfig
 
 
+def files_of(directory: Path) -> dict[Path, bytes]:
+    """Every file under `directory` with its bytes."""
+    return {path: path.read_bytes() for path in directory.rglob("*") if path.is_file()}
+
+
 @pytest.fixture
 def runs(tmp_path: Path, write_tiny_pipeline: PipelineWriter) -> BundleArgs:
     """A tokenizer run, a transformer run (pipeline with a recorded sampling entry) and a judge run."""
@@ -51,7 +56,7 @@ def test_bundle_keeps_the_recommended_sampling_and_halves_the_weights(runs: Bund
 def test_a_failed_bundle_leaves_the_previous_one_and_says_why_in_one_line(
         runs: BundleArgs, capsys: pytest.CaptureFixture[str]) -> None:
     before = bundle(runs)
-    files = {path: path.read_bytes() for path in before.rglob("*") if path.is_file()}
+    files = files_of(before)
     (runs.judge / "metrics.json").unlink()
     argv = ["--tokenizer-run", str(runs.tokenizer_run), "--var-run", str(runs.var_run), "--judge", str(runs.judge),
             "--out", str(runs.out)]
@@ -60,13 +65,13 @@ def test_a_failed_bundle_leaves_the_previous_one_and_says_why_in_one_line(
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and "metrics.json" in error and len(error.splitlines()) == 1
-    assert {path: path.read_bytes() for path in before.rglob("*") if path.is_file()} == files
+    assert files_of(before) == files
     assert not list(runs.out.parent.glob(".bundle.*"))  # no temporary directory left behind
 
 
 def test_a_failure_while_writing_keeps_the_previous_pipeline(runs: BundleArgs) -> None:
     before = bundle(runs)
-    files = {path: path.read_bytes() for path in before.rglob("*") if path.is_file()}
+    files = files_of(before)
     pipeline = load_pipeline(before)
 
     def fail(directory: Path) -> None:
@@ -75,5 +80,5 @@ def test_a_failure_while_writing_keeps_the_previous_pipeline(runs: BundleArgs) -
 
     with pytest.raises(OSError, match="disk full"):
         write_pipeline(before, pipeline.tokenizer, pipeline.transformer, "other-encoder", 8, extra=fail)
-    assert {path: path.read_bytes() for path in before.rglob("*") if path.is_file()} == files
+    assert files_of(before) == files
     assert not list(before.parent.glob(".bundle.*"))
