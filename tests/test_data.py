@@ -27,7 +27,7 @@ from nextscale.train.data import (
     loader_over,
     make_dataloader,
 )
-from nextscale.train.data.captions import caption_from_attributes, sample_caption
+from nextscale.train.data.captions import COARSE_ATTRIBUTES, caption_from_attributes, detail_caption, sample_caption
 from nextscale.train.data.portraits import (
     ATTRIBUTES,
     ZOOM_LEVELS,
@@ -152,6 +152,45 @@ def test_training_captions_are_varied_and_partial():
     assert len(set(captions)) > 50
     assert any(attributes["background"] not in c for c in captions)  # not always everything
     assert np.mean([mentions(c, "gender", attributes["gender"]) for c in captions]) > 0.8
+
+
+def stated_coarse(caption: str, key: str) -> list[str]:
+    """The values of a coarse attribute a caption states ("red hair", "red-haired", "on a red background")."""
+    noun = {"background": r" (background|wall)", "hair_color": r"[- ]hair", "skin": r"[- ]skin"}[key]
+    return [value for value in ATTRIBUTES[key] if re.search(rf"\b{value}{noun}", caption)]
+
+
+def stated_fine(caption: str, key: str) -> str | None:
+    """"yes" / "no" where a caption states glasses, beard or smile, else None."""
+    negative = {"glasses": r"(without|no) glasses", "beard": r"clean-shaven|without a beard",
+                "smile": r"serious|neutral expression|closed mouth"}[key]
+    positive = {"glasses": r"glasses|bespectacled", "beard": r"beard", "smile": r"smil"}[key]
+    if re.search(negative, caption):
+        return "no"
+    return "yes" if re.search(positive, caption) else None
+
+
+def test_detail_captions_keep_the_fine_attributes_and_contradict_a_coarse_one():
+    """Mixing regularisation's second caption: true about glasses, beard, smile and gender wherever it
+    names them, wrong about at least one coarse attribute the level shows, never right about one."""
+    rng = np.random.default_rng(0)
+    named = {key: 0 for key in ("glasses", "beard", "smile")}
+    for trial in range(600):
+        attributes, level = sample_attributes(rng), ZOOM_LEVELS[trial % 3]
+        caption = detail_caption(attributes, rng, level)
+        coarse = [key for key in COARSE_ATTRIBUTES if key in visible_attributes(level)]
+        stated = {key: stated_coarse(caption, key) for key in coarse}
+        assert any(stated.values()), caption
+        assert all(attributes[key] not in values for key, values in stated.items()), (attributes, caption)
+        for key in named:
+            said = stated_fine(caption, key)
+            assert said in (None, attributes[key]), (attributes, caption)
+            named[key] += said is not None
+        other = "woman" if attributes["gender"] == "man" else "man"
+        assert not re.search(rf"\b{other}\b", caption), (attributes, caption)
+    assert min(named.values()) > 60, named  # the fine attributes are named, not left out
+    assert detail_caption(attributes, np.random.default_rng(1), 1) == detail_caption(
+        attributes, np.random.default_rng(1), 1)  # a function of the generator's state
 
 
 # ------------------------------------------------------------------------------------------------- zoom

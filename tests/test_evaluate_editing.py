@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
@@ -59,3 +60,7 @@ def test_editing_evaluation_end_to_end_on_a_tiny_budget(tiny_pipeline_dir, tmp_p
     table = (tmp_path / "eval" / "editing.md").read_text()
     assert "inpainting the eye band" in table and "| in x2 |" in table
     assert (tmp_path / "eval" / "inpaint.png").is_file() and (tmp_path / "eval" / "zoom-x2" / "zoom-x2.gif").is_file()
+    # --only runs the measurements asked for and reports those alone
+    alone = evaluate(dataclasses.replace(config, out=tmp_path / "alone", only=("per-scale-prompts",)))
+    assert set(alone) == {"config", "per_scale_prompts"} and alone["per_scale_prompts"] == report["per_scale_prompts"]
+    assert (tmp_path / "alone" / "editing.md").read_text().count("\n| per-scale prompts") == 1

@@ -23,6 +23,7 @@ from nextscale.train.optim import parameter_groups, warmup_stable_decay
 from nextscale.train.preview import PreviewConfig
 from nextscale.train.state import CheckpointError
 from nextscale.train.tokenizer_loop import TokenizerTrainConfig, train_tokenizer
+from nextscale.train.var_data import CachedCodesDataset
 from nextscale.train.var_loop import VarTrainConfig, drop_condition, drop_labels, per_scale_metrics, train_var
 from nextscale.transformer import TransformerConfig
 
@@ -198,6 +199,23 @@ def test_var_training_loss_falls_and_exports_a_pipeline(trained_tokenizer, tiny_
     with pytest.raises(ValueError, match="depth: 2 there, 3 here"):
         train_var(var_run(tmp_path / "bad", output / "model", tiny_bert_dir, init_from=exported,
                           model=TransformerConfig.preset("tiny", depth=3), cache_dir=cache_dir))
+
+
+@pytest.mark.filterwarnings("ignore:.*exceed max_length")  # the tiny encoder reads 12 tokens
+def test_mixing_trains_switched_passes_reproducibly(trained_tokenizer, tiny_bert_dir, tmp_path):
+    """--mixing: the cache gains detail captions, the switched passes change training, and the switch draws
+    come from the run's saved generator (two runs give the same curve)."""
+    output, _ = trained_tokenizer
+    settings = dict(steps=8, log_every=1, cond_drop=0.0, eval_images=16)
+    plain = train_var(var_run(tmp_path / "plain", output / "model", tiny_bert_dir, **settings))
+    runs = [train_var(var_run(tmp_path / f"mix{index}", output / "model", tiny_bert_dir, mixing=1.0,
+                              cache_dir=str(tmp_path / "mix-cache"), **settings)) for index in range(2)]
+    curves = [[loss for _, loss in run.metrics["loss_curve"]] for run in (plain, *runs)]
+    assert curves[1] == curves[2]
+    assert curves[0][0] == pytest.approx(curves[1][0], abs=0.5) and curves[0] != curves[1]
+    assert CachedCodesDataset(tmp_path / "mix-cache").has_detail
+    with pytest.raises(ValueError, match="--mixing trains on the cached detail captions"):
+        var_run(tmp_path / "bad", output / "model", tiny_bert_dir, mixing=0.5, cache=False)
 
 
 def test_tokenizer_alignment_with_a_precomputed_teacher_cache(tmp_path):

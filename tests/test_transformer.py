@@ -133,6 +133,40 @@ def test_cached_incremental_logits_equal_teacher_forced(overrides: dict[str, obj
     assert cache_bytes == 2 * config.depth * 2 * config.num_tokens * config.width * 4
 
 
+@pytest.mark.parametrize("overrides", [{}, {"qk_norm": True}, {"cross_attention": False}],
+                         ids=["default", "qk_norm", "no_cross_attention"])
+def test_switched_teacher_forced_pass_equals_the_cached_path_with_a_switch(overrides: dict[str, object]) -> None:
+    """Per-scale prompts in one pass: each image switches to its second text at its own scale, and every
+    scale's logits are those of the cached path that changes the condition at that scale."""
+    config = tiny_config(scale_sizes=(1, 2, 3, 4), **overrides)
+    model = trained_like(config)
+    first, second = make_inputs(config, batch=3, seed=1), make_inputs(config, batch=3, seed=2)
+    second["text_mask"] = second["text_mask"].flip(0)  # padding in another row than the first text's
+    detail = {key: second[key] for key in ("text_tokens", "text_mask", "text_pooled")}
+    switch = torch.tensor([1, 3, config.num_scales])  # the last image never switches
+    with torch.no_grad():
+        switched = split_scales(model(**first, detail=detail, switch_scale=switch), config.scale_sizes)
+        plain = split_scales(model(**first), config.scale_sizes)
+        scale_inputs = [None, *split_scales(first["teacher_inputs"], config.scale_sizes[1:])]
+        for row, at in enumerate(switch.tolist()):
+            text = {key: first[key][row:row + 1] for key in ("text_tokens", "text_mask", "text_pooled")}
+            state = model.start(**text)
+            for scale, chunk in enumerate(scale_inputs):
+                if scale == at:  # the cached path's switch: new condition, earlier keys kept
+                    fresh = model.start(**{key: value[row:row + 1] for key, value in detail.items()})
+                    state = dataclasses.replace(fresh, caches=state.caches, next_scale=state.next_scale)
+                logits = model.forward_scale(state, scale, None if chunk is None else chunk[row:row + 1])
+                torch.testing.assert_close(logits[0], switched[scale][row], atol=1e-5, rtol=1e-5)
+                if scale < at:  # before its switch an image is exactly the single-condition pass
+                    torch.testing.assert_close(switched[scale][row], plain[scale][row], atol=1e-6, rtol=0)
+                else:  # after it, the second condition changes the logits
+                    assert (switched[scale][row] - plain[scale][row]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="switch_scale must be >= 1"):
+        model(**first, detail=detail, switch_scale=torch.tensor([0, 1, 1]))
+    with pytest.raises(ValueError, match="needs both"):
+        model(**first, detail=detail)
+
+
 def test_inference_builds_no_attention_mask(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scale-by-scale sampling attends over the KV cache without any (L, L) mask."""
     config = tiny_config()

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import TINY_TEXT_MAX_LENGTH, tiny_tokenizer_config
 from PIL import Image
 
 from nextscale.scales import flatten_codes
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data import DataConfig, build_dataset
-from nextscale.train.var_data import TEXT_FILE, CachedCodesDataset, build_cache, deduplicate
+from nextscale.train.data import DataConfig, build_dataset, collate
+from nextscale.train.var_data import TEXT_FILE, CachedCodesDataset, build_cache, deduplicate, detail_captions
 from nextscale.transformer.text import TextEncoder
 
 CAPTIONS = ["a man with a beard", "a woman with red hair", "a portrait"]
@@ -66,3 +67,33 @@ def test_cache_round_trip_with_duplicate_captions(tiny_bert_dir, tmp_path, capsy
             assert torch.equal(item["text_mask"].bool(), direct["text_mask"][0].bool())
     # the text states grow with the distinct captions, not the items: 4x the items, the same file size
     assert sizes[48] == sizes[12], sizes
+
+
+@pytest.mark.filterwarnings("ignore:.*exceed max_length")  # the tiny encoder reads 12 tokens
+def test_cache_with_detail_captions_for_mixing(tiny_bert_dir, tmp_path):
+    """Every item gets the text states of its own detail caption (drawn from the data seed and its index),
+    stored among the distinct captions; a source without attributes is refused with one clear line."""
+    torch.manual_seed(0)
+    tokenizer = MultiScaleVQVAE(tiny_tokenizer_config()).eval()
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    encoder = TextEncoder.from_pretrained(str(tiny_bert_dir), max_length=TINY_TEXT_MAX_LENGTH)
+    data = DataConfig(image_size=16, synthetic_length=24, zoom_levels=(1, 2, 4), seed=3)
+    dataset = build_dataset(data)
+    plain = CachedCodesDataset(build_cache(tmp_path / "plain", tokenizer, str(tmp_path / "tokenizer"), encoder,
+                                           data, dataset, 24, progress=False))
+    cached = CachedCodesDataset(build_cache(tmp_path / "mixing", tokenizer, str(tmp_path / "tokenizer"), encoder,
+                                            data, dataset, 24, progress=False, detail=True))
+    assert not plain.has_detail and "detail_text_pooled" not in plain[0] and cached.has_detail
+    expected = detail_captions(collate([dataset[index] for index in range(24)]), seed=3)
+    assert len(set(expected)) > 12  # drawn per item
+    for index in (0, 5, 23):
+        item, caption = cached[index], expected[index]
+        assert cached.captions[int(cached.detail_index[index])] == caption != cached.caption(index)
+        direct = encoder.encode([caption]).as_dict()
+        torch.testing.assert_close(item["detail_text_pooled"].float(), direct["text_pooled"][0], atol=2e-3, rtol=2e-3)
+        assert torch.equal(item["detail_text_mask"].bool(), direct["text_mask"][0].bool())
+        assert torch.equal(item["codes"], plain[index]["codes"]) and cached.caption(index) == plain.caption(index)
+    folder = DataConfig(source="folder", path=str(write_folder(tmp_path / "images", 6)), image_size=16)
+    with pytest.raises(ValueError, match="--mixing needs detail captions"):
+        build_cache(tmp_path / "folder", tokenizer, str(tmp_path / "tokenizer"), encoder, folder,
+                    build_dataset(folder), 6, progress=False, detail=True)

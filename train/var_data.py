@@ -4,10 +4,14 @@ Encoding images with the frozen tokenizer and captions with the frozen text enco
 every epoch, so by default both are computed once into a cache directory:
 
     cache_dir/codes.safetensors   codes (n, L) int16, caption_index (n,) int64 + a fingerprint
+                                  (+ detail_index (n,) int64 with detail captions, for mixing)
     cache_dir/text.safetensors    text_tokens (D, t, d) fp16, text_mask, text_pooled + the D distinct captions
 
 Captions repeat (a folder of 20,000 images may have 40 distinct captions), so the text states of each
 distinct caption are stored once and every item points at its row: the text file grows with D, not n.
+With `detail=True` (mixing regularisation, `--mixing`) every item also gets a detail caption
+(`captions.detail_caption`: its fine attributes, coarse ones stated wrongly), stored the same way; this
+needs a source whose items carry their attributes (the synthetic portraits).
 
 A cache is reused only when its fingerprint matches (same tokenizer weights, data config and text
 encoder), so changing any of them rebuilds it instead of silently training on stale codes.
@@ -22,6 +26,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -32,6 +37,7 @@ from nextscale.checkpoint import WEIGHTS_NAME, resolve_model_dir
 from nextscale.scales import flatten_codes
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.data import DataConfig, loader_over
+from nextscale.train.data.captions import detail_caption
 from nextscale.transformer.text import TextEncoder, load_text_cache, precompute_text_embeddings, save_text_cache
 
 CODES_FILE = "codes.safetensors"
@@ -41,9 +47,9 @@ CACHE_FORMAT = 2
 
 
 def cache_fingerprint(tokenizer_path: str, data: DataConfig, text_encoder: str, max_length: int, count: int,
-                      subset: int | None = None) -> str:
+                      subset: int | None = None, detail: bool = False) -> str:
     """Hash of everything the cached codes and embeddings depend on (`subset`: how many items of the
-    source are trained on, when the rest is held out)."""
+    source are trained on, when the rest is held out; `detail`: detail captions included)."""
     weights = resolve_model_dir(tokenizer_path) / WEIGHTS_NAME
     digest = hashlib.sha256()
     with open(weights, "rb") as handle:
@@ -51,6 +57,8 @@ def cache_fingerprint(tokenizer_path: str, data: DataConfig, text_encoder: str, 
             digest.update(chunk)
     payload = {"tokenizer": digest.hexdigest(), "data": dataclasses.asdict(data), "text_encoder": text_encoder,
                "max_length": max_length, "count": count, "subset": subset, "format": CACHE_FORMAT}
+    if detail:  # absent otherwise, so caches without detail captions keep their fingerprint
+        payload["detail_captions"] = True
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -62,23 +70,37 @@ def read_fingerprint(cache_dir: Path) -> str | None:
         return (handle.metadata() or {}).get("fingerprint")
 
 
+def detail_captions(batch: dict, seed: int) -> list[str]:
+    """The detail caption of each item of a collated batch (`captions.detail_caption`), drawn from (seed,
+    item index) so a rebuilt cache gets the same ones."""
+    if not all(batch["attributes"]) or bool((batch["index"] < 0).any()):
+        raise ValueError("--mixing needs detail captions, made from each item's attributes: use a source whose "
+                         "items carry them (--data.source synthetic), or --mixing 0")
+    return [detail_caption(attributes, np.random.default_rng([seed, int(index), 0x6D6978]), int(zoom))
+            for attributes, index, zoom in zip(batch["attributes"], batch["index"], batch["zoom"])]
+
+
 @torch.no_grad()
 def encode_dataset(
-    tokenizer: MultiScaleVQVAE, dataset: Dataset, count: int, batch_size: int = 128, progress: bool = True
-) -> tuple[torch.Tensor, list[str]]:
-    """Codes (n, L) int16 and captions of the first `count` items of a dataset of source items (n <= count)."""
+    tokenizer: MultiScaleVQVAE, dataset: Dataset, count: int, batch_size: int = 128, progress: bool = True,
+    detail_seed: int | None = None,
+) -> tuple[torch.Tensor, list[str], list[str] | None]:
+    """Codes (n, L) int16, captions and (with `detail_seed`) detail captions of the first `count` items of a
+    dataset of source items (n <= count)."""
     loader = loader_over(dataset, batch_size=batch_size, shuffle=False, num_workers=0, drop_last=False)
-    codes, captions = [], []
+    codes, captions, details = [], [], []
     bar = tqdm(total=count, desc="encoding images", disable=not progress, unit="img")
     for batch in loader:
         take = min(batch_size, count - len(captions))
         codes.append(flatten_codes(tokenizer.encode(batch["image"][:take])).to(torch.int16))
         captions.extend(batch["caption"][:take])
+        if detail_seed is not None:
+            details.extend(detail_captions(batch, detail_seed)[:take])
         bar.update(take)
         if len(captions) >= count:
             break
     bar.close()
-    return torch.cat(codes), captions
+    return torch.cat(codes), captions, (details if detail_seed is not None else None)
 
 
 def build_cache(
@@ -90,25 +112,29 @@ def build_cache(
     dataset: Dataset,
     count: int,
     progress: bool = True,
+    detail: bool = False,
 ) -> Path:
     """Encode the first `count` items of `dataset` (drawn from `data`, minus any held-out part) and their
-    captions into `cache_dir` unless a matching cache is there."""
+    captions (and, with `detail`, detail captions) into `cache_dir` unless a matching cache is there."""
     cache_dir = Path(cache_dir)
     subset = len(dataset) if isinstance(dataset, Subset) else None
     fingerprint = cache_fingerprint(tokenizer_path, data, text_encoder.config.name_or_path,
-                                    text_encoder.max_length, count, subset)
+                                    text_encoder.max_length, count, subset, detail)
     if read_fingerprint(cache_dir) == fingerprint:
         return cache_dir
     if tokenizer.config.vocab_size > 2**15:
         raise ValueError("codes are cached as int16: vocab_size must be <= 32768")
-    codes, captions = encode_dataset(tokenizer, dataset, count, progress=progress)
-    distinct, caption_index = deduplicate(captions)
+    codes, captions, details = encode_dataset(tokenizer, dataset, count, progress=progress,
+                                              detail_seed=data.seed if detail else None)
+    distinct, index = deduplicate(captions + (details or []))
+    tensors = {"codes": codes.contiguous(), "caption_index": index[:len(captions)].contiguous()}
+    if details is not None:
+        tensors["detail_index"] = index[len(captions):].contiguous()
     embeddings = precompute_text_embeddings(text_encoder, distinct, batch_size=256, progress=progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_text_cache(cache_dir / TEXT_FILE, embeddings, distinct)
     temporary = cache_dir / f".{CODES_FILE}.tmp-{os.getpid()}"
-    save_file({"codes": codes.contiguous(), "caption_index": caption_index}, str(temporary),
-              metadata={"fingerprint": fingerprint})
+    save_file(tensors, str(temporary), metadata={"fingerprint": fingerprint})
     os.replace(temporary, cache_dir / CODES_FILE)
     if progress:
         print(describe_cache(cache_dir, len(captions), len(distinct)))
@@ -131,20 +157,23 @@ def describe_cache(cache_dir: Path, items: int, distinct: int) -> str:
 
 
 class CachedCodesDataset(Dataset):
-    """Items {"codes": (L,) long, "text_tokens": (t, d), "text_mask": (t,), "text_pooled": (d,)}."""
+    """Items {"codes": (L,) long, "text_tokens": (t, d), "text_mask": (t,), "text_pooled": (d,)}, and the
+    detail caption's states as "detail_text_tokens", "detail_text_mask", "detail_text_pooled" when the
+    cache holds detail captions."""
 
     def __init__(self, cache_dir: str | os.PathLike) -> None:
         cache_dir = Path(cache_dir)
         with safe_open(str(cache_dir / CODES_FILE), framework="pt") as handle:
             self.codes = handle.get_tensor("codes")
             self.caption_index = handle.get_tensor("caption_index")
+            self.detail_index = handle.get_tensor("detail_index") if "detail_index" in handle.keys() else None
         # fp16 in memory (half the RAM); cast to fp32 per batch in the training step
         self.text, self.captions = load_text_cache(cache_dir / TEXT_FILE, dtype=torch.float16)
         if len(self.caption_index) != len(self.codes):
             raise ValueError(f"{cache_dir}: {len(self.codes)} code rows but {len(self.caption_index)} caption indices")
-        if len(self.caption_index) and not 0 <= int(self.caption_index.min()) <= int(self.caption_index.max()) \
-                < len(self.captions):
-            raise ValueError(f"{cache_dir}: caption indices outside the {len(self.captions)} cached captions")
+        for index in (self.caption_index, self.detail_index):
+            if index is not None and len(index) and not 0 <= int(index.min()) <= int(index.max()) < len(self.captions):
+                raise ValueError(f"{cache_dir}: caption indices outside the {len(self.captions)} cached captions")
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -153,9 +182,18 @@ class CachedCodesDataset(Dataset):
         """The caption of item `index`."""
         return self.captions[int(self.caption_index[index])]
 
+    @property
+    def has_detail(self) -> bool:
+        """Whether the cache holds a detail caption per item (built for `--mixing`)."""
+        return self.detail_index is not None
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = int(self.caption_index[index])
-        return {"codes": self.codes[index].long(), **{k: v[row] for k, v in self.text.items()}}
+        item = {"codes": self.codes[index].long(), **{k: v[row] for k, v in self.text.items()}}
+        if self.detail_index is not None:
+            detail = int(self.detail_index[index])
+            item.update({f"detail_{k}": v[detail] for k, v in self.text.items()})
+        return item
 
 
 def on_the_fly_class_batches(loader, tokenizer: MultiScaleVQVAE) -> Iterator[dict[str, torch.Tensor]]:

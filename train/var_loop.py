@@ -100,6 +100,12 @@ class VarTrainConfig(RunConfig):
     """Probability of replacing a caption by the empty prompt (classifier-free guidance training)."""
     label_smoothing: float = 0.0
     """Label smoothing of the cross-entropy."""
+    mixing: float = 0.0
+    """Mixing regularisation for per-scale prompts (StyleGAN's style mixing, on captions): the probability
+    that an item's scales from a random switch scale on are conditioned on its detail caption, which names
+    its fine attributes and states coarse ones (background, hair colour, skin) wrongly, so the fine scales
+    learn to keep what the coarse codes decided. Needs the cache and a source whose items carry attributes
+    (the synthetic portraits); the cache then holds a detail caption per item."""
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     """Sample grids from fixed prompts during training, with the project's sampler (previews/step_N.png)."""
 
@@ -110,6 +116,11 @@ class VarTrainConfig(RunConfig):
             raise ValueError(f"--cond-drop is a probability in [0, 1), got {self.cond_drop}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.mixing <= 1.0:
+            raise ValueError(f"--mixing is a probability in [0, 1], got {self.mixing}")
+        if self.mixing and (not self.cache or self.condition != "text"):
+            raise ValueError("--mixing trains on the cached detail captions of a text model: drop --no-cache "
+                             "and --condition class, or use --mixing 0")
         if self.cache_images < 1:
             raise ValueError(f"--cache-images must be >= 1, got {self.cache_images}")
         if self.condition == "class" and self.data.source != "class-folder":
@@ -120,7 +131,7 @@ class VarTrainConfig(RunConfig):
 class VarTraining:
     """Teacher-forced next-scale prediction with condition dropout (captions or class labels).
 
-    Run state beyond Accelerate's: the generator of the condition dropout (one per process).
+    Run state beyond Accelerate's: the generator of the condition dropout and of mixing (one per process).
     """
 
     name = "var"
@@ -144,6 +155,8 @@ class VarTraining:
                                                             device=device)
             self.null_text = self.text_encoder.encode([""]).as_dict()
             self.model_config = matched_model_config(config, tokenizer, self.text_encoder.width)
+        if config.mixing and self.model_config.num_scales < 2:
+            raise ValueError("--mixing switches captions between scales: the tokenizer needs at least two scales")
         self.model = NextScaleTransformer(self.model_config)
         if config.init_from:
             load_initial_weights(self.model, config.init_from)
@@ -157,7 +170,8 @@ class VarTraining:
             cache_dir = Path(config.cache_dir or runtime.output_dir / "cache")
             with accelerator.main_process_first():
                 build_cache(cache_dir, tokenizer, config.tokenizer, self.text_encoder, config.data, self.split.train,
-                            config.cache_images, progress=accelerator.is_local_main_process)
+                            config.cache_images, progress=accelerator.is_local_main_process,
+                            detail=config.mixing > 0)
             loader = torch.utils.data.DataLoader(CachedCodesDataset(cache_dir), batch_size=config.batch_size,
                                                  shuffle=True, drop_last=True, num_workers=config.num_workers)
         else:
@@ -183,12 +197,26 @@ class VarTraining:
         else:
             if not self.cached:
                 batch = next(on_the_fly_batches([batch], self.tokenizer, self.text_encoder))
-            condition, _ = drop_condition(text_to(batch, device), self.null_text, config.cond_drop, self.generator)
+            condition, dropped = drop_condition(text_to(batch, device), self.null_text, config.cond_drop,
+                                                self.generator)
+            if config.mixing:
+                condition.update(self.mixed(batch, dropped, device))
         codes = batch["codes"].to(device).long()
         loss, logits = self.objective(codes, condition)
         runtime.accelerator.backward(loss)
         self.last = (logits.detach(), codes)
         return {"loss": loss.detach()}
+
+    def mixed(self, batch: dict, dropped: torch.Tensor, device: torch.device) -> dict:
+        """The switched pass's extra arguments (`NextScaleTransformer.forward`): each item not dropped to the
+        empty prompt switches to its detail caption with probability `mixing`, at a scale drawn uniformly
+        from 1 .. K-1; the others never switch (switch_scale K)."""
+        num_scales = self.model_config.num_scales
+        switch = torch.randint(1, num_scales, (len(dropped),), generator=self.generator)
+        chosen = torch.rand(len(dropped), generator=self.generator) < self.config.mixing
+        switch = torch.where(chosen & ~dropped.cpu(), switch, torch.full_like(switch, num_scales))
+        detail = text_to({key: batch[f"detail_{key}"] for key in ("text_tokens", "text_mask", "text_pooled")}, device)
+        return {"detail": detail, "switch_scale": switch.to(device)}
 
     def extra_logs(self, reduced: dict[str, float]) -> dict[str, float]:
         logits, codes = self.last

@@ -25,7 +25,10 @@ MAX_LOG_QK_SCALE = math.log(100.0)
 
 
 def key_padding_mask(text_mask: torch.Tensor) -> torch.Tensor:
-    """Text mask (b, t), True = real token -> attention mask (b, 1, 1, t) for every head and query."""
+    """Text mask (b, t), True = real token -> attention mask (b, 1, 1, t) for every head and query; a
+    per-query mask (b, l, t) -> (b, 1, l, t)."""
+    if text_mask.ndim == 3:
+        return rearrange(text_mask.bool(), "b l t -> b 1 l t")
     return rearrange(text_mask.bool(), "b t -> b 1 1 t")
 
 
@@ -245,7 +248,8 @@ class CrossAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, text_keys: torch.Tensor, text_values: torch.Tensor, text_mask: torch.Tensor
     ) -> torch.Tensor:
-        """x (b, l, width) attends to the text (b, heads, t, head_dim) where text_mask (b, t) is True."""
+        """x (b, l, width) attends to the text (b, heads, t, head_dim) where text_mask (b, t) (or, per
+        query, (b, l, t)) is True."""
         query = rearrange(self.query(x), "b l (h d) -> b h l d", h=self.num_heads)
         scale = None
         if self.qk_norm is not None:

@@ -29,8 +29,19 @@ from nextscale.transformer.config import TransformerConfig
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """AdaLN: x (b, l, width) * (1 + scale) + shift, with shift and scale (b, 1, width)."""
+    """AdaLN: x (b, l, width) * (1 + scale) + shift, with shift and scale (b, 1, width) or per token (b, l, width)."""
     return x * (1 + scale) + shift
+
+
+def per_token(vectors: torch.Tensor, after_switch: torch.Tensor | None) -> torch.Tensor:
+    """Broadcast per-image vectors over the tokens: (b, n) -> (b, 1, n).
+
+    With two conditions per image, `vectors` (b, 2, n) holds the first condition's row and the second's, and
+    `after_switch` (b, l) bool says which tokens take the second: -> (b, l, n).
+    """
+    if after_switch is None:
+        return vectors.unsqueeze(1)
+    return torch.where(after_switch.unsqueeze(-1), vectors[:, 1:2], vectors[:, 0:1])
 
 
 class DropPath(nn.Module):
@@ -105,10 +116,14 @@ class Block(nn.Module):
         text_mask: torch.Tensor | None,
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        after_switch: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (b, l, width), condition (b, width) -> (b, l, width)."""
+        """x (b, l, width), condition (b, width) -> (b, l, width).
+
+        With `after_switch` (b, l) bool, `condition` is (b, 2, width): the tokens where it is set are
+        modulated by the second condition, the others by the first (per-scale prompts in one pass)."""
         shift_attention, scale_attention, gate_attention, shift_mlp, scale_mlp, gate_mlp = (
-            self.modulation(condition).unsqueeze(1).chunk(6, dim=-1)  # 6 x (b, 1, width)
+            per_token(self.modulation(condition), after_switch).chunk(6, dim=-1)  # 6 x (b, 1 | l, width)
         )
         attended = self.self_attention(modulate(self.norm_attention(x), shift_attention, scale_attention), mask, cache)
         x = x + self.drop_path(gate_attention * attended)
@@ -285,9 +300,11 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         x = torch.cat(parts, dim=1)
         return x + self.position_embed[:, start:end] + self.level_embed(self.level[start:end])
 
-    def _logits(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def _logits(
+        self, x: torch.Tensor, condition: torch.Tensor, after_switch: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """AdaLN final norm + linear head: (b, l, width) -> fp32 logits (b, l, vocab_size)."""
-        shift, scale = self.head_modulation(condition).unsqueeze(1).chunk(2, dim=-1)  # 2 x (b, 1, width)
+        shift, scale = per_token(self.head_modulation(condition), after_switch).chunk(2, dim=-1)  # (b, 1 | l, width)
         return self.head(modulate(self.head_norm(x), shift, scale)).float()
 
     def attention_mask(self, num_scales: int | None = None) -> torch.Tensor:
@@ -310,6 +327,8 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         text_pooled: torch.Tensor | None = None,
         num_scales: int | None = None,
         labels: torch.Tensor | None = None,
+        detail: dict[str, torch.Tensor] | None = None,
+        switch_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced logits of every token of the first `num_scales` scales (default: all) under the
         block-causal mask.
@@ -319,6 +338,13 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         text_mask (b, t) bool, text_pooled (b, text_width) for a text model; labels (b,) long for a
         class-conditional one. Returns fp32 logits (b, L', vocab_size); position i predicts code i of
         the flat sequence. A prefix gives the same logits as the full pass (block causality).
+
+        Per-scale prompts in one pass (text models): `detail` holds a second text (text_tokens,
+        text_mask, text_pooled, batch b) and `switch_scale` (b,) long the first scale of each image
+        conditioned on it (>= num_scales: none). The start token stays the first condition's; the
+        tokens of scales >= switch_scale[i] take their AdaLN modulation from the second condition and
+        cross-attend to the second text only, which is what the cached path computes when the
+        condition changes at that scale (`sample_scales` with one condition per scale).
         """
         condition = self.condition_vector(text_tokens, text_mask, text_pooled, labels)  # (b, width)
         num_scales = self.config.num_scales if num_scales is None else num_scales
@@ -334,9 +360,51 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         text_keys, text_values = self._text_keys_values(text_tokens)
         x = self._embed(condition, teacher_inputs, 0, end)  # (b, L', width)
         mask = self.attention_mask(num_scales)  # (L', L') block-causal
+        after_switch = None
+        if detail is not None or switch_scale is not None:
+            after_switch, condition, text_keys, text_values, text_mask = self._switched(
+                condition, text_keys, text_values, text_mask, detail, switch_scale, end)
         for block, keys, values in zip(self.blocks, text_keys, text_values):
-            x = block(x, condition, keys, values, text_mask, mask=mask)
-        return self._logits(x, condition)
+            x = block(x, condition, keys, values, text_mask, mask=mask, after_switch=after_switch)
+        return self._logits(x, condition, after_switch)
+
+    def _switched(
+        self,
+        condition: torch.Tensor,
+        text_keys: list[torch.Tensor | None],
+        text_values: list[torch.Tensor | None],
+        text_mask: torch.Tensor | None,
+        detail: dict[str, torch.Tensor] | None,
+        switch_scale: torch.Tensor | None,
+        end: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None], list[torch.Tensor | None], torch.Tensor | None]:
+        """Both conditions of a switched pass: (after_switch (b, L') bool, conditions (b, 2, width), text keys
+        and values of both texts side by side (b, heads, t1 + t2, head_dim), per-token text mask (b, L',
+        t1 + t2) letting each token see its own text only)."""
+        if self.class_embed is not None:
+            raise ValueError("per-scale conditions in the teacher-forced pass need a text model")
+        if detail is None or switch_scale is None:
+            raise ValueError("a switched pass needs both `detail` (the second text) and `switch_scale` (b,)")
+        batch = condition.shape[0]
+        if switch_scale.shape != (batch,) or switch_scale.dtype != torch.long:
+            got = f"{tuple(switch_scale.shape)} {switch_scale.dtype}"
+            raise ValueError(f"switch_scale must be ({batch},) int64, got {got}")
+        if bool((switch_scale < 1).any()):
+            raise ValueError("switch_scale must be >= 1: scale 0 is predicted from the first condition's start token")
+        second = self.condition_vector(detail.get("text_tokens"), detail.get("text_mask"), detail.get("text_pooled"))
+        if second.shape[0] != batch:
+            raise ValueError(f"the detail text holds {second.shape[0]} rows for a batch of {batch}")
+        after_switch = self.level[:end].unsqueeze(0) >= switch_scale.unsqueeze(1)  # (b, L')
+        conditions = torch.stack([condition, second], dim=1)  # (b, 2, width)
+        if self.text_norm is None:
+            return after_switch, conditions, text_keys, text_values, text_mask
+        assert text_mask is not None
+        detail_keys, detail_values = self._text_keys_values(detail["text_tokens"])
+        keys = [torch.cat([a, b], dim=2) for a, b in zip(text_keys, detail_keys)]  # type: ignore[list-item]
+        values = [torch.cat([a, b], dim=2) for a, b in zip(text_values, detail_values)]  # type: ignore[list-item]
+        after = after_switch.unsqueeze(-1)  # (b, L', 1)
+        token_mask = torch.cat([text_mask.unsqueeze(1) & ~after, detail["text_mask"].unsqueeze(1) & after], dim=2)
+        return after_switch, conditions, keys, values, token_mask
 
     # -- inference: one scale at a time with a KV cache ------------------------------------------------
 

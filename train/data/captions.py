@@ -103,6 +103,28 @@ _MENTION = {("gender", "man"): 0.9, ("gender", "woman"): 0.9, ("beard", "yes"): 
             "hair_color": 0.6, "hair_length": 0.45, "skin": 0.45, "background": 0.6}
 
 
+COARSE_ATTRIBUTES: tuple[str, ...] = ("background", "hair_color", "skin")
+"""The attributes the coarse scales settle (large areas of one colour), against the fine ones (glasses,
+beard, smile...): what a layout prompt decides and a detail prompt may not change."""
+
+
+def detail_caption(attributes: Mapping[str, str], rng: np.random.Generator, level: int = 1) -> str:
+    """A second training caption for the scales after a switch (mixing regularisation): the portrait's fine
+    attributes, mentioned as `sample_caption` mentions them, and one or more coarse attributes visible at
+    `level` stated wrongly. Trained on it, the fine scales learn to follow a detail prompt's fine attributes
+    and to keep the coarse ones the earlier scales' codes already show."""
+    visible = visible_attributes(level)
+    attributes = {k: v for k, v in attributes.items() if k in visible}
+    fine = {k: v for k, v in attributes.items()
+            if k not in COARSE_ATTRIBUTES and rng.random() < _MENTION.get((k, v), _MENTION.get(k))}
+    coarse = [k for k in COARSE_ATTRIBUTES if k in attributes]
+    wrong = [k for k in coarse if rng.random() < 0.5] or [coarse[int(rng.integers(len(coarse)))]]
+    for key in wrong:
+        others = [value for value in ATTRIBUTES[key] if value != attributes[key]]
+        fine[key] = others[int(rng.integers(len(others)))]
+    return caption_from_attributes(fine, rng, level)
+
+
 def sample_caption(attributes: Mapping[str, str], rng: np.random.Generator, level: int = 1) -> str:
     """A training caption of a portrait seen at zoom `level`: a random subset of the attributes visible
     there (all of them 10% of the time), varied wording."""

@@ -3,6 +3,7 @@ per-scale prompts, and (through `train.eval.zoom`) zoom stacks.
 
     python -m nextscale.train.eval.editing                      # the bundled demo model and its judge
     python -m nextscale.train.eval.editing --checkpoint runs/var/pipeline --judge runs/judge --num-edits 128
+    python -m nextscale.train.eval.editing --only per-scale-prompts       # one measurement
 
 Every edit starts from real renders of known attributes and asks, through the prompt, for something
 the judge can read (`train.eval.judge`):
@@ -24,6 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,6 +41,9 @@ from nextscale.train.data.portraits import ATTRIBUTES, render_portrait
 from nextscale.train.eval.adherence import consistent_attributes
 from nextscale.train.eval.judge import AttributeJudge
 from nextscale.train.eval.zoom import ZoomEvaluation, evaluate_zoom, zoom_markdown
+
+Measurement = Literal["inpainting", "outpainting", "variations", "per-scale-prompts", "zoom"]
+MEASUREMENTS: tuple[Measurement, ...] = ("inpainting", "outpainting", "variations", "per-scale-prompts", "zoom")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class EditEvaluationConfig:
     """Seed of the sources and the edits."""
     zoom: ZoomEvaluation = ZoomEvaluation()
     """The zoom measurements."""
+    only: tuple[Measurement, ...] = MEASUREMENTS
+    """The measurements to run (default: all); inpainting also times plain sampling for its cost."""
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(cfg_scale=self.cfg_scale, top_k=None, top_p=1.0)
@@ -233,43 +240,53 @@ def evaluate(config: EditEvaluationConfig) -> dict:
     judge = AttributeJudge.from_pretrained(judge_path)
     config.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"config": json.loads(json.dumps(asdict(config), default=str))}
-    report["inpainting"] = evaluate_inpainting(pipeline, judge, config)
-    report["plain_sampling_seconds"] = normal_sample_seconds(pipeline, config)
-    report["outpainting"] = evaluate_outpainting(pipeline, judge, config)
-    report["variations"] = evaluate_variations(pipeline, judge, config)
-    report["per_scale_prompts"] = evaluate_per_scale_prompts(pipeline, judge, config)
-    report["zoom"] = evaluate_zoom(pipeline, judge, config.zoom, config.out, config.sampling())
+    if "inpainting" in config.only:
+        report["inpainting"] = evaluate_inpainting(pipeline, judge, config)
+        report["plain_sampling_seconds"] = normal_sample_seconds(pipeline, config)
+    if "outpainting" in config.only:
+        report["outpainting"] = evaluate_outpainting(pipeline, judge, config)
+    if "variations" in config.only:
+        report["variations"] = evaluate_variations(pipeline, judge, config)
+    if "per-scale-prompts" in config.only:
+        report["per_scale_prompts"] = evaluate_per_scale_prompts(pipeline, judge, config)
+    if "zoom" in config.only:
+        report["zoom"] = evaluate_zoom(pipeline, judge, config.zoom, config.out, config.sampling())
     (config.out / "editing.json").write_text(json.dumps(report, indent=2) + "\n")
     (config.out / "editing.md").write_text(markdown_report(report))
     return report
 
 
 def markdown_report(report: dict) -> str:
-    """The measurements as README-ready markdown."""
-    inpaint, outpaint = report["inpainting"], report["outpainting"]
-    lines = [
-        "| measurement | edits | result |",
-        "|---|---|---|",
-        f"| inpainting the eye band, prompt asks for glasses | {inpaint['edits']} | glasses {inpaint['glasses']:.2f} |",
-        f"| kept pixels of those edits, PSNR before the blend | {inpaint['edits']} | "
-        f"{inpaint['kept_psnr_before_blend']:.2f} dB (tokenizer round trip of the same pixels "
-        f"{inpaint['kept_psnr_round_trip']:.2f} dB; after the blend {inpaint['kept_psnr_after_blend']:.1f} dB) |",
-        f"| outpainting the border, prompt names another background | {outpaint['edits']} | "
-        f"background {outpaint['background']:.2f} |",
-    ]
-    for row in report["variations"]:
+    """The measurements in the report as README-ready markdown."""
+    lines = ["| measurement | edits | result |", "|---|---|---|"]
+    inpaint = report.get("inpainting")
+    if inpaint is not None:
+        lines += [
+            f"| inpainting the eye band, prompt asks for glasses | {inpaint['edits']} | "
+            f"glasses {inpaint['glasses']:.2f} |",
+            f"| kept pixels of those edits, PSNR before the blend | {inpaint['edits']} | "
+            f"{inpaint['kept_psnr_before_blend']:.2f} dB (tokenizer round trip of the same pixels "
+            f"{inpaint['kept_psnr_round_trip']:.2f} dB; after the blend {inpaint['kept_psnr_after_blend']:.1f} dB) |",
+        ]
+    if "outpainting" in report:
+        outpaint = report["outpainting"]
+        lines.append(f"| outpainting the border, prompt names another background | {outpaint['edits']} | "
+                     f"background {outpaint['background']:.2f} |")
+    for row in report.get("variations", []):
         lines.append(f"| variations, keep {row['keep_scales']} scales, prompt flips glasses | {row['edits']} | "
                      f"background kept {row['background_kept']:.2f}, hair colour kept {row['hair_color_kept']:.2f}, "
                      f"glasses follow the prompt {row['glasses_follow_prompt']:.2f} |")
-    for row in report["per_scale_prompts"]:
+    for row in report.get("per_scale_prompts", []):
         lines.append(f"| per-scale prompts, switch at scale {row['switch_scale']} | {row['edits']} | "
                      f"A: background {row['background_follows_a']:.2f}, hair colour {row['hair_color_follows_a']:.2f}, "
                      f"skin {row['skin_follows_a']:.2f}; B: glasses {row['glasses_follows_b']:.2f}, beard (men) "
                      f"{row['beard_follows_b']:.2f} |")
-    ratio = inpaint["seconds"] / report["plain_sampling_seconds"]
-    lines += ["", f"Inpainting {inpaint['edits']} images took {inpaint['seconds']:.1f} s against "
-              f"{report['plain_sampling_seconds']:.1f} s for as many plain samples ({ratio:.2f}x)."]
-    return "\n".join(lines) + "\n\n" + zoom_markdown(report["zoom"])
+    if inpaint is not None:
+        ratio = inpaint["seconds"] / report["plain_sampling_seconds"]
+        lines += ["", f"Inpainting {inpaint['edits']} images took {inpaint['seconds']:.1f} s against "
+                  f"{report['plain_sampling_seconds']:.1f} s for as many plain samples ({ratio:.2f}x)."]
+    text = "\n".join(lines) + "\n"
+    return text + "\n" + zoom_markdown(report["zoom"]) if "zoom" in report else text
 
 
 if __name__ == "__main__":
