@@ -151,33 +151,36 @@ class CachedLogits:
 
 
 class RecomputedLogits:
-    """Reference path: no cache; at every scale the whole prefix goes through the teacher-forced pass.
-
-    The teacher-forced pass conditions every token on one text, so this path takes one condition for
-    all scales (per-scale prompts run on the cached path, where each scale keeps its own condition).
-    """
+    """Reference path: no cache; at every scale the whole prefix goes through the teacher-forced pass, with
+    each scale's own text (per-scale conditions: `other_texts` and `text_of_scale` of the pass)."""
 
     def __init__(self, transformer: NextScaleTransformer, text: dict[str, torch.Tensor]) -> None:
         self.transformer = transformer
-        self.text = text
+        self.texts = [text]  # every text used so far; the last one conditions the next scale
+        self.text_of_scale: list[int] = []  # per scale so far, its index in `texts`
         self.inputs: list[torch.Tensor] = []  # per scale (rows, s*s, latent_dim)
 
     def switch_text(self, text: dict[str, torch.Tensor]) -> None:
-        raise ValueError("the uncached reference path takes one condition for every scale; per-scale "
-                         "conditions run on the cached path (reference=False)")
+        self.texts.append(text)
 
     def __call__(self, scale: int, scale_inputs: torch.Tensor | None, rows: int) -> torch.Tensor:
         if scale_inputs is not None:
             self.inputs.append(scale_inputs)
+        self.text_of_scale.append(len(self.texts) - 1)
         self.inputs = [inputs[:rows] for inputs in self.inputs]
-        self.text = {name: tensor[:rows] for name, tensor in self.text.items()}
+        self.texts = [{name: tensor[:rows] for name, tensor in text.items()} for text in self.texts]
         config = self.transformer.config
         teacher_inputs = (
             torch.cat(self.inputs, dim=1)
             if self.inputs
             else self.transformer.input_embed.weight.new_zeros(rows, 0, config.latent_dim)
         )
-        logits = self.transformer(teacher_inputs, **self.text, num_scales=scale + 1)  # (rows, L', V)
+        first, *others = self.texts
+        per_scale: dict = {}
+        if others:
+            index = torch.tensor(self.text_of_scale, device=teacher_inputs.device)
+            per_scale = {"other_texts": others, "text_of_scale": index.expand(rows, -1)}
+        logits = self.transformer(teacher_inputs, **first, num_scales=scale + 1, **per_scale)  # (rows, L', V)
         return logits[:, self.transformer.offsets[scale] :]
 
 
@@ -267,7 +270,7 @@ def sample_scales(
     `constraints`: where a scale's mask is set, the known code replaces the sampled one before it is
     embedded (every image still draws its codes as usual, so a row's random stream does not depend on
     its mask). `on_scale` is called after every scale with a `ScaleStep` (`previews=True` adds the
-    decoded progression frame). `reference=True` runs the uncached reference path (one condition only).
+    decoded progression frame). `reference=True` runs the uncached reference path.
     """
     config = config or SamplingConfig()
     tokenizer, transformer = pipeline.tokenizer, pipeline.transformer

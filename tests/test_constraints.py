@@ -145,9 +145,15 @@ def test_per_scale_prompts_change_only_the_scales_after_the_switch(tiny_pipeline
     assert not torch.equal(mixed.codes[2], single.codes[2])
     same = generate_mixed(tiny_pipeline, [[PROMPTS[0]] * 3] * 8, seeds, config)
     assert all(torch.equal(a, b) for a, b in zip(same.codes, single.codes))
-    conditions = scale_conditions(tiny_pipeline, [[PROMPTS[0]], [PROMPTS[0]], [PROMPTS[1]]])
-    with pytest.raises(ValueError, match="reference path takes one condition"):
-        sample_scales(tiny_pipeline, conditions, [0], config, reference=True)
+    # the uncached reference path (the teacher-forced pass with a text per scale) gives the same codes, for
+    # a switch and for three prompts, guidance ending at a switch included
+    for per_image in ([PROMPTS[0]], [PROMPTS[0]], [PROMPTS[1]]), (PROMPTS, PROMPTS[::-1], ["a portrait", "a man"]):
+        for guided in (config, SamplingConfig(cfg_scale=2.0, guidance_off_last=1)):
+            conditions = scale_conditions(tiny_pipeline, [list(prompts) for prompts in per_image])
+            seeds = list(range(len(per_image[0])))
+            cached = sample_scales(tiny_pipeline, conditions, seeds, guided)
+            reference = sample_scales(tiny_pipeline, conditions, seeds, guided, reference=True)
+            assert all(torch.equal(a, b) for a, b in zip(cached.codes, reference.codes))
     with pytest.raises(ValueError, match="switch-scale"):
         switch_prompts("a", "b", 3, 3)
 

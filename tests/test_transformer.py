@@ -144,8 +144,10 @@ def test_switched_teacher_forced_pass_equals_the_cached_path_with_a_switch(overr
     second["text_mask"] = second["text_mask"].flip(0)  # padding in another row than the first text's
     detail = {key: second[key] for key in ("text_tokens", "text_mask", "text_pooled")}
     switch = torch.tensor([1, 3, config.num_scales])  # the last image never switches
+    text_of_scale = (torch.arange(config.num_scales) >= switch[:, None]).long()
     with torch.no_grad():
-        switched = split_scales(model(**first, detail=detail, switch_scale=switch), config.scale_sizes)
+        switched = split_scales(model(**first, other_texts=[detail], text_of_scale=text_of_scale),
+                                config.scale_sizes)
         plain = split_scales(model(**first), config.scale_sizes)
         scale_inputs = [None, *split_scales(first["teacher_inputs"], config.scale_sizes[1:])]
         for row, at in enumerate(switch.tolist()):
@@ -161,10 +163,12 @@ def test_switched_teacher_forced_pass_equals_the_cached_path_with_a_switch(overr
                     torch.testing.assert_close(switched[scale][row], plain[scale][row], atol=1e-6, rtol=0)
                 else:  # after it, the second condition changes the logits
                     assert (switched[scale][row] - plain[scale][row]).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="switch_scale must be >= 1"):
-        model(**first, detail=detail, switch_scale=torch.tensor([0, 1, 1]))
-    with pytest.raises(ValueError, match="needs both"):
-        model(**first, detail=detail)
+    with pytest.raises(ValueError, match="scale 0 takes the first text"):
+        model(**first, other_texts=[detail], text_of_scale=torch.ones(3, config.num_scales, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"must be in \[0, 2\)"):
+        model(**first, other_texts=[detail], text_of_scale=2 * text_of_scale)
+    with pytest.raises(ValueError, match="need text_of_scale"):
+        model(**first, other_texts=[detail])
 
 
 def test_inference_builds_no_attention_mask(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -208,15 +208,16 @@ class VarTraining:
         return {"loss": loss.detach()}
 
     def mixed(self, batch: dict, dropped: torch.Tensor, device: torch.device) -> dict:
-        """The switched pass's extra arguments (`NextScaleTransformer.forward`): each item not dropped to the
-        empty prompt switches to its detail caption with probability `mixing`, at a scale drawn uniformly
-        from 1 .. K-1; the others never switch (switch_scale K)."""
+        """The extra arguments of a pass with per-scale texts (`NextScaleTransformer.forward`): each item not
+        dropped to the empty prompt switches to its detail caption with probability `mixing`, from a scale
+        drawn uniformly in 1 .. K-1 on; the others keep their caption at every scale."""
         num_scales = self.model_config.num_scales
         switch = torch.randint(1, num_scales, (len(dropped),), generator=self.generator)
         chosen = torch.rand(len(dropped), generator=self.generator) < self.config.mixing
         switch = torch.where(chosen & ~dropped.cpu(), switch, torch.full_like(switch, num_scales))
         detail = text_to({key: batch[f"detail_{key}"] for key in ("text_tokens", "text_mask", "text_pooled")}, device)
-        return {"detail": detail, "switch_scale": switch.to(device)}
+        text_of_scale = (torch.arange(num_scales) >= switch.unsqueeze(1)).long()  # (b, K): 1 after the switch
+        return {"other_texts": [detail], "text_of_scale": text_of_scale.to(device)}
 
     def extra_logs(self, reduced: dict[str, float]) -> dict[str, float]:
         logits, codes = self.last

@@ -16,6 +16,7 @@ every block; class-conditional models have no cross-attention.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,15 +34,15 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
-def per_token(vectors: torch.Tensor, after_switch: torch.Tensor | None) -> torch.Tensor:
+def per_token(vectors: torch.Tensor, choice: torch.Tensor | None) -> torch.Tensor:
     """Broadcast per-image vectors over the tokens: (b, n) -> (b, 1, n).
 
-    With two conditions per image, `vectors` (b, 2, n) holds the first condition's row and the second's, and
-    `after_switch` (b, l) bool says which tokens take the second: -> (b, l, n).
+    With several conditions per image, `vectors` (b, c, n) holds one row per condition and `choice` (b, l)
+    long names each token's: -> (b, l, n).
     """
-    if after_switch is None:
+    if choice is None:
         return vectors.unsqueeze(1)
-    return torch.where(after_switch.unsqueeze(-1), vectors[:, 1:2], vectors[:, 0:1])
+    return torch.gather(vectors, 1, choice.unsqueeze(-1).expand(-1, -1, vectors.shape[-1]))
 
 
 class DropPath(nn.Module):
@@ -116,14 +117,14 @@ class Block(nn.Module):
         text_mask: torch.Tensor | None,
         mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        after_switch: torch.Tensor | None = None,
+        choice: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (b, l, width), condition (b, width) -> (b, l, width).
 
-        With `after_switch` (b, l) bool, `condition` is (b, 2, width): the tokens where it is set are
-        modulated by the second condition, the others by the first (per-scale prompts in one pass)."""
+        With `choice` (b, l) long, `condition` is (b, c, width), one row per condition, and token j is
+        modulated by condition choice[:, j] (per-scale prompts in one pass)."""
         shift_attention, scale_attention, gate_attention, shift_mlp, scale_mlp, gate_mlp = (
-            per_token(self.modulation(condition), after_switch).chunk(6, dim=-1)  # 6 x (b, 1 | l, width)
+            per_token(self.modulation(condition), choice).chunk(6, dim=-1)  # 6 x (b, 1 | l, width)
         )
         attended = self.self_attention(modulate(self.norm_attention(x), shift_attention, scale_attention), mask, cache)
         x = x + self.drop_path(gate_attention * attended)
@@ -301,10 +302,10 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         return x + self.position_embed[:, start:end] + self.level_embed(self.level[start:end])
 
     def _logits(
-        self, x: torch.Tensor, condition: torch.Tensor, after_switch: torch.Tensor | None = None
+        self, x: torch.Tensor, condition: torch.Tensor, choice: torch.Tensor | None = None
     ) -> torch.Tensor:
         """AdaLN final norm + linear head: (b, l, width) -> fp32 logits (b, l, vocab_size)."""
-        shift, scale = per_token(self.head_modulation(condition), after_switch).chunk(2, dim=-1)  # (b, 1 | l, width)
+        shift, scale = per_token(self.head_modulation(condition), choice).chunk(2, dim=-1)  # (b, 1 | l, width)
         return self.head(modulate(self.head_norm(x), shift, scale)).float()
 
     def attention_mask(self, num_scales: int | None = None) -> torch.Tensor:
@@ -327,8 +328,8 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         text_pooled: torch.Tensor | None = None,
         num_scales: int | None = None,
         labels: torch.Tensor | None = None,
-        detail: dict[str, torch.Tensor] | None = None,
-        switch_scale: torch.Tensor | None = None,
+        other_texts: Sequence[Mapping[str, torch.Tensor]] = (),
+        text_of_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced logits of every token of the first `num_scales` scales (default: all) under the
         block-causal mask.
@@ -339,12 +340,13 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         class-conditional one. Returns fp32 logits (b, L', vocab_size); position i predicts code i of
         the flat sequence. A prefix gives the same logits as the full pass (block causality).
 
-        Per-scale prompts in one pass (text models): `detail` holds a second text (text_tokens,
-        text_mask, text_pooled, batch b) and `switch_scale` (b,) long the first scale of each image
-        conditioned on it (>= num_scales: none). The start token stays the first condition's; the
-        tokens of scales >= switch_scale[i] take their AdaLN modulation from the second condition and
-        cross-attend to the second text only, which is what the cached path computes when the
-        condition changes at that scale (`sample_scales` with one condition per scale).
+        Per-scale conditions in one pass (text models): `other_texts` holds more texts (each a mapping
+        of text_tokens, text_mask, text_pooled with b rows) and `text_of_scale` (b, >= num_scales) long
+        the text of every scale of every image, 0 for the first text, i for other_texts[i - 1]. Scale 0
+        takes the first text (its start token is the first condition). The tokens of a scale take their
+        AdaLN modulation from their scale's condition and cross-attend to its text only, which is what
+        the cached path computes when the condition changes between scales (`sample_scales` with one
+        condition per scale).
         """
         condition = self.condition_vector(text_tokens, text_mask, text_pooled, labels)  # (b, width)
         num_scales = self.config.num_scales if num_scales is None else num_scales
@@ -360,51 +362,60 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         text_keys, text_values = self._text_keys_values(text_tokens)
         x = self._embed(condition, teacher_inputs, 0, end)  # (b, L', width)
         mask = self.attention_mask(num_scales)  # (L', L') block-causal
-        after_switch = None
-        if detail is not None or switch_scale is not None:
-            after_switch, condition, text_keys, text_values, text_mask = self._switched(
-                condition, text_keys, text_values, text_mask, detail, switch_scale, end)
+        choice = None
+        if other_texts or text_of_scale is not None:
+            choice, condition, text_keys, text_values, text_mask = self._per_scale_texts(
+                condition, text_keys, text_values, text_mask, other_texts, text_of_scale, num_scales)
         for block, keys, values in zip(self.blocks, text_keys, text_values):
-            x = block(x, condition, keys, values, text_mask, mask=mask, after_switch=after_switch)
-        return self._logits(x, condition, after_switch)
+            x = block(x, condition, keys, values, text_mask, mask=mask, choice=choice)
+        return self._logits(x, condition, choice)
 
-    def _switched(
+    def _per_scale_texts(
         self,
         condition: torch.Tensor,
         text_keys: list[torch.Tensor | None],
         text_values: list[torch.Tensor | None],
         text_mask: torch.Tensor | None,
-        detail: dict[str, torch.Tensor] | None,
-        switch_scale: torch.Tensor | None,
-        end: int,
+        other_texts: Sequence[Mapping[str, torch.Tensor]],
+        text_of_scale: torch.Tensor | None,
+        num_scales: int,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None], list[torch.Tensor | None], torch.Tensor | None]:
-        """Both conditions of a switched pass: (after_switch (b, L') bool, conditions (b, 2, width), text keys
-        and values of both texts side by side (b, heads, t1 + t2, head_dim), per-token text mask (b, L',
-        t1 + t2) letting each token see its own text only)."""
+        """Every text of a pass with per-scale conditions: (choice (b, L') long, the text of each token;
+        conditions (b, c, width); the texts' keys and values side by side (b, heads, t_1 + ... + t_c,
+        head_dim); a per-token text mask (b, L', t_1 + ... + t_c) letting each token see its own text)."""
         if self.class_embed is not None:
             raise ValueError("per-scale conditions in the teacher-forced pass need a text model")
-        if detail is None or switch_scale is None:
-            raise ValueError("a switched pass needs both `detail` (the second text) and `switch_scale` (b,)")
-        batch = condition.shape[0]
-        if switch_scale.shape != (batch,) or switch_scale.dtype != torch.long:
-            got = f"{tuple(switch_scale.shape)} {switch_scale.dtype}"
-            raise ValueError(f"switch_scale must be ({batch},) int64, got {got}")
-        if bool((switch_scale < 1).any()):
-            raise ValueError("switch_scale must be >= 1: scale 0 is predicted from the first condition's start token")
-        second = self.condition_vector(detail.get("text_tokens"), detail.get("text_mask"), detail.get("text_pooled"))
-        if second.shape[0] != batch:
-            raise ValueError(f"the detail text holds {second.shape[0]} rows for a batch of {batch}")
-        after_switch = self.level[:end].unsqueeze(0) >= switch_scale.unsqueeze(1)  # (b, L')
-        conditions = torch.stack([condition, second], dim=1)  # (b, 2, width)
+        batch, count = condition.shape[0], 1 + len(other_texts)
+        if text_of_scale is None or text_of_scale.dtype != torch.long or text_of_scale.ndim != 2 \
+                or text_of_scale.shape[0] != batch or text_of_scale.shape[1] < num_scales:
+            got = None if text_of_scale is None else f"{tuple(text_of_scale.shape)} {text_of_scale.dtype}"
+            raise ValueError(f"other_texts need text_of_scale ({batch}, >= {num_scales}) int64, got {got}")
+        text_of_scale = text_of_scale[:, :num_scales]
+        if bool((text_of_scale[:, 0] != 0).any()):
+            raise ValueError("scale 0 takes the first text (its start token is the first condition)")
+        if bool(((text_of_scale < 0) | (text_of_scale >= count)).any()):
+            raise ValueError(f"text_of_scale must be in [0, {count}) for {count} texts")
+        others = [self.condition_vector(text.get("text_tokens"), text.get("text_mask"), text.get("text_pooled"))
+                  for text in other_texts]
+        if any(other.shape[0] != batch for other in others):
+            raise ValueError(f"every text must hold {batch} rows, one per image")
+        choice = torch.gather(text_of_scale, 1, self.level[: self.offsets[num_scales]].expand(batch, -1))  # (b, L')
+        conditions = torch.stack([condition, *others], dim=1)  # (b, c, width)
         if self.text_norm is None:
-            return after_switch, conditions, text_keys, text_values, text_mask
+            return choice, conditions, text_keys, text_values, text_mask
         assert text_mask is not None
-        detail_keys, detail_values = self._text_keys_values(detail["text_tokens"])
-        keys = [torch.cat([a, b], dim=2) for a, b in zip(text_keys, detail_keys)]  # type: ignore[list-item]
-        values = [torch.cat([a, b], dim=2) for a, b in zip(text_values, detail_values)]  # type: ignore[list-item]
-        after = after_switch.unsqueeze(-1)  # (b, L', 1)
-        token_mask = torch.cat([text_mask.unsqueeze(1) & ~after, detail["text_mask"].unsqueeze(1) & after], dim=2)
-        return after_switch, conditions, keys, values, token_mask
+        keys, values, masks = [text_keys], [text_values], [text_mask]
+        for text in other_texts:
+            more_keys, more_values = self._text_keys_values(text["text_tokens"])
+            keys.append(more_keys)
+            values.append(more_values)
+            masks.append(text["text_mask"])
+        # token j sees the real tokens of its own text only: (b, L', t_i) per text, side by side
+        own = [mask.unsqueeze(1) & (choice == index).unsqueeze(-1) for index, mask in enumerate(masks)]
+        token_mask = torch.cat(own, dim=2)
+        joined_keys = [torch.cat(per_text, dim=2) for per_text in zip(*keys)]
+        joined_values = [torch.cat(per_text, dim=2) for per_text in zip(*values)]
+        return choice, conditions, joined_keys, joined_values, token_mask  # type: ignore[return-value]
 
     # -- inference: one scale at a time with a KV cache ------------------------------------------------
 
