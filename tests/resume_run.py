@@ -32,7 +32,8 @@ def digest(module) -> str:
 
 
 def main(out: Path, text_encoder: str) -> None:
-    # EMA, dead-code restarts (unused codes fall under 0.95 after a few steps) and the discriminator on;
+    # EMA, dead-code restarts (unused codes fall under 0.95 after a few steps) and the discriminator on, and
+    # mixing in the transformer run;
     # a tokenizer that finished in an earlier launch is not trained again
     tokenizer = None
     if not (out / "tokenizer" / "metrics.json").is_file():
@@ -43,7 +44,7 @@ def main(out: Path, text_encoder: str) -> None:
             adversarial=AdversarialConfig(weight=0.01, start_step=3, channels=8, num_layers=2)))
     transformer = train_var(var_run(
         out / "var", out / "tokenizer" / "model", text_encoder, steps=8, batch_size=4, checkpoint_every=2,
-        keep_checkpoints=2, log_every=1, cache_images=32, eval_images=8, cond_drop=0.5, resume="latest",
+        keep_checkpoints=2, log_every=1, cache_images=32, eval_images=8, cond_drop=0.5, mixing=0.5, resume="latest",
         data=DataConfig(image_size=16, synthetic_length=64), preview=PreviewConfig(every=0),
         model=TransformerConfig.preset("tiny", dropout=0.1)))
     state = PartialState()
