@@ -600,6 +600,14 @@ def test_the_transformer_holds_out_data_it_never_trains_on_for_every_source(tmp_
     assert list(split.evaluation.indices) == [9, 19]
     assert list(split.train.indices) == [i for i in range(20) if i not in (9, 19)]
     assert split.description == f"every 10th of 20 items of {folder} (2), never trained on"
+    # with random crops, the held-out items stay the same whatever pass the training has reached
+    from nextscale.train.runtime import set_data_epoch
+
+    cropped = evaluation_split(folder_config(folder, random_crop=True, image_size=8), None, eval_images=5)
+    before = [cropped.evaluation[i]["image"] for i in range(2)]
+    set_data_epoch(torch.utils.data.DataLoader(cropped.train), 3)
+    assert cropped.train[0]["image"].shape == (3, 8, 8)
+    assert all(torch.equal(cropped.evaluation[i]["image"], image) for i, image in enumerate(before))
     given = evaluation_split(folder_config(folder), DataConfig(image_size=16), eval_images=5)
     assert len(given.train) == 20 and given.description.startswith("--eval-data (synthetic")
     synthetic = evaluation_split(DataConfig(image_size=16, synthetic_length=8), None, eval_images=5)

@@ -48,5 +48,8 @@ def evaluation_split(data: DataConfig, eval_data: DataConfig | None, eval_images
     stride = total // count  # every stride-th item: spread over the folder (and over the classes of a class-folder)
     evaluation = list(range(stride - 1, total, stride))[:count]
     held = set(evaluation)
-    return EvaluationSplit(Subset(dataset, [i for i in range(total) if i not in held]), Subset(dataset, evaluation),
+    # the held-out items come from a dataset of their own, so that what the training run does to its dataset
+    # (the pass it tells it, which varies random crops) never changes what is evaluated
+    return EvaluationSplit(Subset(dataset, [i for i in range(total) if i not in held]),
+                           Subset(build_dataset(data), evaluation),
                            f"every {stride}th of {total} items of {data.path} ({count}), never trained on")
