@@ -76,7 +76,8 @@ def detail_captions(batch: dict, seed: int) -> list[str]:
     if not all(batch["attributes"]) or bool((batch["index"] < 0).any()):
         raise ValueError("--mixing needs detail captions, made from each item's attributes: use a source whose "
                          "items carry them (--data.source synthetic), or --mixing 0")
-    return [detail_caption(attributes, np.random.default_rng([seed, int(index), 0x6D6978]), int(zoom))
+    mixing_stream = 0x6D6978  # "mix": a random stream apart from the one the item's own caption is drawn from
+    return [detail_caption(attributes, np.random.default_rng([seed, int(index), mixing_stream]), int(zoom))
             for attributes, index, zoom in zip(batch["attributes"], batch["index"], batch["zoom"])]
 
 
