@@ -19,6 +19,7 @@ from nextscale.transformer import (
     key_padding_mask,
     naive_attention,
 )
+from nextscale.transformer.text import TEXT_KEYS
 
 # the module (the package re-exports its `attention` function under the same name)
 attention_module = importlib.import_module("nextscale.transformer.attention")
@@ -142,7 +143,7 @@ def test_switched_teacher_forced_pass_equals_the_cached_path_with_a_switch(overr
     model = trained_like(config)
     first, second = make_inputs(config, batch=3, seed=1), make_inputs(config, batch=3, seed=2)
     second["text_mask"] = second["text_mask"].flip(0)  # padding in another row than the first text's
-    detail = {key: second[key] for key in ("text_tokens", "text_mask", "text_pooled")}
+    detail = {key: second[key] for key in TEXT_KEYS}
     switch = torch.tensor([1, 3, config.num_scales])  # the last image never switches
     text_of_scale = (torch.arange(config.num_scales) >= switch[:, None]).long()
     with torch.no_grad():
@@ -151,7 +152,7 @@ def test_switched_teacher_forced_pass_equals_the_cached_path_with_a_switch(overr
         plain = split_scales(model(**first), config.scale_sizes)
         scale_inputs = [None, *split_scales(first["teacher_inputs"], config.scale_sizes[1:])]
         for row, at in enumerate(switch.tolist()):
-            text = {key: first[key][row:row + 1] for key in ("text_tokens", "text_mask", "text_pooled")}
+            text = {key: first[key][row:row + 1] for key in TEXT_KEYS}
             state = model.start(**text)
             for scale, chunk in enumerate(scale_inputs):
                 if scale == at:  # the cached path's switch: new condition, earlier keys kept

@@ -215,7 +215,7 @@ class VarTraining:
         switch = torch.randint(1, num_scales, (len(dropped),), generator=self.generator)
         chosen = torch.rand(len(dropped), generator=self.generator) < self.config.mixing
         switch = torch.where(chosen & ~dropped.cpu(), switch, torch.full_like(switch, num_scales))
-        detail = text_to({key: batch[f"detail_{key}"] for key in ("text_tokens", "text_mask", "text_pooled")}, device)
+        detail = text_to(batch, device, prefix="detail_")
         text_of_scale = (torch.arange(num_scales) >= switch.unsqueeze(1)).long()  # (b, K): 1 after the switch
         return {"other_texts": [detail], "text_of_scale": text_of_scale.to(device)}
 

@@ -90,11 +90,13 @@ def matched_model_config(
     return dataclasses.replace(fitted, text_width=text_width)
 
 
-def text_to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def text_to(batch: dict[str, torch.Tensor], device: torch.device, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The text states of a batch on `device` (fp32, bool mask), read from its keys `prefix` + text_tokens,
+    text_mask, text_pooled (prefix "detail_": the detail captions of a mixing cache)."""
     return {
-        "text_tokens": batch["text_tokens"].to(device, torch.float32),
-        "text_mask": batch["text_mask"].to(device).bool(),
-        "text_pooled": batch["text_pooled"].to(device, torch.float32),
+        "text_tokens": batch[f"{prefix}text_tokens"].to(device, torch.float32),
+        "text_mask": batch[f"{prefix}text_mask"].to(device).bool(),
+        "text_pooled": batch[f"{prefix}text_pooled"].to(device, torch.float32),
     }
 
 
