@@ -143,7 +143,7 @@ def render_real(specs: Sequence[PromptSpec], per_prompt: int, size: int, seed: i
         for item in range(per_prompt):
             rng = np.random.default_rng([seed, index, item])
             pixels = render_portrait(consistent_attributes(spec.attributes, rng), size, rng, zoom)
-            images.append(torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1)
+            images.append(from_uint8(torch.from_numpy(pixels).permute(2, 0, 1)))
     return torch.stack(images)
 
 

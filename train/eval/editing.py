@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import tyro
 
-from nextscale.images import save_grid
+from nextscale.images import from_uint8, save_grid
 from nextscale.sampling.editing import EditOptions, edit, outpaint_canvas
 from nextscale.sampling.mixing import mixed_conditions, switch_prompts
 from nextscale.sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline
@@ -86,7 +86,7 @@ def render_sources(requested: Mapping[str, str], count: int, size: int, seed: in
     for index in range(count):
         rng = np.random.default_rng([seed, 11, index])
         full = consistent_attributes(requested, rng)
-        images.append(torch.from_numpy(render_portrait(full, size, rng)).permute(2, 0, 1).float() / 127.5 - 1)
+        images.append(from_uint8(torch.from_numpy(render_portrait(full, size, rng)).permute(2, 0, 1)))
         attributes.append(full)
     return torch.stack(images), attributes
 

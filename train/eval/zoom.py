@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nextscale.images import psnr, save_grid
+from nextscale.images import from_uint8, psnr, save_grid
 from nextscale.sampling.pipeline import Pipeline
 from nextscale.sampling.sampler import SamplingConfig
 from nextscale.sampling.zoom import (
@@ -98,7 +98,7 @@ def render_level(attributes: Mapping[str, str], size: int, seed: Sequence[int], 
     """One portrait rendered natively at `magnification`: (3, size, size) in [-1, 1]; the same `seed` gives
     the same portrait at every magnification."""
     pixels = render_portrait(attributes, size, np.random.default_rng(list(seed)), magnification)
-    return torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1
+    return from_uint8(torch.from_numpy(pixels).permute(2, 0, 1))
 
 
 @torch.no_grad()
