@@ -111,8 +111,9 @@ class LogitsSource(Protocol):
         """scale_inputs (rows, s*s, latent_dim) or None at scale 0 -> logits (rows, s*s, vocab_size)."""
         ...
 
-    def switch_text(self, text: dict[str, torch.Tensor]) -> None:
-        """Use other text states (same rows) from the next scale on."""
+    def switch_text(self, text: dict[str, torch.Tensor], switched: torch.Tensor) -> None:
+        """Use other text states (same rows) from the next scale on; `switched` (rows,) bool marks the rows
+        whose prompt differs from the first scale's (a `layout_context` model shows them both prompts)."""
         ...
 
 
@@ -134,12 +135,16 @@ class CachedLogits:
 
     def __init__(self, transformer: NextScaleTransformer, text: dict[str, torch.Tensor]) -> None:
         self.transformer = transformer
+        self.first = text  # the layout text of per-scale prompts
         self.state = transformer.start(**text)
 
-    def switch_text(self, text: dict[str, torch.Tensor]) -> None:
-        """Condition the next scales on other text states (per-scale prompts); earlier scales' cached
-        keys and values stay as they were computed under their own condition."""
-        fresh = self.transformer.start(**text)
+    def switch_text(self, text: dict[str, torch.Tensor], switched: torch.Tensor) -> None:
+        """Condition the next scales on other text states (per-scale prompts; `switched` (rows,) bool: the
+        rows whose prompt differs from the first scale's); earlier scales' cached keys and values stay as
+        they were computed under their own condition."""
+        rows = switched.shape[0]
+        layout = {name: tensor[:rows] for name, tensor in self.first.items()}
+        fresh = self.transformer.start(**text, layout=layout, switched=switched)
         kept = keep_rows(self.state, fresh.batch_size)  # guidance may end at the same scale
         self.state = InferenceState(fresh.condition, fresh.text_mask, fresh.text_keys, fresh.text_values,
                                     kept.caches, kept.next_scale)
@@ -157,16 +162,21 @@ class RecomputedLogits:
     def __init__(self, transformer: NextScaleTransformer, text: dict[str, torch.Tensor]) -> None:
         self.transformer = transformer
         self.texts = [text]  # every text used so far; the last one conditions the next scale
-        self.text_of_scale: list[int] = []  # per scale so far, its index in `texts`
+        self.switched: torch.Tensor | None = None  # (rows,) bool: the rows the last text differs in
+        self.text_of_scale: list[torch.Tensor] = []  # per scale so far, each row's index in `texts` (rows,)
         self.inputs: list[torch.Tensor] = []  # per scale (rows, s*s, latent_dim)
 
-    def switch_text(self, text: dict[str, torch.Tensor]) -> None:
+    def switch_text(self, text: dict[str, torch.Tensor], switched: torch.Tensor) -> None:
         self.texts.append(text)
+        self.switched = switched
 
     def __call__(self, scale: int, scale_inputs: torch.Tensor | None, rows: int) -> torch.Tensor:
         if scale_inputs is not None:
             self.inputs.append(scale_inputs)
-        self.text_of_scale.append(len(self.texts) - 1)
+        index = torch.zeros(rows, dtype=torch.long)  # rows whose prompt is the first keep text 0
+        if self.switched is not None:
+            index = torch.where(self.switched[:rows], len(self.texts) - 1, index)
+        self.text_of_scale = [per_row[:rows] for per_row in self.text_of_scale] + [index]
         self.inputs = [inputs[:rows] for inputs in self.inputs]
         self.texts = [{name: tensor[:rows] for name, tensor in text.items()} for text in self.texts]
         config = self.transformer.config
@@ -178,8 +188,8 @@ class RecomputedLogits:
         first, *others = self.texts
         per_scale: dict = {}
         if others:
-            index = torch.tensor(self.text_of_scale, device=teacher_inputs.device)
-            per_scale = {"other_texts": others, "text_of_scale": index.expand(rows, -1)}
+            index = torch.stack(self.text_of_scale, dim=1).to(teacher_inputs.device)  # (rows, scales so far)
+            per_scale = {"other_texts": others, "text_of_scale": index}
         logits = self.transformer(teacher_inputs, **first, num_scales=scale + 1, **per_scale)  # (rows, L', V)
         return logits[:, self.transformer.offsets[scale] :]
 
@@ -238,6 +248,12 @@ class LoopResult:
     """Per-scale codes [(b, s_k, s_k) long, ...], constraints applied."""
     accumulated: torch.Tensor
     """(b, C, h, w) the accumulated latent after the last scale: `tokenizer.decode_latent` gives the images."""
+
+
+def switched_rows(first: Condition, condition: Condition, rows: int) -> torch.Tensor:
+    """(rows,) bool: the rows whose prompt differs from the first scale's; the "" rows of guidance never do."""
+    differs = [mine != theirs for mine, theirs in zip(condition.prompts, first.prompts)]
+    return torch.tensor((differs + [False] * rows)[:rows], dtype=torch.bool)
 
 
 def per_scale(conditions: Condition | Sequence[Condition], num_scales: int) -> list[Condition]:
@@ -299,7 +315,8 @@ def sample_scales(
     for scale in tqdm(range(len(scale_sizes)), desc="scales", disable=not progress, leave=False):
         rows = 2 * batch if guided_rows[scale] else batch
         if scale > 0 and scale_conditions[scale] is not scale_conditions[scale - 1]:
-            source.switch_text(scale_conditions[scale].rows(rows))
+            source.switch_text(scale_conditions[scale].rows(rows), switched_rows(scale_conditions[0],
+                                                                                 scale_conditions[scale], rows))
         scale_inputs = None
         if accumulated is not None:
             scale_inputs = tokenizer.quantizer.next_scale_input(accumulated, scale).to(dtype)  # (b, s*s, C)

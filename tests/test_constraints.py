@@ -164,3 +164,39 @@ def test_per_scale_prompts_work_when_guidance_ends_at_the_switch(tiny_pipeline: 
     result = sample_scales(tiny_pipeline, conditions, [0, 1], config)
     single = sample_scales(tiny_pipeline, conditions[0], [0, 1], config)
     assert torch.equal(result.codes[1], single.codes[1])
+
+
+def test_per_scale_prompts_with_layout_context(write_tiny_pipeline, tmp_path) -> None:
+    """A `layout_context` model: after its switch an image sees both prompts (cached == uncached, guidance
+    ending at a switch included), an image whose prompt does not change is the single-prompt sample, and
+    the layout prompt changes the codes after the switch."""
+    import dataclasses
+
+    from nextscale.sampling.pipeline import load_pipeline
+    from nextscale.transformer import NextScaleTransformer
+
+    pipeline = load_pipeline(write_tiny_pipeline(tmp_path / "layout", transformer_overrides={"layout_context": True}))
+    assert pipeline.transformer.detail_marker.abs().sum() > 0
+    config = SamplingConfig(cfg_scale=2.0, top_k=None, top_p=1.0)
+    per_scale = [[PROMPTS[0], PROMPTS[1]], [PROMPTS[1]] * 2, [PROMPTS[1]] * 2]  # image 0 switches at scale 1
+    for guided in (config, SamplingConfig(cfg_scale=2.0, guidance_off_last=2)):
+        conditions = scale_conditions(pipeline, per_scale)
+        cached = sample_scales(pipeline, conditions, [0, 1], guided)
+        reference = sample_scales(pipeline, conditions, [0, 1], guided, reference=True)
+        assert all(torch.equal(a, b) for a, b in zip(cached.codes, reference.codes))
+        alone = sample_scales(pipeline, build_condition(pipeline, [PROMPTS[1]]), [1], guided)
+        assert all(torch.equal(a[1:], b) for a, b in zip(cached.codes, alone.codes))
+    three = scale_conditions(pipeline, [PROMPTS, PROMPTS[::-1], ["a portrait", "a man"]])
+    cached = sample_scales(pipeline, three, [0, 1], config)
+    assert all(torch.equal(a, b) for a, b in zip(cached.codes, sample_scales(pipeline, three, [0, 1], config,
+                                                                           reference=True).codes))
+    # the same weights without the layout context: the codes after the switch change
+    plain = NextScaleTransformer(dataclasses.replace(pipeline.transformer.config, layout_context=False)).eval()
+    plain.load_state_dict({k: v for k, v in pipeline.transformer.state_dict().items() if k != "detail_marker"})
+    switched = [[PROMPTS[0]] * 8, [PROMPTS[1]] * 8, [PROMPTS[1]] * 8]
+    seeds = list(range(8))
+    with_layout = sample_scales(pipeline, scale_conditions(pipeline, switched), seeds, config)
+    without = sample_scales(dataclasses.replace(pipeline, transformer=plain), scale_conditions(pipeline, switched),
+                            seeds, config)
+    assert torch.equal(with_layout.codes[0], without.codes[0])
+    assert not all(torch.equal(a, b) for a, b in zip(with_layout.codes[1:], without.codes[1:]))

@@ -172,6 +172,54 @@ def test_switched_teacher_forced_pass_equals_the_cached_path_with_a_switch(overr
         model(**first, other_texts=[detail])
 
 
+def test_layout_context_shows_the_first_text_beside_the_detail_text_after_a_switch() -> None:
+    """With `layout_context` the tokens after an image's switch cross-attend to its first text and to its
+    second text marked as detail; the cached path (`start` with the layout text) gives the same logits,
+    and a row that does not switch is exactly the single-text pass."""
+    config = tiny_config(scale_sizes=(1, 2, 3, 4), layout_context=True)
+    model = trained_like(config)  # the detail marker is non-zero
+    plain_model = NextScaleTransformer(dataclasses.replace(config, layout_context=False)).eval()
+    plain_model.load_state_dict({k: v for k, v in model.state_dict().items() if k != "detail_marker"})
+    first, second = make_inputs(config, batch=3, seed=1), make_inputs(config, batch=3, seed=2)
+    second["text_mask"] = second["text_mask"].flip(0)
+    layout, detail = ({key: inputs[key] for key in TEXT_KEYS} for inputs in (first, second))
+    switch = torch.tensor([1, 2, config.num_scales])  # the last image never switches
+    text_of_scale = (torch.arange(config.num_scales) >= switch[:, None]).long()
+    with torch.no_grad():
+        both = split_scales(model(**first, other_texts=[detail], text_of_scale=text_of_scale), config.scale_sizes)
+        own_only = split_scales(plain_model(**first, other_texts=[detail], text_of_scale=text_of_scale),
+                                config.scale_sizes)
+        scale_inputs = [None, *split_scales(first["teacher_inputs"], config.scale_sizes[1:])]
+        def take(text: dict[str, torch.Tensor], row: int) -> dict[str, torch.Tensor]:
+            return {key: value[row:row + 1] for key, value in text.items()}
+
+        for row, at in enumerate(switch.tolist()):
+            state = model.start(**take(layout, row))
+            for scale, chunk in enumerate(scale_inputs):
+                if scale == at:
+                    fresh = model.start(**take(detail, row), layout=take(layout, row), switched=torch.tensor([True]))
+                    state = dataclasses.replace(fresh, caches=state.caches, next_scale=state.next_scale)
+                logits = model.forward_scale(state, scale, None if chunk is None else chunk[row:row + 1])
+                torch.testing.assert_close(logits[0], both[scale][row], atol=1e-5, rtol=1e-5)
+                if scale >= at:  # the layout text changes what the detail text alone would give
+                    assert (both[scale][row] - own_only[scale][row]).abs().max() > 1e-3
+                else:
+                    torch.testing.assert_close(both[scale][row], own_only[scale][row], atol=1e-6, rtol=0)
+        # a row whose prompt did not change sees the layout text alone: the single-text logits
+        row = 2
+        state = model.start(**take(layout, row))
+        for scale, chunk in enumerate(scale_inputs):
+            if scale == 1:
+                fresh = model.start(**take(layout, row), layout=take(layout, row), switched=torch.tensor([False]))
+                state = dataclasses.replace(fresh, caches=state.caches, next_scale=state.next_scale)
+            logits = model.forward_scale(state, scale, None if chunk is None else chunk[row:row + 1])
+            torch.testing.assert_close(logits[0], both[scale][row], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="switched"):
+        model.start(**detail, layout=layout)
+    with pytest.raises(ValueError, match="needs cross_attention"):
+        tiny_config(layout_context=True, cross_attention=False)
+
+
 def test_inference_builds_no_attention_mask(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scale-by-scale sampling attends over the KV cache without any (L, L) mask."""
     config = tiny_config()

@@ -49,6 +49,10 @@ class TransformerConfig:
     """0: text-conditioned; N > 0: class labels 0..N-1 plus a null class N for guidance (VAR's ImageNet)."""
     cross_attention: bool = True
     """Cross-attend to the text tokens in every block; False conditions on the pooled text only."""
+    layout_context: bool = False
+    """Per-scale prompts: the scales after a prompt switch cross-attend to the first prompt (the layout
+    prompt) beside their own, which carries a learned detail marker, so they can keep what the layout
+    prompt says (trained by `train_var --mixing`). Off: they see their own prompt only."""
     dropout: float = 0.0
     """Dropout on the outputs of attention and MLP."""
     attention_dropout: float = 0.0
@@ -86,6 +90,8 @@ class TransformerConfig:
                 raise ValueError(f"{name} is a probability in [0, 1), got {getattr(self, name)}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0 (0 = text-conditioned), got {self.num_classes}")
+        if self.layout_context and not self.cross_attention:
+            raise ValueError("layout_context adds a prompt to the cross-attention: it needs cross_attention=True")
         if self.num_classes and self.cross_attention:
             raise ValueError(
                 f"num_classes={self.num_classes} makes a class-conditional model, which has no text to "

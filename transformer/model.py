@@ -176,6 +176,8 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         self.condition = None if config.class_conditional else nn.Linear(config.text_width, width)
         self.class_embed = nn.Embedding(config.num_classes + 1, width) if config.class_conditional else None
         self.text_norm = nn.LayerNorm(config.text_width, eps=config.norm_eps) if config.cross_attention else None
+        # Added to a detail prompt's normalised text tokens where the layout prompt is seen beside it.
+        self.detail_marker = nn.Parameter(torch.zeros(config.text_width)) if config.layout_context else None
         self.input_embed = nn.Linear(config.latent_dim, width)  # teacher-forcing inputs of scales 1..K-1
         self.position_embed = nn.Parameter(torch.empty(1, length, width))
         self.level_embed = nn.Embedding(config.num_scales, width)
@@ -207,6 +209,8 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
             elif isinstance(module, QKNorm):
                 nn.init.constant_(module.log_scale, math.log(4.0))
         nn.init.trunc_normal_(self.position_embed, std=std, a=-2 * std, b=2 * std)
+        if self.detail_marker is not None:
+            nn.init.zeros_(self.detail_marker)  # a marked prompt starts as the same prompt unmarked
         residual_branches = (3 if self.config.cross_attention else 2) * self.config.depth
         for block in self.blocks:
             outputs = [block.self_attention.output, block.mlp.fc2]
@@ -280,12 +284,16 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         return self.class_embed(labels)
 
     def _text_keys_values(
-        self, text_tokens: torch.Tensor | None
+        self, text_tokens: torch.Tensor | None, marked: bool = False
     ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
-        """Cross-attention keys and values of every block: 2 x depth x (b, heads, t, head_dim)."""
+        """Cross-attention keys and values of every block: 2 x depth x (b, heads, t, head_dim); `marked`
+        adds the detail marker (a detail prompt seen beside the layout prompt, `layout_context`)."""
         if self.text_norm is None or text_tokens is None:
             return [None] * len(self.blocks), [None] * len(self.blocks)
         text = self.text_norm(text_tokens)
+        if marked:
+            assert self.detail_marker is not None
+            text = text + self.detail_marker
         keys, values = zip(*(block.cross_attention.text_keys_values(text) for block in self.blocks))
         return list(keys), list(values)
 
@@ -346,7 +354,8 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         takes the first text (its start token is the first condition). The tokens of a scale take their
         AdaLN modulation from their scale's condition and cross-attend to its text only, which is what
         the cached path computes when the condition changes between scales (`sample_scales` with one
-        condition per scale).
+        condition per scale). With `config.layout_context` the tokens of a scale whose text is not the
+        first cross-attend to the first text as well, their own marked as a detail prompt.
         """
         condition = self.condition_vector(text_tokens, text_mask, text_pooled, labels)  # (b, width)
         num_scales = self.config.num_scales if num_scales is None else num_scales
@@ -382,7 +391,8 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None], list[torch.Tensor | None], torch.Tensor | None]:
         """Every text of a pass with per-scale conditions: (choice (b, L') long, the text of each token;
         conditions (b, c, width); the texts' keys and values side by side (b, heads, t_1 + ... + t_c,
-        head_dim); a per-token text mask (b, L', t_1 + ... + t_c) letting each token see its own text)."""
+        head_dim); a per-token text mask (b, L', t_1 + ... + t_c) letting each token see its own text,
+        and with `layout_context` the first text too)."""
         if self.class_embed is not None:
             raise ValueError("per-scale conditions in the teacher-forced pass need a text model")
         batch, count = condition.shape[0], 1 + len(other_texts)
@@ -405,13 +415,18 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
             return choice, conditions, text_keys, text_values, text_mask
         assert text_mask is not None
         keys, values, masks = [text_keys], [text_values], [text_mask]
+        layout = self.config.layout_context
         for text in other_texts:
-            more_keys, more_values = self._text_keys_values(text["text_tokens"])
+            more_keys, more_values = self._text_keys_values(text["text_tokens"], marked=layout)
             keys.append(more_keys)
             values.append(more_values)
             masks.append(text["text_mask"])
-        # token j sees the real tokens of its own text only: (b, L', t_i) per text, side by side
-        own = [mask.unsqueeze(1) & (choice == index).unsqueeze(-1) for index, mask in enumerate(masks)]
+        # token j sees the real tokens of its own text (and with layout_context the first text): (b, L', t_i)
+        # per text, side by side
+        sees = [choice == index for index in range(count)]
+        if layout:
+            sees[0] = torch.ones_like(sees[0])
+        own = [mask.unsqueeze(1) & seen.unsqueeze(-1) for mask, seen in zip(masks, sees)]
         token_mask = torch.cat(own, dim=2)
         joined_keys = [torch.cat(per_text, dim=2) for per_text in zip(*keys)]
         joined_values = [torch.cat(per_text, dim=2) for per_text in zip(*values)]
@@ -425,13 +440,41 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         text_mask: torch.Tensor | None = None,
         text_pooled: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        layout: Mapping[str, torch.Tensor] | None = None,
+        switched: torch.Tensor | None = None,
     ) -> InferenceState:
         """Encode the condition once (text or class labels): condition vector, per-block text keys/values,
-        empty self-attention caches."""
+        empty self-attention caches.
+
+        Per-scale prompts with `config.layout_context`: `layout` holds the first prompt's text states (b
+        rows) and `switched` (b,) bool the rows whose prompt differs from it; those rows cross-attend to
+        the layout text and to this text marked as a detail prompt, the others to the layout text alone
+        (the same prompt). Without `layout_context`, `layout` is ignored: every row sees this text."""
         condition = self.condition_vector(text_tokens, text_mask, text_pooled, labels)
+        if layout is not None and self.config.layout_context:
+            return self._start_with_layout(condition, text_tokens, text_mask, layout, switched)
         text_keys, text_values = self._text_keys_values(text_tokens)
         caches = [KVCache(self.config.num_tokens) for _ in self.blocks]
         return InferenceState(condition, text_mask, text_keys, text_values, caches)
+
+    def _start_with_layout(self, condition: torch.Tensor, text_tokens: torch.Tensor | None,
+                           text_mask: torch.Tensor | None, layout: Mapping[str, torch.Tensor],
+                           switched: torch.Tensor | None) -> InferenceState:
+        """Keys/values [layout text; this text marked] (b, heads, t_0 + t, head_dim) and the mask that shows
+        the marked part to the `switched` rows only."""
+        assert text_tokens is not None and text_mask is not None
+        batch = condition.shape[0]
+        if switched is None or switched.dtype != torch.bool or tuple(switched.shape) != (batch,):
+            got = None if switched is None else f"{tuple(switched.shape)} {switched.dtype}"
+            raise ValueError(f"a layout text needs switched ({batch},) bool, the rows whose prompt differs; got {got}")
+        self.condition_vector(layout.get("text_tokens"), layout.get("text_mask"), layout.get("text_pooled"))
+        layout_keys, layout_values = self._text_keys_values(layout["text_tokens"])
+        own_keys, own_values = self._text_keys_values(text_tokens, marked=True)
+        keys = [torch.cat(pair, dim=2) for pair in zip(layout_keys, own_keys)]  # type: ignore[arg-type]
+        values = [torch.cat(pair, dim=2) for pair in zip(layout_values, own_values)]  # type: ignore[arg-type]
+        mask = torch.cat([layout["text_mask"], text_mask & switched.to(text_mask.device).unsqueeze(1)], dim=1)
+        caches = [KVCache(self.config.num_tokens) for _ in self.blocks]
+        return InferenceState(condition, mask, keys, values, caches)  # type: ignore[arg-type]
 
     def forward_scale(
         self, state: InferenceState, scale: int, scale_inputs: torch.Tensor | None = None
