@@ -27,7 +27,14 @@ from nextscale.train.data import (
     loader_over,
     make_dataloader,
 )
-from nextscale.train.data.captions import COARSE_ATTRIBUTES, caption_from_attributes, detail_caption, sample_caption
+from nextscale.train.data.captions import (
+    COARSE_ATTRIBUTES,
+    DETAIL_ATTRIBUTES,
+    caption_from_attributes,
+    detail_caption,
+    layout_caption,
+    sample_caption,
+)
 from nextscale.train.data.portraits import (
     ATTRIBUTES,
     ZOOM_LEVELS,
@@ -191,6 +198,28 @@ def test_detail_captions_keep_the_fine_attributes_and_contradict_a_coarse_one():
     assert min(named.values()) > 60, named  # the fine attributes are named, not left out
     assert detail_caption(attributes, np.random.default_rng(1), 1) == detail_caption(
         attributes, np.random.default_rng(1), 1)  # a function of the generator's state
+
+
+def test_layout_captions_keep_the_coarse_attributes_and_contradict_a_detail_one():
+    """The first caption of a mixed item for a layout-context model: true about every coarse attribute it
+    names (at least one), wrong about at least one detail attribute (a beard for men only), never right
+    about one."""
+    rng = np.random.default_rng(0)
+    for trial in range(600):
+        attributes, level = sample_attributes(rng), ZOOM_LEVELS[trial % 3]
+        caption = layout_caption(attributes, rng, level)
+        coarse = [key for key in COARSE_ATTRIBUTES if key in visible_attributes(level)]
+        stated = {key: stated_coarse(caption, key) for key in coarse}
+        assert any(stated.values()), caption
+        assert all(values in ([], [attributes[key]]) for key, values in stated.items()), (attributes, caption)
+        said = {key: stated_fine(caption, key) for key in DETAIL_ATTRIBUTES}
+        assert any(value is not None for value in said.values()), (attributes, caption)
+        assert all(value in (None, *[v for v in ("yes", "no") if v != attributes[key]])
+                   for key, value in said.items()), (attributes, caption)
+        if attributes["gender"] == "woman":
+            assert said["beard"] is None, caption
+        other = "woman" if attributes["gender"] == "man" else "man"
+        assert not re.search(rf"\b{other}\b", caption), (attributes, caption)
 
 
 # ------------------------------------------------------------------------------------------------- zoom

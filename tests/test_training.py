@@ -25,7 +25,7 @@ from nextscale.train.state import CheckpointError
 from nextscale.train.tokenizer_loop import TokenizerTrainConfig, train_tokenizer
 from nextscale.train.var_data import CachedCodesDataset
 from nextscale.train.var_loop import VarTrainConfig, drop_condition, drop_labels, per_scale_metrics, train_var
-from nextscale.transformer import TransformerConfig
+from nextscale.transformer import NextScaleTransformer, TransformerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -213,7 +213,14 @@ def test_mixing_trains_switched_passes_reproducibly(trained_tokenizer, tiny_bert
     curves = [[loss for _, loss in run.metrics["loss_curve"]] for run in (plain, *runs)]
     assert curves[1] == curves[2]
     assert curves[0][0] == pytest.approx(curves[1][0], abs=0.5) and curves[0] != curves[1]
-    assert CachedCodesDataset(tmp_path / "mix-cache").has_detail
+    assert CachedCodesDataset(tmp_path / "mix-cache").has_mixing
+    # a layout_context model continued from the plain one (which has no detail marker): the marker, zero
+    # at the start, is trained, and the exported model keeps the option
+    layout = train_var(var_run(tmp_path / "layout", output / "model", tiny_bert_dir, mixing=1.0,
+                               cache_dir=str(tmp_path / "mix-cache"), init_from=str(tmp_path / "plain" / "model"),
+                               model=TransformerConfig.preset("tiny", layout_context=True), **settings))
+    assert layout.model.detail_marker.abs().sum() > 0
+    assert NextScaleTransformer.from_pretrained(tmp_path / "layout" / "model").config.layout_context
     with pytest.raises(ValueError, match="--mixing trains on the cached detail captions"):
         var_run(tmp_path / "bad", output / "model", tiny_bert_dir, mixing=0.5, cache=False)
 

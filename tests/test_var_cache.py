@@ -13,7 +13,7 @@ from PIL import Image
 from nextscale.scales import flatten_codes
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.data import DataConfig, build_dataset, collate
-from nextscale.train.var_data import TEXT_FILE, CachedCodesDataset, build_cache, deduplicate, detail_captions
+from nextscale.train.var_data import TEXT_FILE, CachedCodesDataset, build_cache, deduplicate, mixing_captions
 from nextscale.transformer.text import TextEncoder
 
 CAPTIONS = ["a man with a beard", "a woman with red hair", "a portrait"]
@@ -70,9 +70,9 @@ def test_cache_round_trip_with_duplicate_captions(tiny_bert_dir, tmp_path, capsy
 
 
 @pytest.mark.filterwarnings("ignore:.*exceed max_length")  # the tiny encoder reads 12 tokens
-def test_cache_with_detail_captions_for_mixing(tiny_bert_dir, tmp_path):
-    """Every item gets the text states of its own detail caption (drawn from the data seed and its index),
-    stored among the distinct captions; a source without attributes is refused with one clear line."""
+def test_cache_with_mixing_captions(tiny_bert_dir, tmp_path):
+    """Every item gets the text states of its own detail and layout captions (drawn from the data seed and
+    its index), stored among the distinct captions; a source without attributes is refused with one line."""
     torch.manual_seed(0)
     tokenizer = MultiScaleVQVAE(tiny_tokenizer_config()).eval()
     tokenizer.save_pretrained(tmp_path / "tokenizer")
@@ -82,18 +82,22 @@ def test_cache_with_detail_captions_for_mixing(tiny_bert_dir, tmp_path):
     plain = CachedCodesDataset(build_cache(tmp_path / "plain", tokenizer, str(tmp_path / "tokenizer"), encoder,
                                            data, dataset, 24, progress=False))
     cached = CachedCodesDataset(build_cache(tmp_path / "mixing", tokenizer, str(tmp_path / "tokenizer"), encoder,
-                                            data, dataset, 24, progress=False, detail=True))
-    assert not plain.has_detail and "detail_text_pooled" not in plain[0] and cached.has_detail
-    expected = detail_captions(collate([dataset[index] for index in range(24)]), seed=3)
-    assert len(set(expected)) > 12  # drawn per item
-    for index in (0, 5, 23):
-        item, caption = cached[index], expected[index]
-        assert cached.captions[int(cached.detail_index[index])] == caption != cached.caption(index)
-        direct = encoder.encode([caption]).as_dict()
-        torch.testing.assert_close(item["detail_text_pooled"].float(), direct["text_pooled"][0], atol=2e-3, rtol=2e-3)
-        assert torch.equal(item["detail_text_mask"].bool(), direct["text_mask"][0].bool())
-        assert torch.equal(item["codes"], plain[index]["codes"]) and cached.caption(index) == plain.caption(index)
+                                            data, dataset, 24, progress=False, mixing=True))
+    assert not plain.has_mixing and "detail_text_pooled" not in plain[0] and cached.has_mixing
+    expected = mixing_captions(collate([dataset[index] for index in range(24)]), seed=3)
+    assert set(expected) == {"detail", "layout"}
+    for kind, captions in expected.items():
+        assert len(set(captions)) > 12  # drawn per item
+        for index in (0, 5, 23):
+            item, caption = cached[index], captions[index]
+            assert cached.captions[int(cached.mixing_index[kind][index])] == caption != cached.caption(index)
+            direct = encoder.encode([caption]).as_dict()
+            torch.testing.assert_close(item[f"{kind}_text_pooled"].float(), direct["text_pooled"][0],
+                                       atol=2e-3, rtol=2e-3)
+            assert torch.equal(item[f"{kind}_text_mask"].bool(), direct["text_mask"][0].bool())
+            assert torch.equal(item["codes"], plain[index]["codes"]) and cached.caption(index) == plain.caption(index)
+    assert expected["detail"] != expected["layout"]
     folder = DataConfig(source="folder", path=str(write_folder(tmp_path / "images", 6)), image_size=16)
     with pytest.raises(ValueError, match="--mixing needs detail captions"):
         build_cache(tmp_path / "folder", tokenizer, str(tmp_path / "tokenizer"), encoder, folder,
-                    build_dataset(folder), 6, progress=False, detail=True)
+                    build_dataset(folder), 6, progress=False, mixing=True)

@@ -260,15 +260,28 @@ def resume_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, r
     )
 
 
+ADDED_PARTS: dict[str, str] = {"layout_context": "detail_marker"}
+"""Boolean config options that only add parameters (option -> their name prefix): `--init-from` a model
+without the option into one with it keeps the added parameters' initialisation."""
+
+
 def load_initial_weights(model: nn.Module, name_or_path: str) -> None:
     """`--init-from`: copy an exported model's weights into `model`, whose architecture must be the same.
 
     `model` is a `PretrainedMixin` module (tokenizer or transformer) with a dataclass `config`.
+    An option in `ADDED_PARTS` may be on here and off there: its parameters keep their initialisation
+    (e.g. the transformer's `layout_context`, whose detail marker starts at zero).
     """
     source = type(model).from_pretrained(name_or_path)
     ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(source.config)
-    differ = [f"{k}: {theirs.get(k)} there, {ours[k]} here" for k in ours if ours[k] != theirs.get(k)]
+    added = {k for k in ADDED_PARTS if ours.get(k) is True and theirs.get(k) is False}
+    differ = [f"{k}: {theirs.get(k)} there, {ours[k]} here"
+              for k in ours if ours[k] != theirs.get(k) and k not in added]
     if differ:
         raise ValueError(f"--init-from {name_or_path} has another architecture ({'; '.join(differ)}): pass the "
                          "same --model options as its config.json")
-    model.load_state_dict(source.state_dict())
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    allowed = tuple(ADDED_PARTS[k] for k in added)
+    stray = [key for key in missing if not (allowed and key.startswith(allowed))]
+    if stray or unexpected:
+        raise ValueError(f"--init-from {name_or_path}: weights do not match (missing {stray}, unexpected {unexpected})")

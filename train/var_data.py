@@ -4,14 +4,15 @@ Encoding images with the frozen tokenizer and captions with the frozen text enco
 every epoch, so by default both are computed once into a cache directory:
 
     cache_dir/codes.safetensors   codes (n, L) int16, caption_index (n,) int64 + a fingerprint
-                                  (+ detail_index (n,) int64 with detail captions, for mixing)
+                                  (+ detail_index, layout_index (n,) int64 with mixing captions)
     cache_dir/text.safetensors    text_tokens (D, t, d) fp16, text_mask, text_pooled + the D distinct captions
 
 Captions repeat (a folder of 20,000 images may have 40 distinct captions), so the text states of each
 distinct caption are stored once and every item points at its row: the text file grows with D, not n.
-With `detail=True` (mixing regularisation, `--mixing`) every item also gets a detail caption
-(`captions.detail_caption`: its fine attributes, coarse ones stated wrongly), stored the same way; this
-needs a source whose items carry their attributes (the synthetic portraits).
+With `mixing=True` (mixing regularisation, `--mixing`) every item also gets a detail caption
+(`captions.detail_caption`: its fine attributes, coarse ones stated wrongly) and a layout caption
+(`captions.layout_caption`: its coarse attributes, detail ones stated wrongly), stored the same way;
+this needs a source whose items carry their attributes (the synthetic portraits).
 
 A cache is reused only when its fingerprint matches (same tokenizer weights, data config and text
 encoder), so changing any of them rebuilds it instead of silently training on stale codes.
@@ -37,19 +38,21 @@ from nextscale.checkpoint import WEIGHTS_NAME, resolve_model_dir
 from nextscale.scales import flatten_codes
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.data import DataConfig, loader_over
-from nextscale.train.data.captions import detail_caption
+from nextscale.train.data.captions import detail_caption, layout_caption
 from nextscale.transformer.text import TextEncoder, load_text_cache, precompute_text_embeddings, save_text_cache
 
 CODES_FILE = "codes.safetensors"
 TEXT_FILE = "text.safetensors"
 CACHE_FORMAT = 2
 """Bumped when the cache layout changes (2: de-duplicated captions), so older caches are rebuilt."""
+MIXING_KINDS = ("detail", "layout")
+"""The mixing captions of an item, each stored as `<kind>_index` and served as `<kind>_text_*`."""
 
 
 def cache_fingerprint(tokenizer_path: str, data: DataConfig, text_encoder: str, max_length: int, count: int,
-                      subset: int | None = None, detail: bool = False) -> str:
+                      subset: int | None = None, mixing: bool = False) -> str:
     """Hash of everything the cached codes and embeddings depend on (`subset`: how many items of the
-    source are trained on, when the rest is held out; `detail`: detail captions included)."""
+    source are trained on, when the rest is held out; `mixing`: mixing captions included)."""
     weights = resolve_model_dir(tokenizer_path) / WEIGHTS_NAME
     digest = hashlib.sha256()
     with open(weights, "rb") as handle:
@@ -57,8 +60,8 @@ def cache_fingerprint(tokenizer_path: str, data: DataConfig, text_encoder: str, 
             digest.update(chunk)
     payload = {"tokenizer": digest.hexdigest(), "data": dataclasses.asdict(data), "text_encoder": text_encoder,
                "max_length": max_length, "count": count, "subset": subset, "format": CACHE_FORMAT}
-    if detail:  # absent otherwise, so caches without detail captions keep their fingerprint
-        payload["detail_captions"] = True
+    if mixing:  # absent otherwise, so caches without mixing captions keep their fingerprint
+        payload["mixing_captions"] = list(MIXING_KINDS)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -70,38 +73,46 @@ def read_fingerprint(cache_dir: Path) -> str | None:
         return (handle.metadata() or {}).get("fingerprint")
 
 
-def detail_captions(batch: dict, seed: int) -> list[str]:
-    """The detail caption of each item of a collated batch (`captions.detail_caption`), drawn from (seed,
-    item index) so a rebuilt cache gets the same ones."""
+def mixing_captions(batch: dict, seed: int) -> dict[str, list[str]]:
+    """The mixing captions of each item of a collated batch, by kind (`MIXING_KINDS`): detail
+    (`captions.detail_caption`) and layout (`captions.layout_caption`), drawn from (seed, item index) so
+    a rebuilt cache gets the same ones."""
     if not all(batch["attributes"]) or bool((batch["index"] < 0).any()):
         raise ValueError("--mixing needs detail captions, made from each item's attributes: use a source whose "
                          "items carry them (--data.source synthetic), or --mixing 0")
     mixing_stream = 0x6D6978  # "mix": a random stream apart from the one the item's own caption is drawn from
-    return [detail_caption(attributes, np.random.default_rng([seed, int(index), mixing_stream]), int(zoom))
-            for attributes, index, zoom in zip(batch["attributes"], batch["index"], batch["zoom"])]
+    items = list(zip(batch["attributes"], batch["index"], batch["zoom"]))
+    return {
+        "detail": [detail_caption(attributes, np.random.default_rng([seed, int(index), mixing_stream]), int(zoom))
+                   for attributes, index, zoom in items],
+        "layout": [layout_caption(attributes, np.random.default_rng([seed, int(index), mixing_stream, 1]), int(zoom))
+                   for attributes, index, zoom in items],
+    }
 
 
 @torch.no_grad()
 def encode_dataset(
     tokenizer: MultiScaleVQVAE, dataset: Dataset, count: int, batch_size: int = 128, progress: bool = True,
-    detail_seed: int | None = None,
-) -> tuple[torch.Tensor, list[str], list[str] | None]:
-    """Codes (n, L) int16, captions and (with `detail_seed`) detail captions of the first `count` items of a
-    dataset of source items (n <= count)."""
+    mixing_seed: int | None = None,
+) -> tuple[torch.Tensor, list[str], dict[str, list[str]]]:
+    """Codes (n, L) int16, captions and (with `mixing_seed`) the mixing captions by kind of the first
+    `count` items of a dataset of source items (n <= count)."""
     loader = loader_over(dataset, batch_size=batch_size, shuffle=False, num_workers=0, drop_last=False)
-    codes, captions, details = [], [], []
+    codes, captions = [], []
+    mixing: dict[str, list[str]] = {kind: [] for kind in MIXING_KINDS} if mixing_seed is not None else {}
     bar = tqdm(total=count, desc="encoding images", disable=not progress, unit="img")
     for batch in loader:
         take = min(batch_size, count - len(captions))
         codes.append(flatten_codes(tokenizer.encode(batch["image"][:take])).to(torch.int16))
         captions.extend(batch["caption"][:take])
-        if detail_seed is not None:
-            details.extend(detail_captions(batch, detail_seed)[:take])
+        if mixing_seed is not None:
+            for kind, more in mixing_captions(batch, mixing_seed).items():
+                mixing[kind].extend(more[:take])
         bar.update(take)
         if len(captions) >= count:
             break
     bar.close()
-    return torch.cat(codes), captions, (details if detail_seed is not None else None)
+    return torch.cat(codes), captions, mixing
 
 
 def build_cache(
@@ -113,24 +124,25 @@ def build_cache(
     dataset: Dataset,
     count: int,
     progress: bool = True,
-    detail: bool = False,
+    mixing: bool = False,
 ) -> Path:
     """Encode the first `count` items of `dataset` (drawn from `data`, minus any held-out part) and their
-    captions (and, with `detail`, detail captions) into `cache_dir` unless a matching cache is there."""
+    captions (and, with `mixing`, mixing captions) into `cache_dir` unless a matching cache is there."""
     cache_dir = Path(cache_dir)
     subset = len(dataset) if isinstance(dataset, Subset) else None
     fingerprint = cache_fingerprint(tokenizer_path, data, text_encoder.config.name_or_path,
-                                    text_encoder.max_length, count, subset, detail)
+                                    text_encoder.max_length, count, subset, mixing)
     if read_fingerprint(cache_dir) == fingerprint:
         return cache_dir
     if tokenizer.config.vocab_size > 2**15:
         raise ValueError("codes are cached as int16: vocab_size must be <= 32768")
-    codes, captions, details = encode_dataset(tokenizer, dataset, count, progress=progress,
-                                              detail_seed=data.seed if detail else None)
-    distinct, index = deduplicate(captions + (details or []))
+    codes, captions, extra = encode_dataset(tokenizer, dataset, count, progress=progress,
+                                            mixing_seed=data.seed if mixing else None)
+    distinct, index = deduplicate(captions + [caption for kind in extra for caption in extra[kind]])
     tensors = {"codes": codes.contiguous(), "caption_index": index[:len(captions)].contiguous()}
-    if details is not None:
-        tensors["detail_index"] = index[len(captions):].contiguous()
+    for position, kind in enumerate(extra):
+        start = len(captions) * (1 + position)
+        tensors[f"{kind}_index"] = index[start:start + len(captions)].contiguous()
     embeddings = precompute_text_embeddings(text_encoder, distinct, batch_size=256, progress=progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     save_text_cache(cache_dir / TEXT_FILE, embeddings, distinct)
@@ -158,22 +170,23 @@ def describe_cache(cache_dir: Path, items: int, distinct: int) -> str:
 
 
 class CachedCodesDataset(Dataset):
-    """Items {"codes": (L,) long, "text_tokens": (t, d), "text_mask": (t,), "text_pooled": (d,)}, and the
-    detail caption's states as "detail_text_tokens", "detail_text_mask", "detail_text_pooled" when the
-    cache holds detail captions."""
+    """Items {"codes": (L,) long, "text_tokens": (t, d), "text_mask": (t,), "text_pooled": (d,)}, and each
+    mixing caption's states as "<kind>_text_tokens", "<kind>_text_mask", "<kind>_text_pooled" (kind:
+    detail, layout) when the cache holds mixing captions."""
 
     def __init__(self, cache_dir: str | os.PathLike) -> None:
         cache_dir = Path(cache_dir)
         with safe_open(str(cache_dir / CODES_FILE), framework="pt") as handle:
             self.codes = handle.get_tensor("codes")
             self.caption_index = handle.get_tensor("caption_index")
-            self.detail_index = handle.get_tensor("detail_index") if "detail_index" in handle.keys() else None
+            self.mixing_index = {kind: handle.get_tensor(f"{kind}_index") for kind in MIXING_KINDS
+                                 if f"{kind}_index" in handle.keys()}
         # fp16 in memory (half the RAM); cast to fp32 per batch in the training step
         self.text, self.captions = load_text_cache(cache_dir / TEXT_FILE, dtype=torch.float16)
         if len(self.caption_index) != len(self.codes):
             raise ValueError(f"{cache_dir}: {len(self.codes)} code rows but {len(self.caption_index)} caption indices")
-        for index in (self.caption_index, self.detail_index):
-            if index is not None and len(index) and not 0 <= int(index.min()) <= int(index.max()) < len(self.captions):
+        for index in (self.caption_index, *self.mixing_index.values()):
+            if len(index) and not 0 <= int(index.min()) <= int(index.max()) < len(self.captions):
                 raise ValueError(f"{cache_dir}: caption indices outside the {len(self.captions)} cached captions")
 
     def __len__(self) -> int:
@@ -184,16 +197,15 @@ class CachedCodesDataset(Dataset):
         return self.captions[int(self.caption_index[index])]
 
     @property
-    def has_detail(self) -> bool:
-        """Whether the cache holds a detail caption per item (built for `--mixing`)."""
-        return self.detail_index is not None
+    def has_mixing(self) -> bool:
+        """Whether the cache holds the mixing captions of every item (built for `--mixing`)."""
+        return set(self.mixing_index) == set(MIXING_KINDS)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         row = int(self.caption_index[index])
         item = {"codes": self.codes[index].long(), **{k: v[row] for k, v in self.text.items()}}
-        if self.detail_index is not None:
-            detail = int(self.detail_index[index])
-            item.update({f"detail_{k}": v[detail] for k, v in self.text.items()})
+        for kind, rows in self.mixing_index.items():
+            item.update({f"{kind}_{k}": v[int(rows[index])] for k, v in self.text.items()})
         return item
 
 

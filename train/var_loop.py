@@ -157,6 +157,9 @@ class VarTraining:
             self.model_config = matched_model_config(config, tokenizer, self.text_encoder.width)
         if config.mixing and self.model_config.num_scales < 2:
             raise ValueError("--mixing switches captions between scales: the tokenizer needs at least two scales")
+        if self.model_config.layout_context and not config.mixing:
+            logger.warning("--model.layout-context learns its detail marker from mixed items only: with --mixing 0 "
+                           "the marker is not trained")
         self.model = NextScaleTransformer(self.model_config)
         if config.init_from:
             load_initial_weights(self.model, config.init_from)
@@ -171,7 +174,7 @@ class VarTraining:
             with accelerator.main_process_first():
                 build_cache(cache_dir, tokenizer, config.tokenizer, self.text_encoder, config.data, self.split.train,
                             config.cache_images, progress=accelerator.is_local_main_process,
-                            detail=config.mixing > 0)
+                            mixing=config.mixing > 0)
             loader = torch.utils.data.DataLoader(CachedCodesDataset(cache_dir), batch_size=config.batch_size,
                                                  shuffle=True, drop_last=True, num_workers=config.num_workers)
         else:
@@ -200,24 +203,31 @@ class VarTraining:
             condition, dropped = drop_condition(text_to(batch, device), self.null_text, config.cond_drop,
                                                 self.generator)
             if config.mixing:
-                condition.update(self.mixed(batch, dropped, device))
+                condition = self.mixed(condition, batch, dropped, device)
         codes = batch["codes"].to(device).long()
         loss, logits = self.objective(codes, condition)
         runtime.accelerator.backward(loss)
         self.last = (logits.detach(), codes)
         return {"loss": loss.detach()}
 
-    def mixed(self, batch: dict, dropped: torch.Tensor, device: torch.device) -> dict:
-        """The extra arguments of a pass with per-scale texts (`NextScaleTransformer.forward`): each item not
+    def mixed(self, condition: dict, batch: dict, dropped: torch.Tensor, device: torch.device) -> dict:
+        """The condition of a pass with per-scale texts (`NextScaleTransformer.forward`): each item not
         dropped to the empty prompt switches to its detail caption with probability `mixing`, from a scale
-        drawn uniformly in 1 .. K-1 on; the others keep their caption at every scale."""
+        drawn uniformly in 1 .. K-1 on; the others keep their caption at every scale. A `layout_context`
+        model, which sees the first text beside the detail caption after a switch, gets the item's layout
+        caption as that first text (coarse attributes right, detail ones wrong), so it learns to take the
+        coarse attributes from the first prompt and the detail ones from the second."""
         num_scales = self.model_config.num_scales
         switch = torch.randint(1, num_scales, (len(dropped),), generator=self.generator)
         chosen = torch.rand(len(dropped), generator=self.generator) < self.config.mixing
         switch = torch.where(chosen & ~dropped.cpu(), switch, torch.full_like(switch, num_scales))
         detail = text_to(batch, device, prefix="detail_")
         text_of_scale = (torch.arange(num_scales) >= switch.unsqueeze(1)).long()  # (b, K): 1 after the switch
-        return {"other_texts": [detail], "text_of_scale": text_of_scale.to(device)}
+        if self.model_config.layout_context:
+            layout, mixed = text_to(batch, device, prefix="layout_"), (switch < num_scales).to(device)
+            condition = {name: torch.where(mixed.view(-1, *[1] * (tensor.ndim - 1)), layout[name], tensor)
+                         for name, tensor in condition.items()}
+        return {**condition, "other_texts": [detail], "text_of_scale": text_of_scale.to(device)}
 
     def extra_logs(self, reduced: dict[str, float]) -> dict[str, float]:
         logits, codes = self.last

@@ -125,6 +125,35 @@ def detail_caption(attributes: Mapping[str, str], rng: np.random.Generator, leve
     return caption_from_attributes(fine, rng, level)
 
 
+DETAIL_ATTRIBUTES: tuple[str, ...] = ("beard", "glasses", "smile")
+"""The fine attributes a detail prompt changes and a layout caption states wrongly (mixing with layout context)."""
+
+
+def layout_caption(attributes: Mapping[str, str], rng: np.random.Generator, level: int = 1) -> str:
+    """The first training caption of a mixed item, as a layout prompt: its coarse attributes visible at
+    `level` (at least one) and the other attributes but the detail ones mentioned as `sample_caption`
+    mentions them, and one or more detail attributes (`DETAIL_ATTRIBUTES`; a beard for men only) stated
+    wrongly, the others not mentioned. With `detail_caption` for the later scales, a model that sees both
+    prompts there (`TransformerConfig.layout_context`) learns coarse attributes from the first and detail
+    attributes from the second."""
+    visible = visible_attributes(level)
+    attributes = {k: v for k, v in attributes.items() if k in visible}
+    coarse = [k for k in COARSE_ATTRIBUTES if k in attributes]
+    mentioned = {k: v for k, v in attributes.items() if k not in DETAIL_ATTRIBUTES and k not in COARSE_ATTRIBUTES
+                 and rng.random() < _MENTION.get((k, v), _MENTION.get(k))}
+    named = [k for k in coarse if rng.random() < _MENTION[k]] or [coarse[int(rng.integers(len(coarse)))]]
+    mentioned.update({k: attributes[k] for k in named})
+    flippable = [k for k in DETAIL_ATTRIBUTES
+                 if k in attributes and (k != "beard" or attributes.get("gender") == "man")]
+    wrong = [k for k in flippable if rng.random() < 0.5]
+    if not wrong and flippable:
+        wrong = [flippable[int(rng.integers(len(flippable)))]]
+    for key in wrong:
+        others = [value for value in ATTRIBUTES[key] if value != attributes[key]]
+        mentioned[key] = others[int(rng.integers(len(others)))]
+    return caption_from_attributes(mentioned, rng, level)
+
+
 def sample_caption(attributes: Mapping[str, str], rng: np.random.Generator, level: int = 1) -> str:
     """A training caption of a portrait seen at zoom `level`: a random subset of the attributes visible
     there (all of them 10% of the time), varied wording."""
