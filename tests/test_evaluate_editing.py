@@ -67,6 +67,7 @@ def test_editing_evaluation_end_to_end_on_a_tiny_budget(tiny_pipeline_dir, tmp_p
     assert saved["inpainting"]["kept_psnr_after_blend"] > saved["inpainting"]["kept_psnr_before_blend"]
     assert [row["keep_scales"] for row in saved["variations"]] == [1]
     assert [row["switch_scale"] for row in saved["per_scale_prompts"]] == [2]
+    assert (tmp_path / "eval" / "per_scale_prompts.png").is_file()  # A alone, B alone, each switch
     zoom_row = report["zoom"][0]
     assert len(zoom_row["agreement_before_blend"]) == 2 and len(zoom_row["adherence"]) == 3
     assert len(zoom_row["rendered_agreement"]) == 2

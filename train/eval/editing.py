@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -204,23 +205,32 @@ def evaluate_per_scale_prompts(pipeline: Pipeline, judge: AttributeJudge, config
     prompts_b = [caption_from_attributes({k: b[k] for k in keys}) for b in second]
     num_scales = pipeline.transformer.config.num_scales
     men = [a["gender"] == "man" for a in first]
-    rows = []
-    for switch in config.switch_scales:
+
+    def sample(prompts_of: Callable[[str, str], list[str]], count: int) -> torch.Tensor:
+        """The first `count` edits, image i conditioned per scale on prompts_of(A_i, B_i)."""
         images = []
-        for start in range(0, config.num_edits, config.batch_size):
-            stop = min(start + config.batch_size, config.num_edits)
-            per_image = [switch_prompts(a, b, switch, num_scales) for a, b in zip(prompts_a[start:stop],
-                                                                                   prompts_b[start:stop])]
+        for start in range(0, count, config.batch_size):
+            stop = min(start + config.batch_size, count)
+            per_image = [prompts_of(a, b) for a, b in zip(prompts_a[start:stop], prompts_b[start:stop])]
             conditions = mixed_conditions(pipeline, [list(row) for row in zip(*per_image)], config.sampling())
             loop = sample_scales(pipeline, conditions, list(range(start, stop)), config.sampling())
             with torch.inference_mode():
                 images.append(pipeline.tokenizer.decode_latent(loop.accumulated).float())
-        batch = torch.cat(images)
+        return torch.cat(images)
+
+    shown = min(8, config.num_edits)
+    figure = [sample(lambda a, b: [a] * num_scales, shown), sample(lambda a, b: [b] * num_scales, shown)]
+    rows = []
+    for switch in config.switch_scales:
+        batch = sample(partial(switch_prompts, switch_scale=switch, num_scales=num_scales), config.num_edits)
+        figure.append(batch[:shown])
         row = {"switch_scale": switch, "edits": config.num_edits}
         row |= {f"{name}_follows_a": rate(judge, batch, name, [a[name] for a in first]) for name in coarse}
         row["glasses_follows_b"] = rate(judge, batch, "glasses", [b["glasses"] for b in second])
         row["beard_follows_b"] = rate(judge, batch, "beard", [b["beard"] for b in second], men)
         rows.append(row)
+    # rows: prompt A alone, prompt B alone, then A switched to B at each measured scale
+    save_grid(figure, config.out / "per_scale_prompts.png")
     return rows
 
 
