@@ -214,6 +214,23 @@ def test_layout_context_shows_the_first_text_beside_the_detail_text_after_a_swit
                 state = dataclasses.replace(fresh, caches=state.caches, next_scale=state.next_scale)
             logits = model.forward_scale(state, scale, None if chunk is None else chunk[row:row + 1])
             torch.testing.assert_close(logits[0], both[scale][row], atol=1e-5, rtol=1e-5)
+    # training's layout: the scales before the switch see the image's own text, the later ones another
+    # (unmarked) layout text beside the marked detail text, as the cached path started with that layout
+    own = make_inputs(config, batch=3, seed=3)
+    own_text = {key: own[key] for key in TEXT_KEYS}
+    with torch.no_grad():
+        trained = split_scales(model(**first | own_text, other_texts=[layout, detail], text_of_scale=2 * text_of_scale,
+                                     layout_text=torch.ones(3, dtype=torch.long)), config.scale_sizes)
+        for row, at in enumerate(switch.tolist()):
+            state = model.start(**take(own_text, row))
+            for scale, chunk in enumerate(scale_inputs):
+                if scale == at:
+                    fresh = model.start(**take(detail, row), layout=take(layout, row), switched=torch.tensor([True]))
+                    state = dataclasses.replace(fresh, caches=state.caches, next_scale=state.next_scale)
+                logits = model.forward_scale(state, scale, None if chunk is None else chunk[row:row + 1])
+                torch.testing.assert_close(logits[0], trained[scale][row], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="layout_text must be"):
+        model(**first, other_texts=[detail], text_of_scale=text_of_scale, layout_text=torch.full((3,), 2))
     with pytest.raises(ValueError, match="switched"):
         model.start(**detail, layout=layout)
     with pytest.raises(ValueError, match="needs cross_attention"):

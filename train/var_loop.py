@@ -214,20 +214,21 @@ class VarTraining:
         """The condition of a pass with per-scale texts (`NextScaleTransformer.forward`): each item not
         dropped to the empty prompt switches to its detail caption with probability `mixing`, from a scale
         drawn uniformly in 1 .. K-1 on; the others keep their caption at every scale. A `layout_context`
-        model, which sees the first text beside the detail caption after a switch, gets the item's layout
-        caption as that first text (coarse attributes right, detail ones wrong), so it learns to take the
-        coarse attributes from the first prompt and the detail ones from the second."""
+        model sees a layout text beside the detail caption after a switch: there it gets the item's layout
+        caption (coarse attributes right, detail ones wrong), so it learns to take the coarse attributes
+        from the layout prompt and the detail ones from the detail prompt, while the scales before the
+        switch keep the item's own caption, as in training without mixing."""
         num_scales = self.model_config.num_scales
         switch = torch.randint(1, num_scales, (len(dropped),), generator=self.generator)
         chosen = torch.rand(len(dropped), generator=self.generator) < self.config.mixing
         switch = torch.where(chosen & ~dropped.cpu(), switch, torch.full_like(switch, num_scales))
+        after = (torch.arange(num_scales) >= switch.unsqueeze(1)).long()  # (b, K): 1 after the switch
         detail = text_to(batch, device, prefix="detail_")
-        text_of_scale = (torch.arange(num_scales) >= switch.unsqueeze(1)).long()  # (b, K): 1 after the switch
-        if self.model_config.layout_context:
-            layout, mixed = text_to(batch, device, prefix="layout_"), (switch < num_scales).to(device)
-            condition = {name: torch.where(mixed.view(-1, *[1] * (tensor.ndim - 1)), layout[name], tensor)
-                         for name, tensor in condition.items()}
-        return {**condition, "other_texts": [detail], "text_of_scale": text_of_scale.to(device)}
+        if not self.model_config.layout_context:
+            return {**condition, "other_texts": [detail], "text_of_scale": after.to(device)}
+        layout = text_to(batch, device, prefix="layout_")
+        return {**condition, "other_texts": [layout, detail], "text_of_scale": (2 * after).to(device),
+                "layout_text": torch.ones(len(dropped), dtype=torch.long, device=device)}
 
     def extra_logs(self, reduced: dict[str, float]) -> dict[str, float]:
         logits, codes = self.last

@@ -92,7 +92,7 @@ def matched_model_config(
 
 def text_to(batch: dict[str, torch.Tensor], device: torch.device, prefix: str = "") -> dict[str, torch.Tensor]:
     """The text states of a batch on `device` (fp32, bool mask), read from its keys `prefix` + text_tokens,
-    text_mask, text_pooled (prefix "detail_": the detail captions of a mixing cache)."""
+    text_mask, text_pooled (prefix "detail_", "layout_": the mixing captions of a mixing cache)."""
     return {
         "text_tokens": batch[f"{prefix}text_tokens"].to(device, torch.float32),
         "text_mask": batch[f"{prefix}text_mask"].to(device).bool(),

@@ -284,14 +284,18 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         return self.class_embed(labels)
 
     def _text_keys_values(
-        self, text_tokens: torch.Tensor | None, marked: bool = False
+        self, text_tokens: torch.Tensor | None, marked: bool | torch.Tensor = False
     ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
         """Cross-attention keys and values of every block: 2 x depth x (b, heads, t, head_dim); `marked`
-        adds the detail marker (a detail prompt seen beside the layout prompt, `layout_context`)."""
+        (for every row, or per row (b,) bool) adds the detail marker (a detail prompt seen beside the
+        layout prompt, `layout_context`)."""
         if self.text_norm is None or text_tokens is None:
             return [None] * len(self.blocks), [None] * len(self.blocks)
         text = self.text_norm(text_tokens)
-        if marked:
+        if isinstance(marked, torch.Tensor):
+            assert self.detail_marker is not None
+            text = text + self.detail_marker * marked.to(text.dtype).view(-1, 1, 1)
+        elif marked:
             assert self.detail_marker is not None
             text = text + self.detail_marker
         keys, values = zip(*(block.cross_attention.text_keys_values(text) for block in self.blocks))
@@ -338,6 +342,7 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         labels: torch.Tensor | None = None,
         other_texts: Sequence[Mapping[str, torch.Tensor]] = (),
         text_of_scale: torch.Tensor | None = None,
+        layout_text: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Teacher-forced logits of every token of the first `num_scales` scales (default: all) under the
         block-causal mask.
@@ -355,7 +360,9 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         AdaLN modulation from their scale's condition and cross-attend to its text only, which is what
         the cached path computes when the condition changes between scales (`sample_scales` with one
         condition per scale). With `config.layout_context` the tokens of a scale whose text is not the
-        first cross-attend to the first text as well, their own marked as a detail prompt.
+        first cross-attend to a layout text as well, their own marked as a detail prompt: the first text,
+        as in sampling, or per image text `layout_text` (b,) long (training shows the scales before the
+        switch the item's own caption and the later ones its layout caption beside its detail caption).
         """
         condition = self.condition_vector(text_tokens, text_mask, text_pooled, labels)  # (b, width)
         num_scales = self.config.num_scales if num_scales is None else num_scales
@@ -374,7 +381,7 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         choice = None
         if other_texts or text_of_scale is not None:
             choice, condition, text_keys, text_values, text_mask = self._per_scale_texts(
-                condition, text_keys, text_values, text_mask, other_texts, text_of_scale, num_scales)
+                condition, text_keys, text_values, text_mask, other_texts, text_of_scale, num_scales, layout_text)
         for block, keys, values in zip(self.blocks, text_keys, text_values):
             x = block(x, condition, keys, values, text_mask, mask=mask, choice=choice)
         return self._logits(x, condition, choice)
@@ -388,6 +395,7 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         other_texts: Sequence[Mapping[str, torch.Tensor]],
         text_of_scale: torch.Tensor | None,
         num_scales: int,
+        layout_text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None], list[torch.Tensor | None], torch.Tensor | None]:
         """Every text of a pass with per-scale conditions: (choice (b, L') long, the text of each token;
         conditions (b, c, width); the texts' keys and values side by side (b, heads, t_1 + ... + t_c,
@@ -414,18 +422,28 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         if self.text_norm is None:
             return choice, conditions, text_keys, text_values, text_mask
         assert text_mask is not None
-        keys, values, masks = [text_keys], [text_values], [text_mask]
         layout = self.config.layout_context
-        for text in other_texts:
-            more_keys, more_values = self._text_keys_values(text["text_tokens"], marked=layout)
+        if layout:
+            if layout_text is None:
+                layout_text = torch.zeros(batch, dtype=torch.long, device=choice.device)
+            if layout_text.dtype != torch.long or tuple(layout_text.shape) != (batch,) \
+                    or bool(((layout_text < 0) | (layout_text >= count)).any()):
+                raise ValueError(f"layout_text must be ({batch},) int64 in [0, {count})")
+            layout_text = layout_text.to(choice.device)
+        keys, values, masks = [text_keys], [text_values], [text_mask]
+        for index, text in enumerate(other_texts, start=1):
+            # with layout_context a text is marked as detail in the rows where it is not the layout text
+            marked = layout_text != index if layout_text is not None else False
+            more_keys, more_values = self._text_keys_values(text["text_tokens"], marked=marked)
             keys.append(more_keys)
             values.append(more_values)
             masks.append(text["text_mask"])
-        # token j sees the real tokens of its own text (and with layout_context the first text): (b, L', t_i)
-        # per text, side by side
+        # token j sees the real tokens of its own text (and with layout_context, after a switch, the layout
+        # text): (b, L', t_i) per text, side by side
         sees = [choice == index for index in range(count)]
-        if layout:
-            sees[0] = torch.ones_like(sees[0])
+        if layout_text is not None:
+            is_layout = layout_text.unsqueeze(1)  # (b, 1)
+            sees = [seen | ((choice > 0) & (is_layout == index)) for index, seen in enumerate(sees)]
         own = [mask.unsqueeze(1) & seen.unsqueeze(-1) for mask, seen in zip(masks, sees)]
         token_mask = torch.cat(own, dim=2)
         joined_keys = [torch.cat(per_text, dim=2) for per_text in zip(*keys)]
