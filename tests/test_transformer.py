@@ -172,6 +172,23 @@ def test_switched_teacher_forced_pass_equals_the_cached_path_with_a_switch(overr
         model(**first, other_texts=[detail])
 
 
+def cached_switch(model: NextScaleTransformer, scale_inputs: list[torch.Tensor | None], row: int,
+                  before: dict[str, torch.Tensor], at: int, after: dict[str, torch.Tensor],
+                  layout: dict[str, torch.Tensor], switched: bool = True) -> list[torch.Tensor]:
+    """Row `row`'s logits per scale on the cached path: text `before` until scale `at`, then `after` with
+    `layout` beside it (`start(layout=...)`), the earlier keys kept."""
+    def take(text: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: value[row:row + 1] for key, value in text.items()}
+
+    state, logits = model.start(**take(before)), []
+    for scale, chunk in enumerate(scale_inputs):
+        if scale == at:
+            fresh = model.start(**take(after), layout=take(layout), switched=torch.tensor([switched]))
+            state = dataclasses.replace(fresh, caches=state.caches, next_scale=state.next_scale)
+        logits.append(model.forward_scale(state, scale, None if chunk is None else chunk[row:row + 1])[0])
+    return logits
+
+
 def test_layout_context_shows_the_first_text_beside_the_detail_text_after_a_switch() -> None:
     """With `layout_context` the tokens after an image's switch cross-attend to its first text and to its
     second text marked as detail; the cached path (`start` with the layout text) gives the same logits,
@@ -190,30 +207,18 @@ def test_layout_context_shows_the_first_text_beside_the_detail_text_after_a_swit
         own_only = split_scales(plain_model(**first, other_texts=[detail], text_of_scale=text_of_scale),
                                 config.scale_sizes)
         scale_inputs = [None, *split_scales(first["teacher_inputs"], config.scale_sizes[1:])]
-        def take(text: dict[str, torch.Tensor], row: int) -> dict[str, torch.Tensor]:
-            return {key: value[row:row + 1] for key, value in text.items()}
-
         for row, at in enumerate(switch.tolist()):
-            state = model.start(**take(layout, row))
-            for scale, chunk in enumerate(scale_inputs):
-                if scale == at:
-                    fresh = model.start(**take(detail, row), layout=take(layout, row), switched=torch.tensor([True]))
-                    state = dataclasses.replace(fresh, caches=state.caches, next_scale=state.next_scale)
-                logits = model.forward_scale(state, scale, None if chunk is None else chunk[row:row + 1])
-                torch.testing.assert_close(logits[0], both[scale][row], atol=1e-5, rtol=1e-5)
+            cached = cached_switch(model, scale_inputs, row, layout, at, detail, layout)
+            for scale, logits in enumerate(cached):
+                torch.testing.assert_close(logits, both[scale][row], atol=1e-5, rtol=1e-5)
                 if scale >= at:  # the layout text changes what the detail text alone would give
                     assert (both[scale][row] - own_only[scale][row]).abs().max() > 1e-3
                 else:
                     torch.testing.assert_close(both[scale][row], own_only[scale][row], atol=1e-6, rtol=0)
         # a row whose prompt did not change sees the layout text alone: the single-text logits
-        row = 2
-        state = model.start(**take(layout, row))
-        for scale, chunk in enumerate(scale_inputs):
-            if scale == 1:
-                fresh = model.start(**take(layout, row), layout=take(layout, row), switched=torch.tensor([False]))
-                state = dataclasses.replace(fresh, caches=state.caches, next_scale=state.next_scale)
-            logits = model.forward_scale(state, scale, None if chunk is None else chunk[row:row + 1])
-            torch.testing.assert_close(logits[0], both[scale][row], atol=1e-5, rtol=1e-5)
+        unchanged = cached_switch(model, scale_inputs, 2, layout, 1, layout, layout, switched=False)
+        for scale, logits in enumerate(unchanged):
+            torch.testing.assert_close(logits, both[scale][2], atol=1e-5, rtol=1e-5)
     # training's layout: the scales before the switch see the image's own text, the later ones another
     # (unmarked) layout text beside the marked detail text, as the cached path started with that layout
     own = make_inputs(config, batch=3, seed=3)
@@ -222,13 +227,8 @@ def test_layout_context_shows_the_first_text_beside_the_detail_text_after_a_swit
         trained = split_scales(model(**first | own_text, other_texts=[layout, detail], text_of_scale=2 * text_of_scale,
                                      layout_text=torch.ones(3, dtype=torch.long)), config.scale_sizes)
         for row, at in enumerate(switch.tolist()):
-            state = model.start(**take(own_text, row))
-            for scale, chunk in enumerate(scale_inputs):
-                if scale == at:
-                    fresh = model.start(**take(detail, row), layout=take(layout, row), switched=torch.tensor([True]))
-                    state = dataclasses.replace(fresh, caches=state.caches, next_scale=state.next_scale)
-                logits = model.forward_scale(state, scale, None if chunk is None else chunk[row:row + 1])
-                torch.testing.assert_close(logits[0], trained[scale][row], atol=1e-5, rtol=1e-5)
+            for scale, logits in enumerate(cached_switch(model, scale_inputs, row, own_text, at, detail, layout)):
+                torch.testing.assert_close(logits, trained[scale][row], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="layout_text must be"):
         model(**first, other_texts=[detail], text_of_scale=text_of_scale, layout_text=torch.full((3,), 2))
     with pytest.raises(ValueError, match="switched"):
