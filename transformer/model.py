@@ -400,7 +400,7 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         """Every text of a pass with per-scale conditions: (choice (b, L') long, the text of each token;
         conditions (b, c, width); the texts' keys and values side by side (b, heads, t_1 + ... + t_c,
         head_dim); a per-token text mask (b, L', t_1 + ... + t_c) letting each token see its own text,
-        and with `layout_context` the first text too)."""
+        and with `layout_context`, after its image's switch, the layout text too)."""
         if self.class_embed is not None:
             raise ValueError("per-scale conditions in the teacher-forced pass need a text model")
         batch, count = condition.shape[0], 1 + len(other_texts)
