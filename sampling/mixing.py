@@ -4,7 +4,9 @@ Scale k of the one loop is conditioned on its own prompt; the coarse scales deci
 the fine scales the details, so `--prompt A --detail-prompt B --switch-scale k` draws A's layout with
 B's details. Each distinct prompt is encoded once (`scale_conditions`). On the cached path the scales
 after the switch attend to the earlier scales' keys and values as they were computed under A, so the
-codes of the scales before the switch are exactly those of prompt A alone with the same seed.
+codes of the scales before the switch are exactly those of prompt A alone with the same seed. A
+transformer with `layout_context` shows the scales after the switch prompt A beside B (B marked as the
+detail prompt), which keeps more of A's layout (README "Layout context, measured").
 """
 
 from __future__ import annotations
