@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -118,11 +118,25 @@ def detail_caption(attributes: Mapping[str, str], rng: np.random.Generator, leve
     fine = {k: v for k, v in attributes.items()
             if k not in COARSE_ATTRIBUTES and rng.random() < _MENTION.get((k, v), _MENTION.get(k))}
     coarse = [k for k in COARSE_ATTRIBUTES if k in attributes]
-    wrong = [k for k in coarse if rng.random() < 0.5] or [coarse[int(rng.integers(len(coarse)))]]
-    for key in wrong:
-        others = [value for value in ATTRIBUTES[key] if value != attributes[key]]
-        fine[key] = others[int(rng.integers(len(others)))]
+    fine.update(_stated_wrongly(attributes, _at_least_one(coarse, lambda key: 0.5, rng), rng))
     return caption_from_attributes(fine, rng, level)
+
+
+def _at_least_one(keys: list[str], chance: Callable[[str], float], rng: np.random.Generator) -> list[str]:
+    """Each key with probability chance(key); one drawn uniformly when none was (none when keys is empty)."""
+    chosen = [key for key in keys if rng.random() < chance(key)]
+    if not chosen and keys:
+        chosen = [keys[int(rng.integers(len(keys)))]]
+    return chosen
+
+
+def _stated_wrongly(attributes: Mapping[str, str], keys: list[str], rng: np.random.Generator) -> dict[str, str]:
+    """For each key, a value other than the portrait's, drawn uniformly."""
+    wrong = {}
+    for key in keys:
+        others = [value for value in ATTRIBUTES[key] if value != attributes[key]]
+        wrong[key] = others[int(rng.integers(len(others)))]
+    return wrong
 
 
 DETAIL_ATTRIBUTES: tuple[str, ...] = ("beard", "glasses", "smile")
@@ -141,16 +155,10 @@ def layout_caption(attributes: Mapping[str, str], rng: np.random.Generator, leve
     coarse = [k for k in COARSE_ATTRIBUTES if k in attributes]
     mentioned = {k: v for k, v in attributes.items() if k not in DETAIL_ATTRIBUTES and k not in COARSE_ATTRIBUTES
                  and rng.random() < _MENTION.get((k, v), _MENTION.get(k))}
-    named = [k for k in coarse if rng.random() < _MENTION[k]] or [coarse[int(rng.integers(len(coarse)))]]
-    mentioned.update({k: attributes[k] for k in named})
+    mentioned.update({k: attributes[k] for k in _at_least_one(coarse, _MENTION.__getitem__, rng)})
     flippable = [k for k in DETAIL_ATTRIBUTES
                  if k in attributes and (k != "beard" or attributes.get("gender") == "man")]
-    wrong = [k for k in flippable if rng.random() < 0.5]
-    if not wrong and flippable:
-        wrong = [flippable[int(rng.integers(len(flippable)))]]
-    for key in wrong:
-        others = [value for value in ATTRIBUTES[key] if value != attributes[key]]
-        mentioned[key] = others[int(rng.integers(len(others)))]
+    mentioned.update(_stated_wrongly(attributes, _at_least_one(flippable, lambda key: 0.5, rng), rng))
     return caption_from_attributes(mentioned, rng, level)
 
 
