@@ -485,7 +485,7 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         if switched is None or switched.dtype != torch.bool or tuple(switched.shape) != (batch,):
             got = None if switched is None else f"{tuple(switched.shape)} {switched.dtype}"
             raise ValueError(f"a layout text needs switched ({batch},) bool, the rows whose prompt differs; got {got}")
-        self.condition_vector(layout.get("text_tokens"), layout.get("text_mask"), layout.get("text_pooled"))
+        self._check_text(layout.get("text_tokens"), layout.get("text_mask"), layout.get("text_pooled"))
         layout_keys, layout_values = self._text_keys_values(layout["text_tokens"])
         own_keys, own_values = self._text_keys_values(text_tokens, marked=True)
         keys = [torch.cat(pair, dim=2) for pair in zip(layout_keys, own_keys)]  # type: ignore[arg-type]
