@@ -284,20 +284,17 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         return self.class_embed(labels)
 
     def _text_keys_values(
-        self, text_tokens: torch.Tensor | None, marked: bool | torch.Tensor = False
+        self, text_tokens: torch.Tensor | None, marked: torch.Tensor | None = None
     ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
         """Cross-attention keys and values of every block: 2 x depth x (b, heads, t, head_dim); `marked`
-        (for every row, or per row (b,) bool) adds the detail marker (a detail prompt seen beside the
-        layout prompt, `layout_context`)."""
+        (b,) bool adds the detail marker to those rows (a detail prompt seen beside the layout prompt,
+        `layout_context`)."""
         if self.text_norm is None or text_tokens is None:
             return [None] * len(self.blocks), [None] * len(self.blocks)
         text = self.text_norm(text_tokens)
-        if isinstance(marked, torch.Tensor):
+        if marked is not None:
             assert self.detail_marker is not None
             text = text + self.detail_marker * marked.to(text.dtype).view(-1, 1, 1)
-        elif marked:
-            assert self.detail_marker is not None
-            text = text + self.detail_marker
         keys, values = zip(*(block.cross_attention.text_keys_values(text) for block in self.blocks))
         return list(keys), list(values)
 
@@ -433,7 +430,7 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         keys, values, masks = [text_keys], [text_values], [text_mask]
         for index, text in enumerate(other_texts, start=1):
             # with layout_context a text is marked as detail in the rows where it is not the layout text
-            marked = layout_text != index if layout_text is not None else False
+            marked = layout_text != index if layout_text is not None else None
             more_keys, more_values = self._text_keys_values(text["text_tokens"], marked=marked)
             keys.append(more_keys)
             values.append(more_values)
@@ -487,7 +484,8 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
             raise ValueError(f"a layout text needs switched ({batch},) bool, the rows whose prompt differs; got {got}")
         self._check_text(layout.get("text_tokens"), layout.get("text_mask"), layout.get("text_pooled"))
         layout_keys, layout_values = self._text_keys_values(layout["text_tokens"])
-        own_keys, own_values = self._text_keys_values(text_tokens, marked=True)
+        own_keys, own_values = self._text_keys_values(
+            text_tokens, marked=torch.ones(batch, dtype=torch.bool, device=text_tokens.device))
         keys = [torch.cat(pair, dim=2) for pair in zip(layout_keys, own_keys)]  # type: ignore[arg-type]
         values = [torch.cat(pair, dim=2) for pair in zip(layout_values, own_values)]  # type: ignore[arg-type]
         mask = torch.cat([layout["text_mask"], text_mask & switched.to(text_mask.device).unsqueeze(1)], dim=1)
