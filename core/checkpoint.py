@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_file
 
 CONFIG_NAME = "config.json"
@@ -223,13 +224,18 @@ class PretrainedMixin:
     def from_pretrained(
         cls: type[T], name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu"
     ) -> T:
-        """Load a model saved by `save_pretrained` from a local directory or a hub repo id."""
+        """Load a model saved by `save_pretrained` from a local directory or a hub repo id.
+
+        The model is built with its parameters on the meta device and takes the loaded tensors as they are:
+        no random initialisation is computed only to be overwritten, and the global random state is untouched.
+        """
         directory = resolve_model_dir(name_or_path)
         config = cls.load_config(directory)
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
             raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
-        model = cls(config)  # type: ignore[call-arg]
+        with init_empty_weights():  # parameters on the meta device: no random init that the weights replace
+            model = cls(config)  # type: ignore[call-arg]
         try:
             state = load_file(str(weights))  # on the CPU; the model moves to `map_location` below
         except Exception as error:  # SafetensorError (truncated, damaged), OSError
@@ -247,7 +253,8 @@ class PretrainedMixin:
             raise ValueError(f"{weights} does not fit its {CONFIG_NAME}: {key} has shape {theirs} in the weights, "
                              f"{ours} for the config ({len(mismatched)} tensors differ){suspects}")
         state = {k: v.to(reference[k].dtype) if k in reference else v for k, v in state.items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)  # type: ignore[attr-defined]
+        # assign: the loaded tensors become the parameters (they replace the meta ones, keeping requires_grad)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)  # type: ignore[attr-defined]
         if missing or unexpected:
             raise ValueError(
                 f"{weights} does not match {cls.__name__}({config}): missing {list(missing)[:5]}, "

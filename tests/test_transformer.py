@@ -398,6 +398,24 @@ def test_save_load_is_bit_exact(tmp_path) -> None:
         assert torch.equal(loaded(**inputs), model(**inputs))
 
 
+def test_from_pretrained_builds_no_random_init(tmp_path) -> None:
+    """Loading takes the saved tensors as the parameters: the global random state is not consumed by an
+    initialisation the weights overwrite, and the model is whole (no meta tensors), float32 and trainable
+    even from float16 weights."""
+    config = tiny_config(layout_context=True)
+    model = trained_like(config)
+    model.save_pretrained(tmp_path / "transformer", dtype=torch.float16)
+    before = torch.get_rng_state()
+    loaded = NextScaleTransformer.from_pretrained(tmp_path / "transformer")
+    assert torch.equal(torch.get_rng_state(), before)
+    tensors = list(loaded.parameters()) + list(loaded.buffers())
+    assert not any(t.is_meta for t in tensors)
+    assert all(p.dtype == torch.float32 and p.requires_grad for p in loaded.parameters())
+    assert torch.equal(loaded.level, model.level)  # a non-persistent buffer, computed at construction
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value.half().float()), name
+
+
 def test_init_starts_blocks_as_identity_and_head_small() -> None:
     model = NextScaleTransformer(tiny_config())
     for block in model.blocks:
