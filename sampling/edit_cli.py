@@ -59,8 +59,8 @@ class EditArgs:
     """Put the kept pixels of an inpaint/outpaint back exactly after decoding (--no-blend: as decoded)."""
     detail_prompt: str | None = None
     """Prompt of the scales from --switch-scale on (details); --prompt gives the coarser scales (layout). A
-    model trained with the layout context (train_var --model.layout-context) also shows the later scales
-    --prompt, so more of its layout survives."""
+    model trained with the layout context (train_var --model.layout-context; the bundled demo is) also shows
+    the later scales --prompt, so more of its layout survives."""
     switch_scale: int | None = None
     """First scale drawn from --detail-prompt (default: half the scales)."""
     scale_prompt: UseAppendAction[tuple[str, ...]] = ()
