@@ -67,3 +67,17 @@ def test_kv_cache_bytes_equal_the_formula(dtype: torch.dtype) -> None:
     entry = kv_cache_bytes(config, 3, torch.device("cpu"), dtype)
     bytes_per_value = 4 if dtype == torch.float32 else 2
     assert entry["measured_bytes"] == entry["formula_bytes"] == 2 * 2 * 6 * 21 * 64 * bytes_per_value  # depth 2, 6 rows
+
+
+def test_loading_bench_compares_two_loads_of_the_same_weights(tmp_path: Path) -> None:
+    """`bench/loading.py`'s yardstick (build, then copy) and `from_pretrained` give the same model."""
+    from bench.loading import LoadingBenchConfig, build_then_copy
+    from bench.loading import main as loading_main
+
+    config = TransformerConfig.var(2, num_classes=10, cross_attention=False)
+    directory = NextScaleTransformer(config).save_pretrained(tmp_path / "transformer")
+    built, loaded = build_then_copy(directory), NextScaleTransformer.from_pretrained(directory)
+    for name, value in built.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    medians = loading_main(LoadingBenchConfig(depth=1, repeats=1))
+    assert set(medians) == {"from_pretrained", "build, then copy"} and all(t > 0 for t in medians.values())
