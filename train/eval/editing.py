@@ -129,10 +129,17 @@ def rate(judge: AttributeJudge, images: torch.Tensor, name: str, wanted: Sequenc
     return sum(p == w for p, w in pairs) / max(len(pairs), 1)
 
 
-def evaluate_inpainting(pipeline: Pipeline, judge: AttributeJudge, config: EditEvaluationConfig) -> dict:
+def inpainting_task(pipeline: Pipeline, config: EditEvaluationConfig) -> tuple[torch.Tensor, list[dict], list[str]]:
+    """The inpainting edits: sources without glasses (n, 3, S, S), their attributes, and prompts asking
+    for glasses (each source's caption with glasses)."""
     size = pipeline.tokenizer.config.image_size
     sources, attributes = render_sources({"glasses": "no"}, config.num_edits, size, config.seed)
-    prompts = [caption_from_attributes({**item, "glasses": "yes"}) for item in attributes]
+    return sources, attributes, [caption_from_attributes({**item, "glasses": "yes"}) for item in attributes]
+
+
+def evaluate_inpainting(pipeline: Pipeline, judge: AttributeJudge, config: EditEvaluationConfig) -> dict:
+    size = pipeline.tokenizer.config.image_size
+    sources, attributes, prompts = inpainting_task(pipeline, config)
     known = eye_band(len(prompts), size)
     start = time.perf_counter()
     blended, unblended = batched_edit(pipeline, sources, prompts, known, config, EditOptions())
@@ -235,11 +242,12 @@ def evaluate_per_scale_prompts(pipeline: Pipeline, judge: AttributeJudge, config
 
 
 def normal_sample_seconds(pipeline: Pipeline, config: EditEvaluationConfig) -> float:
-    """Wall time of sampling `num_edits` plain images in the same batches (the edits' yardstick)."""
-    prompts = ["a man with glasses"] * config.num_edits
+    """Wall time of sampling the inpainting prompts as plain images, with the same batches and seeds (the
+    edits' yardstick)."""
+    prompts = inpainting_task(pipeline, config)[2]
     start = time.perf_counter()
     for begin in range(0, len(prompts), config.batch_size):
-        generate(pipeline, prompts[begin : begin + config.batch_size], begin, config.sampling())
+        generate(pipeline, prompts[begin : begin + config.batch_size], config.seed + begin, config.sampling())
     return time.perf_counter() - start
 
 
@@ -294,7 +302,8 @@ def markdown_report(report: dict) -> str:
     if inpaint is not None:
         ratio = inpaint["seconds"] / report["plain_sampling_seconds"]
         lines += ["", f"Inpainting {inpaint['edits']} images took {inpaint['seconds']:.1f} s against "
-                  f"{report['plain_sampling_seconds']:.1f} s for as many plain samples ({ratio:.2f}x)."]
+                  f"{report['plain_sampling_seconds']:.1f} s for plain samples of the same prompts and seeds "
+                  f"({ratio:.2f}x)."]
     text = "\n".join(lines) + "\n"
     return text + "\n" + zoom_markdown(report["zoom"]) if "zoom" in report else text
 
