@@ -79,5 +79,7 @@ def test_loading_bench_compares_two_loads_of_the_same_weights(tmp_path: Path) ->
     built, loaded = build_then_copy(directory), NextScaleTransformer.from_pretrained(directory)
     for name, value in built.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
-    medians = loading_main(LoadingBenchConfig(depth=1, repeats=1))
-    assert set(medians) == {"from_pretrained", "build, then copy"} and all(t > 0 for t in medians.values())
+    report = loading_main(LoadingBenchConfig(depth=1, repeats=1))
+    assert set(report["seconds"]) == set(report["peak_bytes"]) == {"from_pretrained", "build, then copy"}
+    assert all(seconds > 0 for seconds in report["seconds"].values())
+    assert all(rise >= 0 for rise in report["peak_bytes"].values())  # a tiny model may fit in memory already held
