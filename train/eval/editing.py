@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -129,18 +129,26 @@ def rate(judge: AttributeJudge, images: torch.Tensor, name: str, wanted: Sequenc
     return sum(p == w for p, w in pairs) / max(len(pairs), 1)
 
 
-def inpainting_task(pipeline: Pipeline, config: EditEvaluationConfig) -> tuple[torch.Tensor, list[dict], list[str]]:
+class InpaintingTask(NamedTuple):
     """The inpainting edits: sources without glasses (n, 3, S, S), their attributes, and prompts asking
     for glasses (each source's caption with glasses)."""
+
+    sources: torch.Tensor
+    attributes: list[dict[str, str]]
+    prompts: list[str]
+
+
+def inpainting_task(pipeline: Pipeline, config: EditEvaluationConfig) -> InpaintingTask:
     size = pipeline.tokenizer.config.image_size
     sources, attributes = render_sources({"glasses": "no"}, config.num_edits, size, config.seed)
-    return sources, attributes, [caption_from_attributes({**item, "glasses": "yes"}) for item in attributes]
+    return InpaintingTask(sources, attributes,
+                          [caption_from_attributes({**item, "glasses": "yes"}) for item in attributes])
 
 
-def evaluate_inpainting(pipeline: Pipeline, judge: AttributeJudge, config: EditEvaluationConfig) -> dict:
-    size = pipeline.tokenizer.config.image_size
-    sources, attributes, prompts = inpainting_task(pipeline, config)
-    known = eye_band(len(prompts), size)
+def evaluate_inpainting(pipeline: Pipeline, judge: AttributeJudge, config: EditEvaluationConfig,
+                        task: InpaintingTask) -> dict:
+    sources, attributes, prompts = task
+    known = eye_band(len(prompts), pipeline.tokenizer.config.image_size)
     start = time.perf_counter()
     blended, unblended = batched_edit(pipeline, sources, prompts, known, config, EditOptions())
     seconds = time.perf_counter() - start
@@ -241,10 +249,9 @@ def evaluate_per_scale_prompts(pipeline: Pipeline, judge: AttributeJudge, config
     return rows
 
 
-def normal_sample_seconds(pipeline: Pipeline, config: EditEvaluationConfig) -> float:
-    """Wall time of sampling the inpainting prompts as plain images, with the same batches and seeds (the
+def normal_sample_seconds(pipeline: Pipeline, prompts: Sequence[str], config: EditEvaluationConfig) -> float:
+    """Wall time of sampling the edits' prompts as plain images, with the same batches and seeds (the
     edits' yardstick)."""
-    prompts = inpainting_task(pipeline, config)[2]
     start = time.perf_counter()
     for begin in range(0, len(prompts), config.batch_size):
         generate(pipeline, prompts[begin : begin + config.batch_size], config.seed + begin, config.sampling())
@@ -259,8 +266,9 @@ def evaluate(config: EditEvaluationConfig) -> dict:
     config.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"config": json.loads(json.dumps(asdict(config), default=str))}
     if "inpainting" in config.only:
-        report["inpainting"] = evaluate_inpainting(pipeline, judge, config)
-        report["plain_sampling_seconds"] = normal_sample_seconds(pipeline, config)
+        task = inpainting_task(pipeline, config)
+        report["inpainting"] = evaluate_inpainting(pipeline, judge, config, task)
+        report["plain_sampling_seconds"] = normal_sample_seconds(pipeline, task.prompts, config)
     if "outpainting" in config.only:
         report["outpainting"] = evaluate_outpainting(pipeline, judge, config)
     if "variations" in config.only:
