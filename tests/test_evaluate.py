@@ -10,6 +10,7 @@ import torch
 from nextscale.train.eval.adherence import (
     EvaluationConfig,
     adherence,
+    choose_cfg_row,
     diversity,
     evaluate,
     frechet_distance,
@@ -70,6 +71,7 @@ def test_evaluation_end_to_end_on_a_tiny_budget(tiny_pipeline_dir, tmp_path):
     report = evaluate(config)
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert saved["best_cfg_scale"] in (0.0, 3.0) and len(saved["sweep"]) == 2
+    assert saved["best_cfg_scale"] in saved["tied_cfg_scales"]
     assert saved["reconstructions"]["frechet_distance"] >= 0
     for entry in (saved["real"], saved["reconstructions"], saved["unconditional"], *saved["sweep"]):
         assert 0.0 <= entry["single"]["mean"] <= 1.0 and 0.0 <= entry["triple"]["all_correct"] <= 1.0
@@ -79,3 +81,20 @@ def test_evaluation_end_to_end_on_a_tiny_budget(tiny_pipeline_dir, tmp_path):
     assert (tmp_path / "eval" / "progression.png").is_file()
     assert set(saved["zoom"]) == {"2", "4"} and "Zoom 4x" in table
     assert set(saved["zoom"]["4"]["generated"]["per_attribute"]) == {"gender", "beard", "glasses", "skin", "smile"}
+
+
+def test_choose_cfg_row_breaks_adherence_ties_within_noise_by_fd():
+    def row(cfg, mean, fd):
+        return {"cfg_scale": cfg, "single": {"mean": mean}, "frechet_distance": fd}
+
+    # the bundled demo's sweep: 24 prompts x 16 images; cfg 6 leads cfg 2 by one image in 384
+    sweep = [row(0.0, 0.936, 249.7), row(2.0, 0.996, 325.0), row(4.0, 0.993, 361.5), row(6.0, 0.999, 370.2)]
+    chosen, tied = choose_cfg_row(sweep, 384)
+    assert chosen["cfg_scale"] == 2.0 and [r["cfg_scale"] for r in tied] == [2.0, 6.0]
+    # with a hundred times the images the same lead is no longer noise: the best adherence wins alone
+    chosen, tied = choose_cfg_row(sweep, 38400)
+    assert chosen["cfg_scale"] == 6.0 and tied == [sweep[3]]
+    # a lower FD never buys a clearly worse adherence
+    assert choose_cfg_row([row(0.0, 0.90, 10.0), row(2.0, 1.0, 500.0)], 384)[0]["cfg_scale"] == 2.0
+    with pytest.raises(ValueError, match="at least one"):
+        choose_cfg_row([], 384)

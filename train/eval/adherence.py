@@ -13,17 +13,21 @@ combinations) it reports, for each guidance scale of a sweep:
 - the Fréchet distance between judge features of generated and real images, beside real-vs-real and
   reconstructions-vs-real;
 - diversity: mean pairwise RMS pixel distance between images of the same prompt (real: same measure);
-- with `--zoom-levels 2 4`, per zoom level at the best guidance scale: adherence to a prompt per visible attribute value
-  at that level ("a close-up of the face of a man with glasses"), beside real renders of the level.
+- the chosen guidance scale (`choose_cfg_row`): the best single-attribute adherence, where rows within
+  the sample's noise of it count as tied and the lowest FD among them wins;
+- with `--zoom-levels 2 4`, per zoom level at the chosen guidance scale: adherence to a prompt per
+  visible attribute value at that level ("a close-up of the face of a man with glasses"), beside real
+  renders of the level.
 Writes `evaluation.json`, `evaluation.md` and `progression.png` (coarse-to-fine for four prompts).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -80,10 +84,10 @@ class EvaluationConfig:
     progression: bool = True
     """Also save the coarse-to-fine progression of four prompts."""
     record: bool = False
-    """Store the best guidance scale, with this run's top-k and top-p, in the pipeline's pipeline.json:
-    `sample.py` then uses them unless told otherwise."""
+    """Store the chosen guidance scale (`choose_cfg_row`), with this run's top-k and top-p, in the pipeline's
+    pipeline.json: `sample.py` then uses them unless told otherwise."""
     zoom_levels: tuple[int, ...] = ()
-    """Zoom levels (2, 4) whose per-level adherence is measured at the best guidance scale (1x is the main
+    """Zoom levels (2, 4) whose per-level adherence is measured at the chosen guidance scale (1x is the main
     table); needs a judge trained on those levels (`--zoom-judge`); () skips it."""
     guidance_off_last: int = 0
     """Switch guidance off for the last N scales (the guidance window measured for adherence and FD)."""
@@ -182,6 +186,32 @@ def adherence(predicted: torch.Tensor, specs: Sequence[PromptSpec], per_prompt: 
             "all_correct": all_correct}
 
 
+def choose_cfg_row(sweep: Sequence[dict], images: int) -> tuple[dict, list[dict]]:
+    """The guidance row to recommend, and the rows tied with the best.
+
+    A row ties with the best single-attribute adherence when their difference is within one standard
+    error of a difference of two rates over `images` judged images each (binomial:
+    sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n); the mean over attributes is taken as one rate). Adherence
+    differences that small are the sample's noise (one image of 384 is 0.0026), so among tied rows the
+    one with the lowest Fréchet distance is chosen; ties in FD keep the sweep's order."""
+    if not sweep or images < 1:
+        raise ValueError("choose_cfg_row needs at least one sweep row and one judged image")
+    best = max(sweep, key=lambda row: row["single"]["mean"])
+    top = best["single"]["mean"]
+
+    def noise(rate: float) -> float:
+        return rate * (1.0 - rate) / images
+
+    tied = [row for row in sweep
+            if top - row["single"]["mean"] <= math.sqrt(noise(top) + noise(row["single"]["mean"]))]
+    return min(tied, key=lambda row: row["frechet_distance"]), tied
+
+
+def cfg_list(scales: Iterable[float]) -> str:
+    """Guidance scales as "2/4/6"."""
+    return "/".join(f"{scale:g}" for scale in scales)
+
+
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to feature sets (n, D) and (m, D) (Heusel et al. 2017)."""
     a, b = a.double(), b.double()
@@ -259,18 +289,21 @@ def evaluate(config: EvaluationConfig) -> dict:
         predicted, features = judge_images(judge, images)
         report["sweep"].append({"cfg_scale": cfg_scale, **score(predicted), "diversity": diversity(images, per),
                                 "frechet_distance": frechet_distance(features, real_features)})
-    best = max(report["sweep"], key=lambda row: row["single"]["mean"])
+    best, tied = choose_cfg_row(report["sweep"], len(singles) * per)
     report["best_cfg_scale"] = best["cfg_scale"]
+    report["tied_cfg_scales"] = [row["cfg_scale"] for row in tied]
     zoom_judge = AttributeJudge.from_pretrained(config.zoom_judge) if config.zoom_judge else judge
     report["zoom"] = {str(level): zoom_adherence(pipeline, zoom_judge, level, best["cfg_scale"], config)
                       for level in config.zoom_levels}
     report["seconds_per_image"] = seconds_per_image(pipeline, best["cfg_scale"])
     if config.record and pipeline.directory is not None:
-        sweep = "/".join(f"{row['cfg_scale']:g}" for row in report["sweep"])
+        sweep = cfg_list(row["cfg_scale"] for row in report["sweep"])
         report["recorded"] = record_sampling(
             pipeline.directory, best["cfg_scale"], config.top_k, config.top_p,
-            f"prompt-adherence evaluation: best single-attribute adherence {best['single']['mean']:.3f} over cfg "
-            f"{sweep}")
+            f"prompt-adherence evaluation over cfg {sweep}: single-attribute adherence "
+            f"{best['single']['mean']:.3f}, FD {best['frechet_distance']:.1f} at cfg {best['cfg_scale']:g}"
+            + (f"; tied within the sample's noise: cfg {cfg_list(report['tied_cfg_scales'])}, the lowest FD chosen"
+               if len(tied) > 1 else ""))
 
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -324,7 +357,11 @@ def markdown_report(report: dict) -> str:
         lines.append(row(f"cfg {entry['cfg_scale']:g}", entry, f"{entry['frechet_distance']:.2f}",
                          f"{entry['diversity']:.3f}"))
     lines.append("")
-    lines.append(f"Best guidance scale: {report['best_cfg_scale']:g}; sampling one image (batch 1, guided): "
+    tied = report.get("tied_cfg_scales", [report["best_cfg_scale"]])
+    chosen = (f"Chosen guidance scale: {report['best_cfg_scale']:g}"
+              + (f" (adherence tied within the sample's noise at cfg {cfg_list(tied)}; the lowest FD)"
+                 if len(tied) > 1 else " (the best adherence)"))
+    lines.append(f"{chosen}; sampling one image (batch 1, guided): "
                  f"{report['seconds_per_image'] * 1000:.0f} ms.")
     for level, entry in report.get("zoom", {}).items():
         level_names = list(entry["real"]["per_attribute"])
