@@ -170,8 +170,49 @@ def test_training_learning_rate_1e3_stops_with_one_line_and_saves_nothing_non_fi
 def test_mixed_precision_has_one_source():
     from nextscale.train.run_config import precision_note
 
-    assert precision_note("bf16", {}) is None  # not under accelerate launch
-    assert precision_note("bf16", {"ACCELERATE_MIXED_PRECISION": "bf16"}) is None
-    note = precision_note("bf16", {"ACCELERATE_MIXED_PRECISION": "no"})
-    assert note is not None and note.startswith("mixed precision: bf16 (--mixed-precision)")
+    assert precision_note("bf16", "bf16", {}) is None  # not under accelerate launch
+    assert precision_note("bf16", "bf16", {"ACCELERATE_MIXED_PRECISION": "bf16"}) is None
+    note = precision_note("bf16", "bf16", {"ACCELERATE_MIXED_PRECISION": "no"})
+    assert note is not None and note.startswith("mixed precision: bf16 (--mixed-precision bf16)")
     assert "accelerate launch's 'no' is not used" in note
+    # auto always says what it chose, and why
+    assert precision_note("auto", "no", {"ACCELERATE_MIXED_PRECISION": "no"}) == (
+        "mixed precision: no (--mixed-precision auto: no native bf16 on this device: fp32)")
+    assert precision_note("auto", "bf16", {}) == (
+        "mixed precision: bf16 (--mixed-precision auto: native bf16 on this device)")
+
+
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively():
+    from nextscale.train.run_config import resolve_precision
+
+    assert resolve_precision("auto", "cpu", native_bf16=True) == "bf16"
+    assert resolve_precision("auto", "cpu", native_bf16=False) == "no"  # emulated bf16: many times slower
+    assert resolve_precision("auto", "cuda", native_bf16=True) == "bf16"
+    assert resolve_precision("auto", "cuda", native_bf16=False) == "no"
+    assert resolve_precision("auto", "mps", native_bf16=True) == "no"
+    for explicit in ("no", "bf16", "fp16"):  # an explicit choice is taken as it is
+        assert resolve_precision(explicit, "cpu", native_bf16=False) == explicit
+
+
+def test_a_run_records_the_precision_it_used_and_a_resume_in_another_one_warns(tmp_path, capsys):
+    from nextscale.train.run_config import has_native_bf16, resolve_precision
+
+    expected = resolve_precision("auto", "cpu", has_native_bf16(torch.device("cpu")))
+    train_toy(toy(tmp_path / "run", steps=3, mixed_precision="auto"))  # checkpointed at step 2
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["mixed_precision_used"] == expected
+    assert f"mixed precision: {expected} (--mixed-precision auto" in capsys.readouterr().out
+    other = "bf16" if expected == "no" else "no"
+    result = train_toy(toy(tmp_path / "run", steps=4, mixed_precision=other, resume="latest"))
+    assert result.metrics["resumed_at"] == [2]
+    assert (f"the checkpoint was trained in mixed precision {expected}, this run uses {other}: "
+            f"pass --mixed-precision {expected}") in capsys.readouterr().out
+
+
+def test_the_launch_device_is_known_before_accelerate_is_set_up(monkeypatch):
+    from nextscale.train.runtime import launch_device
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")  # accelerate launch --cpu
+    assert launch_device() == torch.device("cpu")
+    monkeypatch.delenv("ACCELERATE_USE_CPU")
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert launch_device().type == expected

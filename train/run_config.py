@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -36,9 +38,11 @@ class RunConfig:
     """Fraction of steps in the final cosine decay (warmup-stable-decay)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
-    """Autocast precision; bf16 trains 2-3x faster than fp32 on CPUs with AVX512-BF16. This option is the
-    one setting: `accelerate launch --mixed_precision` and Accelerate's config file do not change it."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast precision. auto: bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU
+    with AVX512-BF16 or AMX, where it trains 2-3x faster than fp32), else no (fp32): a CPU without them
+    emulates bf16, many times slower than fp32 (`resolve_precision`). This option is the one setting:
+    `accelerate launch --mixed_precision` and Accelerate's config file do not change it."""
     num_workers: int = 0
     """DataLoader worker processes."""
     seed: int = 0
@@ -89,11 +93,37 @@ class RunConfig:
             raise ValueError("--collective-timeout must be positive (seconds)")
 
 
-def precision_note(mixed_precision: str, environ: Mapping[str, str]) -> str | None:
-    """One line when `accelerate launch` announced another precision than the run's (the launcher prints
+def resolve_precision(choice: str, device_type: str, native_bf16: bool) -> str:
+    """The autocast precision a run uses: `choice` itself, or for "auto" bf16 where the device computes
+    bf16 natively (`native_bf16`, see `has_native_bf16`) and "no" (fp32) elsewhere, as on CPUs without
+    AVX512-BF16 or AMX, where bf16 is emulated (a demo tokenizer step took 28x as long as in fp32 on an
+    AVX2-only CPU), and on devices other than CUDA and CPU."""
+    if choice != "auto":
+        return choice
+    return "bf16" if native_bf16 and device_type in ("cuda", "cpu") else "no"
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware: a CUDA GPU with bf16 support, or a CPU with AVX512-BF16
+    or AMX (PyTorch's CPU probes; a build without them counts as no)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
+    return False
+
+
+def precision_note(choice: str, used: str, environ: Mapping[str, str]) -> str | None:
+    """One line naming the precision a run uses (`used`, resolved from `--mixed-precision choice`) when
+    it was chosen automatically, or when `accelerate launch` announced another one (the launcher prints
     its default 'no' when it has no config file): the run's `--mixed-precision` is the one used."""
     launched = environ.get("ACCELERATE_MIXED_PRECISION")
-    if launched is None or launched == mixed_precision:
+    differs = launched is not None and launched != used
+    if choice != "auto" and not differs:
         return None
-    return (f"mixed precision: {mixed_precision} (--mixed-precision); accelerate launch's {launched!r} is not used, "
-            f"pass --mixed-precision {launched} to train in it")
+    how = "native bf16 on this device" if used == "bf16" else "no native bf16 on this device: fp32"
+    line = f"mixed precision: {used} (--mixed-precision {choice}" + (f": {how})" if choice == "auto" else ")")
+    if differs:
+        line += f"; accelerate launch's {launched!r} is not used, pass --mixed-precision {launched} to train in it"
+    return line

@@ -38,12 +38,13 @@ from accelerate.utils import (
     GradientAccumulationPlugin,
     InitProcessGroupKwargs,
     gather_object,
+    parse_flag_from_env,
     set_seed,
 )
 from torch import nn
 from tqdm.auto import tqdm
 
-from nextscale.train.run_config import RunConfig, precision_note
+from nextscale.train.run_config import RunConfig, has_native_bf16, precision_note, resolve_precision
 from nextscale.train.state import Stateful, check_resume_argument, resume_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -110,8 +111,9 @@ def make_accelerator(config: RunConfig, tracker: str | None) -> Accelerator:
     """
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+    device = launch_device()
     return Accelerator(
-        mixed_precision=config.mixed_precision,
+        mixed_precision=resolve_precision(config.mixed_precision, device.type, has_native_bf16(device)),
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=config.gradient_accumulation, sync_with_dataloader=False),
         step_scheduler_with_optimizer=False,
@@ -120,6 +122,19 @@ def make_accelerator(config: RunConfig, tracker: str | None) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=config.collective_timeout))],
     )
+
+
+def launch_device() -> torch.device:
+    """The kind of device the Accelerator will train on, known before it is built (building Accelerate's
+    process state early would lose the launcher's CPU processes): the CPU when `accelerate launch --cpu`
+    or `ACCELERATE_USE_CPU` asks for it or no GPU is there, else CUDA or Apple's MPS."""
+    if parse_flag_from_env("ACCELERATE_USE_CPU"):
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def close_process_group() -> None:
@@ -266,17 +281,23 @@ class Runtime:
         set_seed(config.seed)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            write_json(self.output_dir / "train_config.json", dataclasses.asdict(config))
+            write_json(self.output_dir / "train_config.json",
+                       {**dataclasses.asdict(config), "mixed_precision_used": accelerator.mixed_precision})
         if self.tracker:
             accelerator.init_trackers(training.name, config={"steps": config.steps, "batch_size": config.batch_size,
                                                              "learning_rate": config.learning_rate})
-        note = precision_note(config.mixed_precision, os.environ)
+        note = precision_note(config.mixed_precision, accelerator.mixed_precision, os.environ)
         if note:
             accelerator.print(note)
         training.setup(self)
         resumed = resume_checkpoint(accelerator, self.output_dir, config.resume, self.registered,
                                     config.accept_lost_random_state)
         start = int(resumed["step"])
+        trained_in = resumed.get("mixed_precision", accelerator.mixed_precision)
+        if trained_in != accelerator.mixed_precision:
+            accelerator.print(f"warning: the checkpoint was trained in mixed precision {trained_in}, this run uses "
+                              f"{accelerator.mixed_precision}: pass --mixed-precision {trained_in} to continue it "
+                              "exactly")
         for key in self.history:
             self.history[key] = list(resumed.get(key, []))
         if start:
@@ -400,7 +421,8 @@ class Runtime:
         for part in self.parts:
             if not all_finite(self.accelerator.unwrap_model(part.module)):
                 raise NonFiniteTraining(f"step {step}: the weights are not finite; the checkpoint was not written")
-        state = {**finite_json(self.history), "consecutive_skips": consecutive_skips}
+        state = {**finite_json(self.history), "consecutive_skips": consecutive_skips,
+                 "mixed_precision": self.accelerator.mixed_precision}
         save_checkpoint(self.accelerator, self.output_dir, step, self.config.keep_checkpoints, self.registered,
                         state, before_publish=_kill_hook(self.training.name, "checkpoint", step),
                         after_rotation=_kill_hook(self.training.name, "rotation", step))
