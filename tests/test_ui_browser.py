@@ -229,7 +229,19 @@ def test_edit_refuses_hostile_uploads_with_a_message(server: Server, driver, tmp
         By.TAG_NAME, "body").text, 30, "Gradio's size message")
     assert "Traceback" not in driver.page_source
     log = server.log_text()
-    assert "request" in log and "upload refused" in log and "Traceback" not in log
+    assert "request" in log and "upload refused" in log
+    assert project_tracebacks(log) == []
+
+
+def project_tracebacks(log: str) -> list[str]:
+    """The tracebacks in a server log that pass through the project's own code. Gradio's file route can
+    log one of its own (h11: "Too little data for declared Content-Length") when the browser fetches an
+    upload's preview while Gradio is still writing it; that race lies wholly inside the web stack."""
+    root = str(Path(__file__).resolve().parent.parent)
+    chunks = log.split("Traceback (most recent call last):")[1:]
+    return [chunk for chunk in chunks
+            if any(root in line and "site-packages" not in line for line in chunk.splitlines()
+                   if line.strip().startswith('File "'))]
 
 
 def draw_stroke(driver, element_id: str) -> None:
