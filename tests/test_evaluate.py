@@ -87,7 +87,7 @@ def test_choose_cfg_row_breaks_adherence_ties_within_noise_by_fd():
     def row(cfg, mean, fd):
         return {"cfg_scale": cfg, "single": {"mean": mean}, "frechet_distance": fd}
 
-    # the bundled demo's sweep: 24 prompts x 16 images; cfg 6 leads cfg 2 by one image in 384
+    # the bundled demo's sweep: 24 prompts x 16 images; cfg 6 leads cfg 2 by two images of 384
     sweep = [row(0.0, 0.936, 249.7), row(2.0, 0.996, 325.0), row(4.0, 0.993, 361.5), row(6.0, 0.999, 370.2)]
     chosen, tied = choose_cfg_row(sweep, 384)
     assert chosen["cfg_scale"] == 2.0 and [r["cfg_scale"] for r in tied] == [2.0, 6.0]
