@@ -75,6 +75,8 @@ class SuiteConfig:
     """Images per call of the equal-backbone comparison (d16 layout, width 256)."""
     resolution_sides: tuple[int, ...] = (8, 12, 16, 24, 32)
     """Last token-map side of each schedule in the cost-versus-resolution sweep."""
+    peak_sizes: tuple[int, ...] | None = None
+    """Matrix sides of the GEMM peak (None: 2048, 4096, 8192 on CUDA; 512, 1024, 2048 on a CPU)."""
     train_batch: int = 16
     """Batch of the training-step measurements."""
     flex: bool = True
@@ -139,7 +141,7 @@ def main(config: SuiteConfig) -> dict[str, Any]:
     section("peak")
     peaks = {}
     for name, dtype in DTYPES.items():
-        sizes = (2048, 4096, 8192) if device.type == "cuda" else (512, 1024, 2048)
+        sizes = config.peak_sizes or ((2048, 4096, 8192) if device.type == "cuda" else (512, 1024, 2048))
         peaks[name] = gemm_peak(device, dtype, sizes, config.repeats)["flops"]
     results["peak_flops"] = peaks
     log(f"  GEMM peak: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s")
