@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import struct
 import sys
@@ -617,14 +618,19 @@ def test_webdataset_missing_package_says_how_to_install(tmp_path, monkeypatch):
         build_dataset(DataConfig(source="webdataset", path=str(tmp_path / "{0..1}.tar")))
 
 
-def test_the_transformer_holds_out_data_it_never_trains_on_for_every_source(tmp_path):
+def test_the_transformer_holds_out_data_it_never_trains_on_for_every_source(tmp_path, monkeypatch):
     from nextscale.train.data.split import evaluation_split
 
     folder = tmp_path / "folder"
     folder.mkdir()
     for index in range(20):
         (folder / f"{index:02d}.png").write_bytes(encoded(noise_image(seed=index), "PNG"))
+    walks = []
+    real_walk = os.walk
+    monkeypatch.setattr(os, "walk", lambda *args, **kwargs: walks.append(args[0]) or real_walk(*args, **kwargs))
     split = evaluation_split(folder_config(folder), None, eval_images=5)
+    assert walks == [folder]  # the held-out part shares the training part's scan of the folder
+    assert split.evaluation.dataset.files is split.train.dataset.files
     assert list(split.evaluation.indices) == [9, 19]
     assert list(split.train.indices) == [i for i in range(20) if i not in (9, 19)]
     assert split.description == f"every 10th of 20 items of {folder} (2), never trained on"

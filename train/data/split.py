@@ -49,7 +49,9 @@ def evaluation_split(data: DataConfig, eval_data: DataConfig | None, eval_images
     evaluation = list(range(stride - 1, total, stride))[:count]
     held = set(evaluation)
     # the held-out items come from a dataset of their own, so that what the training run does to its dataset
-    # (the pass it tells it, which varies random crops) never changes what is evaluated
+    # (the pass it tells it, which varies random crops) never changes what is evaluated; a folder's sibling
+    # shares its file list rather than walking the folder again
+    sibling = getattr(dataset, "sibling", None)
     return EvaluationSplit(Subset(dataset, [i for i in range(total) if i not in held]),
-                           Subset(build_dataset(data), evaluation),
+                           Subset(sibling() if sibling is not None else build_dataset(data), evaluation),
                            f"every {stride}th of {total} items of {data.path} ({count}), never trained on")

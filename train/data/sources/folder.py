@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -101,6 +102,16 @@ class ImageFolderDataset(Dataset):
         # The pass over the data, in shared memory so that persistent DataLoader workers see `set_epoch`:
         # a random crop is drawn from (data seed, pass, index) alone (`crop_seed`).
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+
+    def sibling(self) -> ImageFolderDataset:
+        """A dataset over the same files and captions, found once, with a pass and bad-file counts of its
+        own: the held-out part of a folder, which the training's passes never move (`set_epoch`)."""
+        other = copy.copy(self)
+        other.tracker = BadInputTracker(self.config.max_bad_fraction, self.config.bad_check_after)
+        other._seen = np.zeros(len(self.files), dtype=bool)
+        other._bad = set()
+        other._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+        return other
 
     def set_epoch(self, epoch: int) -> None:
         """The pass over the data that the next items belong to (varies the random crops; the training
