@@ -23,13 +23,55 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 from accelerate import init_empty_weights
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 
 T = TypeVar("T", bound="PretrainedMixin")
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, read into memory of their own (on the CPU).
+
+    `safetensors.torch.load_file` maps the file privately: its tensors change when the file is overwritten
+    in place (as `cp` does) and fault once it is truncated, while the model holding them runs. Reading each
+    tensor straight into a fresh one keeps the weights in memory once, as the mapping did, and owned.
+    Raises ValueError for a file that is not a whole safetensors file.
+    """
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        prefix = handle.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < length <= size - 8:
+            raise ValueError(f"the header length {length} does not fit a file of {size} bytes")
+        header = json.loads(handle.read(length))
+        start = 8 + length
+        tensors: dict[str, torch.Tensor] = {}
+        entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                         key=lambda item: item[1]["data_offsets"][0])
+        for name, entry in entries:
+            if entry["dtype"] not in SAFETENSORS_DTYPES:
+                raise ValueError(f"{name}: dtype {entry['dtype']} is not one this loader reads")
+            tensor = torch.empty(entry["shape"], dtype=SAFETENSORS_DTYPES[entry["dtype"]])
+            begin, end = entry["data_offsets"]
+            expected = tensor.numel() * tensor.element_size()
+            if end - begin != expected or start + end > size:
+                raise ValueError(f"{name}: {end - begin} bytes at offset {begin} for {expected}, in {size - start} "
+                                 "bytes of data")
+            if expected:
+                handle.seek(start + begin)
+                if handle.readinto(memoryview(tensor.reshape(-1).view(torch.uint8).numpy())) != expected:
+                    raise ValueError(f"{name}: the file ends inside its data")
+            tensors[name] = tensor
+    return tensors
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -237,8 +279,8 @@ class PretrainedMixin:
         with init_empty_weights():  # parameters on the meta device: no random init that the weights replace
             model = cls(config)  # type: ignore[call-arg]
         try:
-            state = load_file(str(weights))  # on the CPU; the model moves to `map_location` below
-        except Exception as error:  # SafetensorError (truncated, damaged), OSError
+            state = read_safetensors(weights)  # on the CPU; the model moves to `map_location` below
+        except Exception as error:  # truncated, damaged (ValueError, KeyError, JSON errors), OSError
             raise ValueError(f"{weights} is damaged or truncated ({type(error).__name__}: {error}); "
                              "export or download it again") from None
         reference = model.state_dict()  # type: ignore[attr-defined]

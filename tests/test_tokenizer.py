@@ -164,6 +164,35 @@ def test_save_load_bit_exact(tmp_path):
     # saving over an existing model keeps a loadable directory
     model.save_pretrained(path)
     assert MultiScaleVQVAE.from_pretrained(path).config == model.config
+    # a loaded model owns its weights: a file overwritten in place (as `cp` does) does not reach it
+    loaded = MultiScaleVQVAE.from_pretrained(path)
+    weights = path / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as handle:
+        handle.seek(size // 2)
+        handle.write(b"\x7f" * (size - size // 2))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_weights_are_read_as_the_safetensors_library_reads_them(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from nextscale.checkpoint import SAFETENSORS_DTYPES, read_safetensors
+
+    generator = torch.Generator().manual_seed(0)
+    tensors = {f"t{dtype}".replace("torch.", ""): (torch.randn(3, 5, generator=generator) * 50).to(dtype)
+               for dtype in SAFETENSORS_DTYPES.values()}
+    tensors |= {"scalar": torch.tensor(2.5), "empty": torch.zeros(0, 4)}
+    save_file(tensors, str(tmp_path / "w.safetensors"), metadata={"format": "pt"})
+    read = read_safetensors(tmp_path / "w.safetensors")
+    expected = load_file(str(tmp_path / "w.safetensors"))
+    assert read.keys() == expected.keys()
+    assert all(read[k].dtype == v.dtype and read[k].shape == v.shape and torch.equal(read[k], v)
+               for k, v in expected.items())
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-7])
+    with pytest.raises(ValueError, match="bytes of data|ends inside"):
+        read_safetensors(tmp_path / "cut.safetensors")
 
 
 def test_from_pretrained_refuses_pickles_and_explains_missing(tmp_path):
