@@ -41,6 +41,21 @@ def alignment_gradients(gradient: str) -> dict[str, float]:
             "codebook": grad_norm(model.quantizer.embedding), "phi": grad_norm(model.quantizer.phis)}
 
 
+def test_the_last_scale_alone_is_the_weights_zero_then_one():
+    config = AlignmentConfig(teacher="tiny", scales="last", projection_width=16)
+    head = AlignmentHead(config, 8, TEACHER_WIDTH, SCALES)
+    assert head.scale_weights == (0.0, 0.0, 1.0)
+    explicit = AlignmentHead(dataclasses.replace(config, scales="all", scale_weights=(0.0, 0.0, 1.0)), 8,
+                             TEACHER_WIDTH, SCALES)
+    explicit.load_state_dict(head.state_dict())
+    model, _, images, pyramid = setup("straight_through")
+    out = model(images)
+    total, per_scale = head(out.accumulated, out.latent, pyramid)
+    assert torch.equal(total, per_scale[-1]) and torch.equal(total, explicit(out.accumulated, out.latent, pyramid)[0])
+    every = AlignmentHead(dataclasses.replace(config, scales="all"), 8, TEACHER_WIDTH, SCALES)
+    assert every.scale_weights == (1.0,) * 3
+
+
 def test_straight_through_alignment_reaches_the_encoder_and_not_the_decoder():
     norms = alignment_gradients("straight_through")
     assert norms["encoder"] > 0 and norms["codebook"] > 0 and norms["phi"] > 0, norms

@@ -3,6 +3,7 @@ transformer run's recommended sampling settings carried over."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -51,6 +52,19 @@ def test_bundle_keeps_the_recommended_sampling_and_halves_the_weights(runs: Bund
     metrics = json.loads((out / "metrics.json").read_text())
     assert {name: value["loss"] for name, value in metrics.items()} == {"tokenizer": 0.1, "transformer": 3.0,
                                                                          "judge": 0.2}
+    assert not (out / "teacher").exists()  # no teacher given, none before
+
+
+def test_the_alignment_teacher_is_bundled_and_kept_by_later_bundles(runs: BundleArgs, tmp_path: Path) -> None:
+    teacher_run = tmp_path / "teacher"
+    AttributeJudge(JudgeConfig(image_size=16, channels=(8, 8), pooled_size=2, feature_dim=8)).save_pretrained(
+        teacher_run / "model")  # any model directory: the bundle copies it as it is
+    (teacher_run / "metrics.json").write_text(json.dumps({"held_out_accuracy": {"gender": 0.9}}))
+    first = files_of(bundle(dataclasses.replace(runs, teacher=teacher_run)) / "teacher")
+    assert {path.name for path in first} == {"config.json", "model.safetensors", "metrics.json"}
+    assert files_of(bundle(runs) / "teacher") == first  # re-bundled without --teacher: kept
+    with pytest.raises(FileNotFoundError, match="give --teacher the output directory"):
+        bundle(dataclasses.replace(runs, teacher=tmp_path / "missing"))
 
 
 def test_a_failed_bundle_leaves_the_previous_one_and_says_why_in_one_line(

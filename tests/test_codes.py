@@ -189,9 +189,10 @@ def test_arms_share_one_budget_and_resume(tmp_path):
     config = ArmsConfig(out=str(tmp_path / "arms"), arms=("cosine-null", "align-last"),
                         teacher=str(tmp_path / "teacher" / "model"), teacher_resolution=16, base=base, judge=None)
     aligned = arm_config(config, "align-last")
-    assert aligned.alignment.scale_weights == (0.0, 0.0, 1.0) and aligned.model == base.model
+    assert aligned.alignment.scales == "last" and aligned.model == base.model
     assert (aligned.steps, aligned.seed, aligned.data) == (base.steps, base.seed, base.data)
     assert arm_config(config, "cosine-null").model.null_code
+    assert not ArmsConfig().base.alignment.enabled  # the base is unaligned at the demo's size too: arms add it
     sparse = arm_config(config, "null-sparse").model
     assert sparse.null_code and sparse.residual_sparsity == config.residual_sparsity > 0
     rows = run_arms(config)

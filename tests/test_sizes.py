@@ -49,6 +49,28 @@ def test_one_image_size_sets_data_model_and_schedule():
     assert option_value(["--image-size", "32", "--image-size=64"], "--image-size") == "64"
 
 
+def test_the_demo_preset_aligns_with_the_bundled_teacher_and_other_data_does_not(capsys, tmp_path):
+    from nextscale.tokenizer.losses.alignment import AlignmentConfig
+    from nextscale.train.tokenizer_loop import DEMO_TEACHER, demo_alignment
+
+    demo = demo_alignment()
+    assert (demo.teacher, demo.weight, demo.scales, demo.teacher_resolution) == (str(DEMO_TEACHER), 0.1, "last", 64)
+    assert (DEMO_TEACHER / "config.json").is_file() and (DEMO_TEACHER / "model.safetensors").is_file()
+    assert tokenizer_args([]).alignment == demo
+    assert tokenizer_args(["--image-size", "64"]).alignment == demo  # the demo's size said aloud
+    for argv in (["--image-size", "32"], ["--data.source", "folder", "--data.path", str(tmp_path)]):
+        assert tokenizer_args(argv).alignment == AlignmentConfig(teacher="none"), argv  # off, DINOv2's settings
+    chosen = tokenizer_args(["--image-size", "256", "--alignment.teacher", "facebook/dinov2-base"]).alignment
+    assert chosen == AlignmentConfig(teacher="facebook/dinov2-base")
+    line = error_line(capsys, TokenizerTrainConfig, ["--data.source", "folder", "--data.path", str(tmp_path),
+                                                     "--alignment.teacher", str(DEMO_TEACHER)], tokenizer_defaults)
+    assert "knows only the synthetic portraits" in line and "--alignment.teacher none" in line
+    # built in Python, the same rule: the preset's alignment for the demo's data, off for any other
+    assert TokenizerTrainConfig().alignment == demo
+    assert TokenizerTrainConfig(data=DataConfig(image_size=32), model=TokenizerConfig.for_image_size(32),
+                                ).alignment == AlignmentConfig(teacher="none")
+
+
 def test_size_mistakes_are_one_line_naming_the_fix(capsys):
     # the 64 px schedule at 32 px: the error names the preset and the options that fit
     line = error_line(capsys, TokenizerTrainConfig, ["--model.image-size", "32", "--data.image-size", "32"],

@@ -57,6 +57,23 @@ def trained_tokenizer(tmp_path_factory) -> tuple[Path, dict]:
     return output, result.metrics
 
 
+def test_the_demo_preset_trains_with_the_bundled_alignment_teacher(tmp_path):
+    """The demo's data (synthetic portraits at 64 px) gets the preset's alignment: the bundled teacher loads
+    offline and its loss enters the tokenizer's from the first step."""
+    from nextscale.tokenizer.losses.alignment import AlignmentConfig
+    from nextscale.train.tokenizer_loop import DEMO_TEACHER, demo_alignment
+
+    model = tiny_tokenizer_config(image_size=64, channel_mult=(1, 2, 2, 2), scale_sizes=(1, 2, 4, 8))
+    settings = dict(model=model, data=DataConfig(synthetic_length=64), steps=1, batch_size=2, eval_images=4,
+                    sample_every=1000)
+    aligned = tokenizer_run(tmp_path / "aligned", **settings)
+    assert aligned.alignment == demo_alignment()
+    plain = tokenizer_run(tmp_path / "plain", alignment=AlignmentConfig(teacher="none"), **settings)
+    curves = [train_tokenizer(config).metrics["loss_curve"] for config in (aligned, plain)]
+    assert curves[0][0][1] > curves[1][0][1]  # same seed, same batch: the alignment term adds to the loss
+    recorded = json.loads((tmp_path / "aligned" / "train_config.json").read_text())["alignment"]
+    assert recorded["teacher"] == str(DEMO_TEACHER) and recorded["scales"] == "last"
+
 def test_tokenizer_training_loss_falls_and_exports(trained_tokenizer):
     output, metrics = trained_tokenizer
     curve = [loss for _, loss in metrics["loss_curve"]]

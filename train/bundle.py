@@ -1,12 +1,12 @@
 """Bundle trained runs into a self-contained demo directory (what `checkpoints/demo/` is).
 
     python -m nextscale.train.bundle --tokenizer-run runs/tokenizer --var-run runs/var --judge runs/judge \
-        --out checkpoints/demo
+        --out checkpoints/demo [--teacher runs/teacher]
 
 Writes the sampling pipeline (weights stored as float16: half the size, loaded back as float32; the
-transformer run's recommended sampling settings, when its pipeline.json has them), the judge, and one
-`metrics.json` gathering the three runs' metrics, all in one atomic swap: a failed bundle leaves the
-previous one as it was.
+transformer run's recommended sampling settings, when its pipeline.json has them), the judge, the demo
+preset's alignment teacher (`--teacher`, or the one the bundle had) and one `metrics.json` gathering the
+three runs' metrics, all in one atomic swap: a failed bundle leaves the previous one as it was.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ class BundleArgs:
     """Output directory of `python -m nextscale.train.eval.judge` (holds model/ and metrics.json)."""
     out: Path = Path("checkpoints/demo")
     """The bundle to write (replaced atomically)."""
+    teacher: Path | None = None
+    """Output directory of `python -m nextscale.train.eval.teacher` (holds model/ and metrics.json): the demo
+    preset's alignment teacher, bundled as `teacher/`; by default the one already in --out is kept."""
 
 
 def bundle(args: BundleArgs) -> Path:
@@ -52,9 +55,18 @@ def bundle(args: BundleArgs) -> Path:
     tokenizer = MultiScaleVQVAE.from_pretrained(args.var_run / "pipeline" / spec["tokenizer"])
     transformer = NextScaleTransformer.from_pretrained(args.var_run / "pipeline" / spec["transformer"])
 
+    teacher = args.out / "teacher" if args.teacher is None else args.teacher / "model"
+    if args.teacher is not None and not teacher.is_dir():
+        raise FileNotFoundError(f"{teacher} is not a directory: give --teacher the output directory of "
+                                "python -m nextscale.train.eval.teacher")
+
     def add_judge_and_metrics(directory: Path) -> None:
         shutil.copytree(judge_model, directory / "judge")
         shutil.copy(args.judge / "metrics.json", directory / "judge" / "metrics.json")
+        if teacher.is_dir():
+            shutil.copytree(teacher, directory / "teacher")
+            if args.teacher is not None and (args.teacher / "metrics.json").is_file():
+                shutil.copy(args.teacher / "metrics.json", directory / "teacher" / "metrics.json")
         (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     return write_pipeline(args.out, tokenizer, transformer, spec["text_encoder"], spec.get("text_max_length"),

@@ -31,15 +31,22 @@ def option_value(argv: list[str], name: str) -> str | None:
 
 
 def tokenizer_defaults(argv: list[str]) -> TokenizerTrainConfig | None:
-    """With `--image-size N`: the tokenizer training's defaults at N px (data, model and its size preset)."""
+    """The tokenizer training's defaults when the run is not the demo preset: with `--image-size N`, at N px
+    (data, model and its size preset); with `--image-size N` or another `--data.source`, no alignment (the
+    demo's teacher knows only the synthetic portraits at 64 px) unless `--alignment.teacher` is given."""
+    from nextscale.tokenizer.losses.alignment import AlignmentConfig
     from nextscale.train.tokenizer_loop import TokenizerTrainConfig
 
     value = option_value(argv, "--image-size")
-    if value is None or not value.isdigit():
-        return None  # absent, or not a number: the parser reports it
-    size = int(value)
-    return TokenizerTrainConfig(image_size=size, model=TokenizerConfig.for_image_size(size),
-                                data=DataConfig(image_size=size))
+    if value is not None and not value.isdigit():
+        return None  # not a number: the parser reports it
+    size = None if value is None else int(value)
+    source = option_value(argv, "--data.source") or DataConfig.source
+    if size in (None, DataConfig.image_size) and source == DataConfig.source:
+        return None  # the demo preset
+    sized = {} if size is None else dict(image_size=size, model=TokenizerConfig.for_image_size(size),
+                                         data=DataConfig(image_size=size))
+    return TokenizerTrainConfig(alignment=AlignmentConfig(teacher="none"), **sized)
 
 
 def tokenizer_image_size(tokenizer: str) -> int | None:

@@ -47,8 +47,11 @@ class AlignmentConfig:
     """Weight of the alignment loss in the tokenizer's total loss."""
     margin: float = 0.0
     """Cosine similarities above 1 - margin are not penalised."""
+    scales: Literal["all", "last"] = "all"
+    """Which scales are aligned: every scale equally (the pyramid of the design), or the last only (the whole
+    quantised latent, whose gradient reaches the encoder as a whole)."""
     scale_weights: tuple[float, ...] | None = None
-    """Per-scale weights (len = num_scales); None weighs every scale equally."""
+    """Per-scale weights (len = num_scales), instead of `scales`; None: as `scales` says."""
     teacher_resolution: int = 224
     """Images are resized to this side before the teacher (a multiple of its patch size)."""
     projection_width: int = 256
@@ -122,6 +125,15 @@ def cosine_margin_loss(prediction: torch.Tensor, target: torch.Tensor, margin: f
     return F.relu(1 - margin - cosine).mean()
 
 
+def scale_weights(scales: str, num_scales: int) -> tuple[float, ...]:
+    """The per-scale weights of `AlignmentConfig.scales`: "all" -> 1 each, "last" -> 0, ..., 0, 1."""
+    if scales == "all":
+        return (1.0,) * num_scales
+    if scales == "last":
+        return (0.0,) * (num_scales - 1) + (1.0,)
+    raise ValueError(f"alignment scales must be 'all' or 'last', got {scales!r}")
+
+
 class AlignmentHead(nn.Module):
     """Per-scale projections latent_dim -> teacher width, and the per-scale alignment loss."""
 
@@ -131,7 +143,7 @@ class AlignmentHead(nn.Module):
         super().__init__()
         self.config = config
         self.scale_sizes = tuple(scale_sizes)
-        weights = config.scale_weights or (1.0,) * len(self.scale_sizes)
+        weights = config.scale_weights or scale_weights(config.scales, len(self.scale_sizes))
         if len(weights) != len(self.scale_sizes):
             raise ValueError(
                 f"alignment scale_weights has {len(weights)} entries but there are {len(self.scale_sizes)} scales"

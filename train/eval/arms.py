@@ -53,6 +53,7 @@ def reduced_base() -> TokenizerTrainConfig:
     return TokenizerTrainConfig(
         model=TokenizerConfig(),
         data=DataConfig(synthetic_length=6400),
+        alignment=AlignmentConfig(teacher="none"),  # the arms add it
         steps=400,
         batch_size=16,
         warmup_steps=40,
@@ -128,10 +129,6 @@ def _alignment(config: ArmsConfig, base: TokenizerTrainConfig, **changes: object
     return replace(base, alignment=replace(alignment, **changes))
 
 
-def _last_scale_only(base: TokenizerTrainConfig) -> tuple[float, ...]:
-    return (0.0,) * (base.model.num_scales - 1) + (1.0,)
-
-
 ARMS: dict[str, Callable[[ArmsConfig, TokenizerTrainConfig], TokenizerTrainConfig]] = {
     "cosine": lambda c, b: b,
     "cosine-null": lambda c, b: replace(b, model=replace(b.model, null_code=True)),
@@ -143,7 +140,7 @@ ARMS: dict[str, Callable[[ArmsConfig, TokenizerTrainConfig], TokenizerTrainConfi
     "null-sparse": lambda c, b: replace(b, model=replace(b.model, null_code=True,
                                                          residual_sparsity=c.residual_sparsity)),
     "align-scales": lambda c, b: _alignment(c, b),
-    "align-last": lambda c, b: _alignment(c, b, scale_weights=_last_scale_only(b)),
+    "align-last": lambda c, b: _alignment(c, b, scales="last"),
     "align-scales-latent": lambda c, b: _alignment(c, b, gradient="latent"),
     "align-scales-codebook": lambda c, b: _alignment(c, b, gradient="codebook"),
 }
