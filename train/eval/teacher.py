@@ -1,6 +1,7 @@
 """A small alignment teacher that exists offline: a `transformers` `Dinov2Model` trained here.
 
-A measurement instrument for representation alignment, never part of a preset: a tiny DINOv2 (ViT)
+Built as a measurement instrument for representation alignment, and now the demo preset's teacher
+(bundled as `checkpoints/demo/teacher`, after last-scale alignment with it won the arms): a tiny DINOv2 (ViT)
 trained supervised on the synthetic portraits' attributes (a linear head per attribute on its mean patch
 token), saved as a local model directory without the heads (`output_dir/model`), and used as
 `--alignment.teacher DIR/model --alignment.teacher-resolution 64`. The training runs in the shared
