@@ -30,6 +30,12 @@ def option_value(argv: list[str], name: str) -> str | None:
     return value
 
 
+def is_demo_data(source: str, image_size: int | None) -> bool:
+    """Whether data of `source` at `image_size` px (None: the default size) is the demo preset's: the synthetic
+    portraits at 64 px."""
+    return source == DataConfig.source and image_size in (None, DataConfig.image_size)
+
+
 def tokenizer_defaults(argv: list[str]) -> TokenizerTrainConfig | None:
     """The tokenizer training's defaults when the run is not the demo preset: with `--image-size N`, at N px
     (data, model and its size preset); with `--image-size N` or another `--data.source`, no alignment (the
@@ -42,7 +48,7 @@ def tokenizer_defaults(argv: list[str]) -> TokenizerTrainConfig | None:
         return None  # not a number: the parser reports it
     size = None if value is None else int(value)
     source = option_value(argv, "--data.source") or DataConfig.source
-    if size in (None, DataConfig.image_size) and source == DataConfig.source:
+    if is_demo_data(source, size):
         return None  # the demo preset
     sized = {} if size is None else dict(image_size=size, model=TokenizerConfig.for_image_size(size),
                                          data=DataConfig(image_size=size))

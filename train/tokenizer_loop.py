@@ -27,7 +27,7 @@ from nextscale.train.eval.tokenizer import evaluate_tokenizer, format_tokenizer_
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult, close_process_group
-from nextscale.train.sizes import tokenizer_defaults
+from nextscale.train.sizes import is_demo_data, tokenizer_defaults
 from nextscale.train.state import GeneratorState, TensorState, load_initial_weights
 from nextscale.train.tokenizer_objective import (
     Adversary,
@@ -41,11 +41,6 @@ from nextscale.train.tokenizer_objective import (
 DEMO_TEACHER = DEMO_PIPELINE / "teacher"
 """The demo preset's alignment teacher, bundled: the tiny DINOv2 that `nextscale.train.eval.teacher` trains on
 the synthetic portraits (never the judge)."""
-
-
-def is_demo_data(data: DataConfig) -> bool:
-    """Whether `data` is the demo preset's: the synthetic portraits at its size (64 px)."""
-    return data.source == DataConfig.source and data.image_size == DataConfig.image_size
 
 
 def demo_alignment() -> AlignmentConfig:
@@ -109,11 +104,12 @@ class TokenizerTrainConfig(RunConfig):
         if self.data.image_size != self.model.image_size:
             raise ValueError(f"--data.image-size {self.data.image_size} differs from --model.image-size "
                              f"{self.model.image_size}: pass --image-size N alone instead of both")
-        if self.alignment == demo_alignment() and not is_demo_data(self.data):
+        demo_data = is_demo_data(self.data.source, self.data.image_size)
+        if self.alignment == demo_alignment() and not demo_data:
             # the demo's teacher knows only its portraits at 64 px: the preset's alignment is off elsewhere (the
             # command line's defaults say the same, `tokenizer_defaults`)
             object.__setattr__(self, "alignment", AlignmentConfig(teacher="none"))
-        if self.alignment.teacher == str(DEMO_TEACHER) and not is_demo_data(self.data):
+        if self.alignment.teacher == str(DEMO_TEACHER) and not demo_data:
             raise ValueError(f"the demo's alignment teacher knows only the synthetic portraits at "
                              f"{DataConfig.image_size} px, not --data.source {self.data.source} at "
                              f"{self.data.image_size} px: pass --alignment.teacher none, or a teacher for your "

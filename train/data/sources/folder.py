@@ -97,7 +97,11 @@ class ImageFolderDataset(Dataset):
         if uncaptioned and self.captioned:
             logger.warning("%d of %d images under %s have no caption (metadata.jsonl or sidecar .txt); "
                            "they get the empty caption", uncaptioned, len(files), self.root)
-        self._seen = np.zeros(len(files), dtype=bool)
+        self._start_reading()
+
+    def _start_reading(self) -> None:
+        """Fresh reading state: which files were tried, which are bad, and the pass over the data."""
+        self._seen = np.zeros(len(self.files), dtype=bool)
         self._bad: set[int] = set()
         # The pass over the data, in shared memory so that persistent DataLoader workers see `set_epoch`:
         # a random crop is drawn from (data seed, pass, index) alone (`crop_seed`).
@@ -108,9 +112,7 @@ class ImageFolderDataset(Dataset):
         own: the held-out part of a folder, which the training's passes never move (`set_epoch`)."""
         other = copy.copy(self)
         other.tracker = BadInputTracker(self.config.max_bad_fraction, self.config.bad_check_after)
-        other._seen = np.zeros(len(self.files), dtype=bool)
-        other._bad = set()
-        other._epoch = torch.zeros((), dtype=torch.long).share_memory_()
+        other._start_reading()
         return other
 
     def set_epoch(self, epoch: int) -> None:
