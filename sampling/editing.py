@@ -235,7 +235,7 @@ def edit(
     if known is not None:
         pixels = known.to(pipeline.device).expand(batch, -1, -1)
     latent = tokenizer.encoder(image)
-    codes = tokenizer.quantizer(latent).codes
+    codes = tokenizer.quantizer(latent, image).codes
     thresholds = edit_thresholds(scale_sizes, tokenizer.config.latent_size, options.coarse_threshold,
                                  options.fine_threshold)
     masks = token_masks(pixels, scale_sizes, thresholds, options.keep_scales)

@@ -11,7 +11,8 @@ from conftest import tiny_tokenizer_config
 
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.tokenizer.quantizer import nearest_codes, null_code_lookup
-from nextscale.train.eval.codes import CodeStatistics, cell_flatness, entropy, parent_cells, parent_codes
+from nextscale.tokenizer.rate import cell_contrast
+from nextscale.train.eval.codes import CodeStatistics, entropy, parent_cells, parent_codes
 from nextscale.train.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
 
 
@@ -117,10 +118,10 @@ def test_parent_cells_contain_the_centre():
     assert parent_codes(coarse, 4).tolist() == [[[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]]
 
 
-def test_cell_flatness_is_the_pixel_std_per_cell():
+def test_cell_contrast_is_the_pixel_std_per_cell():
     image = torch.zeros(1, 3, 8, 8)
     image[:, :, :4, :4] = torch.tensor([[-1.0, 1.0], [1.0, -1.0]]).repeat(2, 2)  # std 1 in the top-left cell
-    flatness = cell_flatness(image, 2)
+    flatness = cell_contrast(image, 2)
     torch.testing.assert_close(flatness, torch.tensor([[[1.0, 0.0], [0.0, 0.0]]]))
 
 

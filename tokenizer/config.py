@@ -72,6 +72,14 @@ class TokenizerConfig:
     """How many of the finest scales the residual sparsity term covers."""
     dead_code_threshold: float = 0.0
     """Restart codes whose EMA usage falls below this many hits per step (0 disables)."""
+    code_rate: float = 0.0
+    """Rate-aware lookup (`nextscale.tokenizer.rate`): squared latent error traded per nat of code length,
+    the length -log p_k(c) from the quantiser's per-scale code probabilities (0: the plain lookup)."""
+    code_rate_flat_boost: float = 0.0
+    """Extra code rate where the image is flat: a cell whose pixels' std is well below
+    `code_rate_contrast` pays up to 1 + this times the rate (0: the same rate everywhere)."""
+    code_rate_contrast: float = 0.02
+    """Pixel std (images in [-1, 1]) at which a cell pays half the extra rate of `code_rate_flat_boost`."""
     norm_groups: int = 16
     """GroupNorm groups in the ResNet blocks."""
 
@@ -103,6 +111,12 @@ class TokenizerConfig:
         if self.residual_sparsity < 0 or not 1 <= self.residual_sparsity_scales <= len(sizes):
             raise ValueError(f"residual_sparsity must be >= 0 and residual_sparsity_scales in [1, {len(sizes)}]; got "
                              f"{self.residual_sparsity} and {self.residual_sparsity_scales}")
+        if self.code_rate < 0 or self.code_rate_flat_boost < 0 or self.code_rate_contrast <= 0:
+            raise ValueError(f"code_rate and code_rate_flat_boost must be >= 0 and code_rate_contrast > 0; got "
+                             f"{self.code_rate}, {self.code_rate_flat_boost} and {self.code_rate_contrast}")
+        if self.code_rate and self.null_code:
+            raise ValueError("code_rate and null_code do not combine: the rate-aware lookup already lets "
+                             "small residuals take the commonest codes; choose one")
         used = {phi_index(k, len(sizes), self.num_phi) for k in range(len(sizes))} if self.num_phi else set()
         if len(used) < self.num_phi:
             # an unused phi conv is a parameter without gradient: distributed training (DDP) rejects it

@@ -10,11 +10,13 @@
 decoder's gradient to the encoder. The loss is measured on the cumulative reconstruction after every
 scale, so each scale learns to refine the previous ones; an optional group-sparsity term on the finest
 scales' residuals (`TokenizerConfig.residual_sparsity`) teaches the encoder to leave them nothing to add
-where the coarse scales already say everything.
+where the coarse scales already say everything. With a code rate (`TokenizerConfig.code_rate`), `nearest`
+also weighs each code's length (`nextscale.tokenizer.rate`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +27,7 @@ from torch import nn
 
 from nextscale.scales import phi_index
 from nextscale.tokenizer.config import TokenizerConfig
+from nextscale.tokenizer.rate import log_code_frequencies, rate_aware_codes, rate_weights
 
 
 class Phi(nn.Module):
@@ -101,6 +104,9 @@ class MultiScaleQuantizer(nn.Module):
         self.phis = nn.ModuleList(Phi(config.latent_dim, config.phi_mix) for _ in range(config.num_phi))
         # EMA of how often each code is picked per step: drives dead-code restarts (buffer, not learned).
         self.register_buffer("usage_ema", torch.ones(config.vocab_size), persistent=False)
+        # Per-scale log code probabilities of the rate-aware lookup (saved with the weights); uniform at first.
+        self.register_buffer("code_log_probability", torch.full(
+            (len(config.scale_sizes), config.vocab_size), -math.log(config.vocab_size)) if config.code_rate else None)
 
     def phi(self, scale: int, x: torch.Tensor) -> torch.Tensor:
         if not self.phis:
@@ -114,10 +120,14 @@ class MultiScaleQuantizer(nn.Module):
             weight = torch.cat([torch.zeros_like(weight[:1]), weight[1:]])
         return weight
 
-    def lookup(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Nearest codes of vectors (n, C) -> (n,)."""
+    def lookup(self, vectors: torch.Tensor, scale: int = 0, rate: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Codes of vectors (n, C) of scale `scale` -> (n,): the nearest, or with a code rate the cheapest
+        in error plus `rate` (a scalar or (n,); `code_rate` by default) times the code's length."""
         weight = self.embedding.weight.float()
         vectors = vectors.float()
+        if self.code_log_probability is not None:
+            rate = self.config.code_rate if rate is None else rate
+            return rate_aware_codes(vectors, weight, self.config.lookup, self.code_log_probability[scale], rate)
         if self.config.null_code:
             return null_code_lookup(vectors, weight, self.config.lookup)
         return nearest_codes(vectors, weight, self.config.lookup)
@@ -127,8 +137,26 @@ class MultiScaleQuantizer(nn.Module):
         z = rearrange(F.embedding(codes, self.codebook()), "b s t c -> b c s t")
         return self.phi(scale, resize(z, self.latent_size))
 
-    def forward(self, latent: torch.Tensor) -> QuantizerOutput:
-        """latent (b, C, h, w) -> QuantizerOutput. Runs in fp32 whatever the autocast context."""
+    def cell_rates(self, images: torch.Tensor | None, size: int) -> torch.Tensor | float | None:
+        """The code rate of each cell of one scale ((b * size * size,), or a scalar), from the images when
+        the rate is higher where they are flat; None without a code rate."""
+        config = self.config
+        if not config.code_rate:
+            return None
+        if not config.code_rate_flat_boost:
+            return config.code_rate
+        if images is None:
+            raise ValueError("this tokenizer's code rate depends on the image (code_rate_flat_boost > 0): "
+                             "pass the images to the quantiser")
+        weights = rate_weights(images, size, config.code_rate_flat_boost, config.code_rate_contrast)
+        return config.code_rate * weights.flatten()
+
+    def forward(self, latent: torch.Tensor, images: torch.Tensor | None = None) -> QuantizerOutput:
+        """latent (b, C, h, w) -> QuantizerOutput. Runs in fp32 whatever the autocast context.
+
+        `images` (b, 3, H, W) are the encoded images: needed when the code rate depends on them
+        (`code_rate_flat_boost`), ignored otherwise.
+        """
         with torch.autocast(device_type=latent.device.type, enabled=False):
             latent = latent.float()
             target = latent.detach()
@@ -141,7 +169,7 @@ class MultiScaleQuantizer(nn.Module):
                 if self.config.residual_sparsity and scale >= sparse_from:
                     sparsity = sparsity + residual_cell_norms(latent - accumulated.detach(), size).mean()
                 down = rearrange(resize(residual, size), "b c s t -> (b s t) c")
-                code = self.lookup(down).view(latent.shape[0], size, size)
+                code = self.lookup(down, scale, self.cell_rates(images, size)).view(latent.shape[0], size, size)
                 z = self.embed_scale(scale, code)
                 accumulated = accumulated + z
                 residual = residual - z.detach()
@@ -163,6 +191,10 @@ class MultiScaleQuantizer(nn.Module):
     def _track_usage(self, codes: Sequence[torch.Tensor]) -> None:
         counts = torch.bincount(torch.cat([c.flatten() for c in codes]), minlength=self.config.vocab_size)
         self.usage_ema.mul_(0.99).add_(counts.float(), alpha=0.01)
+        if self.code_log_probability is not None:  # a training tracks its code probabilities per scale
+            fresh = log_code_frequencies(codes, self.config.vocab_size).to(self.code_log_probability)
+            mixed = torch.logaddexp(self.code_log_probability + math.log(0.99), fresh + math.log(0.01))
+            self.code_log_probability.copy_(mixed)
 
     @torch.no_grad()
     def restart_dead_codes(self, latent: torch.Tensor, generator: torch.Generator | None = None) -> int:

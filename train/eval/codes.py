@@ -24,7 +24,8 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from nextscale.tokenizer.rate import cell_contrast
 
 FLAT_THRESHOLD = 0.02
 
@@ -39,14 +40,6 @@ def parent_codes(coarse: torch.Tensor, size: int) -> torch.Tensor:
     """Codes (b, p, p) of the coarser scale -> (b, size, size): each cell's parent code."""
     index = parent_cells(size, coarse.shape[-1]).to(coarse.device)
     return coarse[:, index][:, :, index]
-
-
-def cell_flatness(images: torch.Tensor, size: int) -> torch.Tensor:
-    """images (b, 3, H, W) -> (b, size, size): the per-channel pixel std within each cell, channel mean."""
-    x = images.float()
-    mean = F.interpolate(x, size=(size, size), mode="area")
-    square = F.interpolate(x * x, size=(size, size), mode="area")
-    return (square - mean * mean).clamp_min(0).sqrt().mean(dim=1)
 
 
 def entropy(counts: torch.Tensor) -> float:
@@ -120,7 +113,7 @@ class CodeStatistics:
             parent = parent_codes(codes[k - 1].cpu(), size) if k > 0 else torch.zeros_like(code)
             for f in (0, 1):
                 self.pairs[k][f].append((parent[fold == f].flatten(), code[fold == f].flatten()))
-            flat = cell_flatness(images, size).cpu() < self.flat_threshold
+            flat = cell_contrast(images, size).cpu() < self.flat_threshold
             self.flat[k] += torch.bincount(code[flat], minlength=self.vocab_size)
             self.textured[k] += torch.bincount(code[~flat], minlength=self.vocab_size)
 

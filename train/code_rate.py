@@ -1,0 +1,83 @@
+"""Make a trained tokenizer rate-aware: set its code rate and fit its code probabilities on training images.
+
+    python -m nextscale.train.code_rate --tokenizer runs/tokenizer/model --out runs/tokenizer_rate \\
+        --code-rate 0.003 --flat-boost 4
+
+The encoder, codebook and decoder are copied unchanged: only the choice of codes changes (see
+`nextscale.tokenizer.rate`), so decoding any code map gives the same image as before. A transformer
+has to be trained on the new tokenizer's codes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from nextscale.tokenizer import MultiScaleVQVAE
+from nextscale.tokenizer.rate import calibrate_code_rate
+from nextscale.train.data import DataConfig, make_dataloader
+from nextscale.train.errors import run_cli
+
+
+@dataclass(frozen=True)
+class CalibrateArgs:
+    """Turn a trained tokenizer into a rate-aware one (`nextscale.tokenizer.rate`)."""
+
+    tokenizer: str
+    """Trained tokenizer directory (or hub id)."""
+    out: str
+    """Directory of the rate-aware tokenizer (weights + config)."""
+    code_rate: float = 0.003
+    """lambda: squared latent error traded per nat of code length."""
+    flat_boost: float = 4.0
+    """Extra rate where the image is flat (cells of pixel std well below `contrast` pay 1 + this times)."""
+    contrast: float = 0.02
+    """Pixel std (images in [-1, 1]) at which a cell pays half the extra rate."""
+    images: int = 2048
+    """Training images the probabilities are fitted on (the data source's first items)."""
+    iterations: int = 4
+    """Passes of the calibration after the plain lookup's."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The training images (the tokenizer's own source; the synthetic portraits by default)."""
+    threads: int = 0
+    """torch threads (0: torch's default)."""
+
+
+def calibrate_main(args: CalibrateArgs) -> Path:
+    if args.code_rate <= 0:
+        raise ValueError(f"--code-rate must be > 0 (0 is the plain lookup), got {args.code_rate}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    source = MultiScaleVQVAE.from_pretrained(args.tokenizer).eval()
+    config = replace(source.config, code_rate=args.code_rate, code_rate_flat_boost=args.flat_boost,
+                     code_rate_contrast=args.contrast)
+    model = MultiScaleVQVAE(config).eval()
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    if unexpected or set(missing) - {"quantizer.code_log_probability"}:
+        raise ValueError(f"{args.tokenizer}: unexpected weights {unexpected} / missing {missing}")
+    data = replace(args.data, image_size=config.image_size)
+    batches, seen = [], 0
+    for batch in make_dataloader(data, batch_size=128, shuffle=False, drop_last=False):
+        batches.append(batch["image"][: args.images - seen])
+        seen += batches[-1].shape[0]
+        if seen >= args.images:
+            break
+    log_probability = calibrate_code_rate(model, batches, args.iterations, progress=True)
+    out = Path(args.out)
+    model.save_pretrained(out)
+    entropy = -(log_probability.exp() * log_probability).sum(-1)
+    print(f"saved {out}: code rate {args.code_rate:g}, flat boost {args.flat_boost:g}; code entropy per scale "
+          f"{' '.join(f'{float(h):.2f}' for h in entropy)} nats (uniform: {math.log(config.vocab_size):.2f})")
+    return out
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """`python -m nextscale.train.code_rate`: bad options and files are one line, not a traceback."""
+    run_cli(CalibrateArgs, calibrate_main, argv)
+
+
+if __name__ == "__main__":
+    cli()
