@@ -239,7 +239,8 @@ def edit(
     thresholds = edit_thresholds(scale_sizes, tokenizer.config.latent_size, options.coarse_threshold,
                                  options.fine_threshold)
     masks = token_masks(pixels, scale_sizes, thresholds, options.keep_scales)
-    constraints = ScaleConstraints(tuple(codes), tuple(masks), latent.float() if options.requantize else None)
+    constraints = ScaleConstraints(tuple(codes), tuple(masks), latent.float() if options.requantize else None,
+                                   image if options.requantize else None)
     result = sample_scales(pipeline, conditions, seeds, config, constraints=constraints, progress=progress)
     unblended = tokenizer.decode_latent(result.accumulated).float()
     images = unblended

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import tiny_tokenizer_config
 
+from nextscale.sampling.constraints import ScaleConstraints
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.tokenizer.quantizer import nearest_codes
 from nextscale.tokenizer.rate import (
@@ -171,3 +172,23 @@ def test_the_calibration_command_keeps_the_decoder_and_explains_bad_input(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--code-rate must be > 0" in err[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_re_quantised_known_codes_are_the_rate_aware_encoders():
+    """Editing re-quantises kept codes from the known latent: with nothing regenerated, at the scale's own
+    rate (and the image's flat cells), that gives back exactly what `encode` gave."""
+    model = tiny(code_rate=0.05, code_rate_flat_boost=3.0).eval()
+    x = images(2)
+    x[..., :8] = 0.1
+    calibrate_code_rate(model, [images(8, seed=4)], iterations=2)
+    codes = model.encode(x)
+    latent = model.encoder(x)
+    masks = tuple(torch.ones_like(c, dtype=torch.bool) for c in codes)
+    constraints = ScaleConstraints(tuple(codes), masks, latent, x)
+    accumulated = None
+    for scale, code in enumerate(codes):
+        assert torch.equal(constraints.known_codes(scale, model.quantizer, accumulated), code)
+        z = model.quantizer.embed_scale(scale, code)
+        accumulated = z if accumulated is None else accumulated + z
+    with pytest.raises(ValueError, match="pass the images"):
+        ScaleConstraints(tuple(codes), masks, latent).known_codes(1, model.quantizer, None)
