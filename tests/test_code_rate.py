@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_tokenizer_config
+from PIL import Image
 
 from nextscale.sampling.constraints import ScaleConstraints
 from nextscale.tokenizer import MultiScaleVQVAE
@@ -19,6 +22,10 @@ from nextscale.tokenizer.rate import (
     rate_weights,
 )
 from nextscale.train.code_rate import cli as calibrate_cli
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench` is a folder of the checkout
+from bench.codes import Args, code_length_maps  # noqa: E402
+from bench.codes import main as codes_main  # noqa: E402
 
 
 def tiny(**overrides: object) -> MultiScaleVQVAE:
@@ -192,3 +199,17 @@ def test_re_quantised_known_codes_are_the_rate_aware_encoders():
         accumulated = z if accumulated is None else accumulated + z
     with pytest.raises(ValueError, match="pass the images"):
         ScaleConstraints(tuple(codes), masks, latent).known_codes(1, model.quantizer, None)
+
+
+def test_the_code_figure_shows_both_tokenizers(tmp_path, capsys):
+    log_frequency = torch.log(torch.tensor([0.5, 0.5] + [1e-6] * 62))
+    maps = code_length_maps(torch.tensor([[[0, 5], [1, 0]]]), log_frequency, 4)
+    assert maps.shape == (1, 3, 4, 4)
+    assert maps[0, 0, 0, 0] < -0.7 and maps[0, 0, 0, 3] == 1.0  # common code dark, a rare one white
+    tiny().save_pretrained(tmp_path / "plain")
+    tiny(code_rate=0.05).save_pretrained(tmp_path / "rate")
+    codes_main(Args(tokenizer=str(tmp_path / "plain"), against=str(tmp_path / "rate"), images=12,
+                    figure=str(tmp_path / "codes.png"), figure_images=3))
+    figure = Image.open(tmp_path / "codes.png")
+    assert figure.size == (3 * 18 + 2, 5 * 18 + 2)  # portraits, then reconstruction and code lengths of each
+    assert capsys.readouterr().out.count("portraits (seed 5)") == 2
