@@ -120,12 +120,16 @@ class MultiScaleQuantizer(nn.Module):
             weight = torch.cat([torch.zeros_like(weight[:1]), weight[1:]])
         return weight
 
-    def lookup(self, vectors: torch.Tensor, scale: int = 0, rate: torch.Tensor | float | None = None) -> torch.Tensor:
+    def lookup(self, vectors: torch.Tensor, scale: int | None = None, rate: torch.Tensor | float | None = None
+               ) -> torch.Tensor:
         """Codes of vectors (n, C) of scale `scale` -> (n,): the nearest, or with a code rate the cheapest
-        in error plus `rate` (a scalar or (n,); `code_rate` by default) times the code's length."""
+        in error plus `rate` (a scalar or (n,); `code_rate` by default) times the code's length in that
+        scale's probabilities."""
         weight = self.embedding.weight.float()
         vectors = vectors.float()
         if self.code_log_probability is not None:
+            if scale is None:
+                raise ValueError("a rate-aware lookup needs the scale: code lengths are per scale")
             rate = self.config.code_rate if rate is None else rate
             return rate_aware_codes(vectors, weight, self.config.lookup, self.code_log_probability[scale], rate)
         if self.config.null_code:
