@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -167,12 +168,16 @@ def test_the_calibration_command_keeps_the_decoder_and_explains_bad_input(tmp_pa
     source = tiny().eval()
     source.save_pretrained(tmp_path / "plain")
     calibrate_cli(["--tokenizer", str(tmp_path / "plain"), "--out", str(tmp_path / "rate"), "--code-rate", "0.02",
-                   "--flat-boost", "3", "--images", "24", "--iterations", "1"])
+                   "--flat-boost", "3", "--images", "24", "--iterations", "1", "--eval-images", "8"])
     model = MultiScaleVQVAE.from_pretrained(tmp_path / "rate").eval()
     assert (model.config.code_rate, model.config.code_rate_flat_boost) == (0.02, 3.0)
     codes = model.encode(images(2))
     assert torch.equal(model.decode(codes), source.decode(codes))
-    assert "calibration pass 1/1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "calibration pass 1/1" in out and "PSNR" in out
+    metrics = json.loads((tmp_path / "rate" / "metrics.json").read_text())
+    assert metrics["num_images"] == 8 and metrics["held_out"] and metrics["calibration_images"] == 24
+    assert len(metrics["per_scale"]) == 3 and "flat_perplexity" in metrics["per_scale"][-1]
     with pytest.raises(SystemExit) as exit_info:
         calibrate_cli(["--tokenizer", str(tmp_path / "plain"), "--out", str(tmp_path / "x"), "--code-rate", "0"])
     assert exit_info.value.code == 2
