@@ -19,7 +19,7 @@ to 1 + flat_boost times the rate, textured cells about the plain rate, so flat r
 codes. The quantiser needs the images for that (`MultiScaleQuantizer.forward(latent, images)`).
 
     python -m nextscale.train.code_rate --tokenizer runs/tokenizer/model --out runs/tokenizer_rate \\
-        --code-rate 0.003 --flat-boost 4
+        --code-rate 0.004 --flat-boost 4
 """
 
 from __future__ import annotations
