@@ -27,7 +27,7 @@ from torch import nn
 
 from nextscale.scales import phi_index
 from nextscale.tokenizer.config import TokenizerConfig
-from nextscale.tokenizer.rate import log_code_frequencies, rate_aware_codes, rate_weights
+from nextscale.tokenizer.rate import log_code_frequencies, lookup_distortion, rate_aware_codes, rate_weights
 
 
 class Phi(nn.Module):
@@ -55,8 +55,7 @@ def nearest_codes(vectors: torch.Tensor, weight: torch.Tensor, rule: str) -> tor
     """Nearest codes of vectors (n, C) in the codebook weight (V, C) -> (n,), by cosine or l2 distance."""
     if rule == "cosine":
         return (F.normalize(vectors, dim=-1) @ F.normalize(weight, dim=-1).t()).argmax(dim=-1)
-    distance = vectors.pow(2).sum(-1, keepdim=True) - 2 * vectors @ weight.t() + weight.pow(2).sum(-1)
-    return distance.argmin(dim=-1)
+    return lookup_distortion(vectors, weight, rule).argmin(dim=-1)
 
 
 def null_code_lookup(vectors: torch.Tensor, weight: torch.Tensor, rule: str) -> torch.Tensor:

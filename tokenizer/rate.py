@@ -77,6 +77,11 @@ def log_code_frequencies(codes: Iterable[torch.Tensor], vocab_size: int, prior: 
     return torch.stack(rows).float()
 
 
+def code_entropy(log_probability: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of each row of log probabilities (num_scales, V) -> (num_scales,)."""
+    return -(log_probability.exp() * log_probability).sum(-1)
+
+
 @torch.no_grad()
 def calibrate_code_rate(model: MultiScaleVQVAE, batches: Iterable[torch.Tensor], iterations: int = 4,
                         progress: bool = False) -> torch.Tensor:
@@ -90,16 +95,15 @@ def calibrate_code_rate(model: MultiScaleVQVAE, batches: Iterable[torch.Tensor],
     quantizer = model.quantizer
     if quantizer.code_log_probability is None:
         raise ValueError("this tokenizer has no code rate: set code_rate > 0 in its config first")
-    batches = list(batches)
     device = next(model.parameters()).device
-    latents = [model.encoder(batch.to(device)) for batch in batches]
+    batches = [batch.to(device) for batch in batches]
+    latents = [model.encoder(batch) for batch in batches]
     quantizer.code_log_probability.fill_(-math.log(model.config.vocab_size))  # uniform: the plain lookup's codes
     for step in range(iterations + 1):
-        codes = [quantizer(latent, batch.to(device)).codes for latent, batch in zip(latents, batches)]
+        codes = [quantizer(latent, batch).codes for latent, batch in zip(latents, batches)]
         per_scale = [torch.cat([c[k] for c in codes]) for k in range(len(quantizer.scale_sizes))]
         quantizer.code_log_probability.copy_(log_code_frequencies(per_scale, model.config.vocab_size))
         if progress:
-            entropy = -(quantizer.code_log_probability.exp() * quantizer.code_log_probability).sum(-1)
             print(f"calibration pass {step}/{iterations}: code entropy per scale (nats) "
-                  + " ".join(f"{float(h):.2f}" for h in entropy), flush=True)
+                  + " ".join(f"{float(h):.2f}" for h in code_entropy(quantizer.code_log_probability)), flush=True)
     return quantizer.code_log_probability.clone()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.tokenizer.rate import calibrate_code_rate
+from nextscale.tokenizer.rate import calibrate_code_rate, code_entropy
 from nextscale.train.data import DataConfig, HeldOutConfig, loader_over
 from nextscale.train.data.split import evaluation_split
 from nextscale.train.errors import run_cli
@@ -80,9 +80,9 @@ def calibrate_main(args: CalibrateArgs) -> Path:
     log_probability = calibrate_code_rate(model, batches, args.iterations, progress=True)
     out = Path(args.out)
     model.save_pretrained(out)
-    entropy = -(log_probability.exp() * log_probability).sum(-1)
+    entropy = " ".join(f"{float(h):.2f}" for h in code_entropy(log_probability))
     print(f"saved {out}: code rate {args.code_rate:g}, flat boost {args.flat_boost:g}; code entropy per scale "
-          f"{' '.join(f'{float(h):.2f}' for h in entropy)} nats (uniform: {math.log(config.vocab_size):.2f})")
+          f"{entropy} nats (uniform: {math.log(config.vocab_size):.2f})")
     if args.eval_images > 0:
         metrics = evaluate_held_out(model, split, args.eval_images)
         metrics.update(source=args.tokenizer, code_rate=args.code_rate, flat_boost=args.flat_boost,
