@@ -5,12 +5,12 @@
 
 The encoder, codebook and decoder are copied unchanged: only the choice of codes changes (see
 `nextscale.tokenizer.rate`), so decoding any code map gives the same image as before. A transformer
-has to be trained on the new tokenizer's codes. To let the encoder and decoder adapt to the new codes
-too, fine-tune the result with the same rate (`train_tokenizer.py --init-from out --model.code-rate
-0.004 --model.code-rate-flat-boost 4 --steps 300`: the training tracks the probabilities from the
-calibrated ones). The probabilities are fitted on the training part of the data, and the new
-tokenizer is evaluated on its held-out part as a tokenizer training is (PSNR, code usage and
-predictability, flat against textured cells: printed and written to `out/metrics.json`).
+has to be trained on the new tokenizer's codes. The probabilities are fitted on the training part of
+the data, and the new tokenizer is evaluated on its held-out part as a tokenizer training is (PSNR, code
+usage and predictability, flat against textured cells: printed and written to `out/metrics.json`).
+To let the encoder and decoder adapt to the new codes too, fine-tune the result with the same rate
+(`train_tokenizer.py --init-from out --model.code-rate 0.004 --model.code-rate-flat-boost 4 --steps
+300`: the training tracks the probabilities from the calibrated ones).
 """
 
 from __future__ import annotations
