@@ -134,6 +134,24 @@ def test_the_code_probabilities_are_saved_with_the_weights(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.encode(x), model.encode(x)))
 
 
+def test_a_fine_tune_starts_from_the_calibrated_probabilities(tmp_path):
+    """`train_tokenizer.py --init-from` a calibrated tokenizer with the same rate options: the fine-tune
+    starts from its weights and its code probabilities (not uniform ones); another rate is refused."""
+    from nextscale.train.state import load_initial_weights
+
+    calibrated = tiny(code_rate=0.02, code_rate_flat_boost=2.0).eval()
+    calibrate_code_rate(calibrated, [images(8)], iterations=2)
+    calibrated.save_pretrained(tmp_path / "rate")
+    fine_tune = tiny(code_rate=0.02, code_rate_flat_boost=2.0)
+    assert torch.allclose(fine_tune.quantizer.code_log_probability, torch.full((3, 64), -math.log(64)))
+    load_initial_weights(fine_tune, str(tmp_path / "rate"))
+    torch.testing.assert_close(fine_tune.quantizer.code_log_probability, calibrated.quantizer.code_log_probability)
+    x = images(3, seed=9)
+    assert all(torch.equal(a, b) for a, b in zip(fine_tune.eval().encode(x), calibrated.encode(x)))
+    with pytest.raises(ValueError, match="code_rate: 0.02 there, 0.01 here"):
+        load_initial_weights(tiny(code_rate=0.01, code_rate_flat_boost=2.0), str(tmp_path / "rate"))
+
+
 def test_training_tracks_the_code_probabilities_and_evaluation_keeps_them():
     model = tiny(code_rate=0.01)
     before = model.quantizer.code_log_probability.clone()
