@@ -14,7 +14,9 @@ from nextscale.train.eval.adherence import (
     diversity,
     evaluate,
     frechet_distance,
+    frechet_distance_noise,
     level_prompt_set,
+    markdown_report,
     prompt_set,
 )
 from nextscale.train.eval.judge import AttributeJudge, JudgeConfig
@@ -24,6 +26,21 @@ def test_frechet_distance_zero_for_identical_and_grows_with_shift():
     features = torch.randn(500, 8, generator=torch.Generator().manual_seed(0))
     assert frechet_distance(features, features) == pytest.approx(0.0, abs=1e-6)
     assert frechet_distance(features, features + 1.0) == pytest.approx(8.0, rel=1e-3)
+
+
+def test_fd_noise_resamples_each_prompts_own_images_and_falls_with_more_of_them():
+    generator = torch.Generator().manual_seed(1)
+    prompts, dim = 6, 3
+    real = torch.randn(prompts * 8, dim, generator=generator)
+    # every prompt's images identical (prompts differ): resampling within a prompt changes nothing
+    constant = torch.randn(prompts, 1, dim, generator=generator).expand(prompts, 8, dim).reshape(-1, dim)
+    assert frechet_distance_noise(constant, real, 8) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance_noise(constant, real, 1) == 0.0
+    few, many = (torch.randn(prompts * per, dim, generator=generator) for per in (4, 256))
+    real_many = torch.randn(prompts * 256, dim, generator=generator)
+    noise_few = frechet_distance_noise(few, real_many[: prompts * 4], 4)
+    assert noise_few > 0 and frechet_distance_noise(few, real_many[: prompts * 4], 4) == noise_few  # seeded
+    assert frechet_distance_noise(many, real_many, 256) < noise_few / 3
 
 
 def test_diversity_zero_for_copies():
@@ -73,6 +90,7 @@ def test_evaluation_end_to_end_on_a_tiny_budget(tiny_pipeline_dir, tmp_path):
     assert saved["best_cfg_scale"] in (0.0, 3.0) and len(saved["sweep"]) == 2
     assert saved["best_cfg_scale"] in saved["tied_cfg_scales"]
     assert saved["reconstructions"]["frechet_distance"] >= 0
+    assert all(entry["frechet_distance_noise"] >= 0 for entry in saved["sweep"])
     for entry in (saved["real"], saved["reconstructions"], saved["unconditional"], *saved["sweep"]):
         assert 0.0 <= entry["single"]["mean"] <= 1.0 and 0.0 <= entry["triple"]["all_correct"] <= 1.0
     assert report["seconds_per_image"] > 0
@@ -80,6 +98,9 @@ def test_evaluation_end_to_end_on_a_tiny_budget(tiny_pipeline_dir, tmp_path):
     assert "real renders" in table and "tokenizer reconstructions" in table and "cfg 3" in table
     assert (tmp_path / "eval" / "progression.png").is_file()
     assert set(saved["zoom"]) == {"2", "4"} and "Zoom 4x" in table
+    saved["sweep"][0]["frechet_distance_noise"], saved["sweep"][1]["frechet_distance_noise"] = 0.0, 31.6
+    rows = {line.split(" |")[0]: line for line in markdown_report(saved).splitlines()}
+    assert rows["| cfg 3"].count("± 32") == 1 and "±" not in rows["| cfg 0"]
     assert set(saved["zoom"]["4"]["generated"]["per_attribute"]) == {"gender", "beard", "glasses", "skin", "smile"}
 
 

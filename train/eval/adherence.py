@@ -11,7 +11,8 @@ combinations) it reports, for each guidance scale of a sweep:
   (the upper bound: the judge's own error), the tokenizer's reconstructions of real renders (what its
   round trip alone costs) and unconditional samples (chance);
 - the Fréchet distance between judge features of generated and real images, beside real-vs-real and
-  reconstructions-vs-real;
+  reconstructions-vs-real, and the sample's own noise in it (its standard deviation over bootstrap
+  resamples of the generated images: FDs closer than about twice that are not told apart);
 - diversity: mean pairwise RMS pixel distance between images of the same prompt (real: same measure);
 - the chosen guidance scale (`choose_cfg_row`): the best single-attribute adherence, where rows within
   the sample's noise of it count as tied and the lowest FD among them wins;
@@ -224,6 +225,25 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((mean_a - mean_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * cross)
 
 
+def frechet_distance_noise(features: torch.Tensor, real_features: torch.Tensor, per_prompt: int,
+                           rounds: int = 20, seed: int = 0) -> float:
+    """How far the FD moves with the sample alone: the standard deviation of the FD over `rounds`
+    bootstrap resamples of the generated features (n, D), grouped by prompt, each prompt's own
+    `per_prompt` images drawn with replacement, against the same real features (n, D).
+
+    Two runs scored against the same real renders whose FDs differ by less than about twice this are
+    not told apart by the sample. 0.0 when per_prompt < 2.
+    """
+    if per_prompt < 2:
+        return 0.0
+    generator = torch.Generator().manual_seed(seed)
+    prompts = features.shape[0] // per_prompt
+    offsets = torch.arange(prompts).repeat_interleave(per_prompt) * per_prompt  # (n,) first item of each prompt
+    values = [frechet_distance(features[offsets + torch.randint(0, per_prompt, offsets.shape, generator=generator)],
+                               real_features) for _ in range(rounds)]
+    return statistics.stdev(values)
+
+
 def diversity(images: torch.Tensor, per_prompt: int) -> float:
     """Mean pairwise RMS pixel distance between images of the same prompt (images grouped by prompt)."""
     groups = images.flatten(1).split(per_prompt)
@@ -288,7 +308,9 @@ def evaluate(config: EvaluationConfig) -> dict:
         images = sample_prompts(pipeline, prompts, config, cfg_scale, config.seed)
         predicted, features = judge_images(judge, images)
         report["sweep"].append({"cfg_scale": cfg_scale, **score(predicted), "diversity": diversity(images, per),
-                                "frechet_distance": frechet_distance(features, real_features)})
+                                "frechet_distance": frechet_distance(features, real_features),
+                                "frechet_distance_noise": frechet_distance_noise(features, real_features, per,
+                                                                                 seed=config.seed)})
     best, tied = choose_cfg_row(report["sweep"], len(singles) * per)
     report["best_cfg_scale"] = best["cfg_scale"]
     report["tied_cfg_scales"] = [row["cfg_scale"] for row in tied]
@@ -354,9 +376,16 @@ def markdown_report(report: dict) -> str:
     lines.append(row("tokenizer reconstructions", rec, f"{rec['frechet_distance']:.2f}", f"{rec['diversity']:.3f}"))
     lines.append(row("unconditional", report["unconditional"], "", ""))
     for entry in report["sweep"]:
-        lines.append(row(f"cfg {entry['cfg_scale']:g}", entry, f"{entry['frechet_distance']:.2f}",
+        noise = entry.get("frechet_distance_noise", 0.0)
+        spread = f" ± {noise:.0f}" if noise else ""
+        lines.append(row(f"cfg {entry['cfg_scale']:g}", entry, f"{entry['frechet_distance']:.2f}{spread}",
                          f"{entry['diversity']:.3f}"))
     lines.append("")
+    if any(entry.get("frechet_distance_noise") for entry in report["sweep"]):
+        lines.append("FD ± the standard deviation of the FD over 20 bootstrap resamples of the generated images "
+                     "(each prompt's own): the sample's noise; runs whose FDs differ by less than about twice "
+                     "that are not told apart by this sample.")
+        lines.append("")
     tied = report.get("tied_cfg_scales", [report["best_cfg_scale"]])
     chosen = (f"Chosen guidance scale: {report['best_cfg_scale']:g}"
               + (f" (adherence tied within the sample's noise at cfg {cfg_list(tied)}; the lowest FD)"
