@@ -23,6 +23,7 @@ from nextscale.tokenizer.rate import (
     rate_weights,
 )
 from nextscale.train.code_rate import cli as calibrate_cli
+from nextscale.train.code_rate import residual_energy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench` is a folder of the checkout
 from bench.codes import Args, code_length_maps  # noqa: E402
@@ -192,16 +193,36 @@ def test_the_calibration_command_keeps_the_decoder_and_explains_bad_input(tmp_pa
     codes = model.encode(images(2))
     assert torch.equal(model.decode(codes), source.decode(codes))
     out = capsys.readouterr().out
-    assert "calibration pass 1/1" in out and "PSNR" in out
+    assert "calibration pass 1/1" in out and "PSNR" in out and "residual energy per scale" in out
     metrics = json.loads((tmp_path / "rate" / "metrics.json").read_text())
     assert metrics["num_images"] == 8 and metrics["held_out"] and metrics["calibration_images"] == 24
     assert len(metrics["per_scale"]) == 3 and "flat_perplexity" in metrics["per_scale"][-1]
+    assert len(metrics["residual_energy"]) == 3 and all(e > 0 for e in metrics["residual_energy"])
     with pytest.raises(SystemExit) as exit_info:
         calibrate_cli(["--tokenizer", str(tmp_path / "plain"), "--out", str(tmp_path / "x"), "--code-rate", "0"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--code-rate must be > 0" in err[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_residual_energy_is_what_each_scale_is_left_to_code_and_grows_with_the_latent():
+    model = tiny().eval()
+    batch = images(3)
+    energy = residual_energy(model, batch)
+    latent = model.encoder(batch).detach()
+    assert energy.shape == (len(model.quantizer.scale_sizes),)
+    # the first scale sees the whole latent, pooled to one cell
+    assert float(energy[0]) == pytest.approx(float(latent.mean((2, 3)).pow(2).sum(1).mean()), rel=1e-5)
+    # a latent (and codebook) twice as large: four times the energy at every scale, the same codes
+    bigger = tiny().eval()
+    with torch.no_grad():  # the encoder's last layer, the codes and the phi convolutions' offsets, doubled
+        for name, parameter in bigger.named_parameters():
+            if name.startswith("encoder.out.") or name == "quantizer.embedding.weight" or (
+                    name.startswith("quantizer.phis.") and name.endswith(".bias")):
+                parameter.mul_(2)
+    assert torch.equal(bigger.encode(batch)[-1], model.encode(batch)[-1])
+    assert torch.allclose(residual_energy(bigger, batch), 4 * energy, rtol=1e-4)
 
 
 def test_re_quantised_known_codes_are_the_rate_aware_encoders():

@@ -11,6 +11,12 @@ usage and predictability, flat against textured cells: printed and written to `o
 To let the encoder and decoder adapt to the new codes too, fine-tune the result with the same rate
 (`train_tokenizer.py --init-from out --model.code-rate 0.004 --model.code-rate-flat-boost 4 --steps
 300`: the training tracks the probabilities from the calibrated ones).
+
+lambda is in units of the tokenizer's squared latent error, so its effect depends on how much energy
+the tokenizer's latent carries: the command prints the mean squared residual per cell that each scale's
+lookup sees (`residual_energy`). To carry a setting over to another tokenizer, scale lambda by the ratio
+of these energies (the aligned demo preset's tokenizer carries about 4x the 1x demo tokenizer's, so
+0.016 there does what 0.004 does on the 1x one; README, "A rate-aware lookup").
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 import torch
 
 from nextscale.tokenizer import MultiScaleVQVAE
+from nextscale.tokenizer.quantizer import resize
 from nextscale.tokenizer.rate import calibrate_code_rate, code_entropy
 from nextscale.train.data import DataConfig, HeldOutConfig, loader_over
 from nextscale.train.data.split import evaluation_split
@@ -41,7 +48,8 @@ class CalibrateArgs:
     """Directory of the rate-aware tokenizer (weights + config)."""
     code_rate: float = 0.004
     """lambda: squared latent error traded per nat of code length (0.004 and flat boost 4: the setting
-    measured on the demo tokenizer in README, "A rate-aware lookup")."""
+    measured on the 1x demo tokenizer in README, "A rate-aware lookup"; its effect scales with the
+    tokenizer's latent energy, printed as the residual energy per scale: scale lambda with it)."""
     flat_boost: float = 4.0
     """Extra rate where the image is flat (cells of pixel std well below `contrast` pay 1 + this times)."""
     contrast: float = 0.02
@@ -58,6 +66,19 @@ class CalibrateArgs:
     """Held-out images evaluated after the calibration (0 skips the evaluation)."""
     threads: int = 0
     """torch threads (0: torch's default)."""
+
+
+@torch.no_grad()
+def residual_energy(model: MultiScaleVQVAE, images: torch.Tensor) -> torch.Tensor:
+    """(K,): the mean squared norm, per cell, of the residual that each scale's lookup sees, under the
+    model's own lookup, for images (b, 3, H, W) in [-1, 1]; the units of the code rate's distortion."""
+    latent = model.encoder(images).float()
+    quantizer = model.quantizer
+    residual, energy = latent, []
+    for scale, (size, code) in enumerate(zip(quantizer.scale_sizes, quantizer(latent, images).codes)):
+        energy.append(resize(residual, size).pow(2).sum(1).mean())
+        residual = residual - quantizer.embed_scale(scale, code)
+    return torch.stack(energy)
 
 
 def calibrate_main(args: CalibrateArgs) -> Path:
@@ -80,6 +101,9 @@ def calibrate_main(args: CalibrateArgs) -> Path:
         seen += batches[-1].shape[0]
         if seen >= args.images:
             break
+    energy = residual_energy(source, batches[0])
+    print(f"residual energy per scale (mean squared residual per cell, {args.tokenizer}'s lookup): "
+          + " ".join(f"{float(e):.3f}" for e in energy) + f"; lambda {args.code_rate:g}")
     log_probability = calibrate_code_rate(model, batches, args.iterations, progress=True)
     out = Path(args.out)
     model.save_pretrained(out)
@@ -89,6 +113,7 @@ def calibrate_main(args: CalibrateArgs) -> Path:
     if args.eval_images > 0:
         metrics = evaluate_held_out(model, split, args.eval_images)
         metrics.update(source=args.tokenizer, code_rate=args.code_rate, flat_boost=args.flat_boost,
+                       residual_energy=[float(e) for e in energy],
                        contrast=args.contrast, calibration_images=seen, calibration_iterations=args.iterations)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         print(format_tokenizer_metrics(metrics))
