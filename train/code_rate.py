@@ -73,12 +73,10 @@ def residual_energy(model: MultiScaleVQVAE, images: torch.Tensor) -> torch.Tenso
     """(K,): the mean squared norm, per cell, of the residual that each scale's lookup sees, under the
     model's own lookup, for images (b, 3, H, W) in [-1, 1]; the units of the code rate's distortion."""
     latent = model.encoder(images).float()
-    quantizer = model.quantizer
-    residual, energy = latent, []
-    for scale, (size, code) in enumerate(zip(quantizer.scale_sizes, quantizer(latent, images).codes)):
-        energy.append(resize(residual, size).pow(2).sum(1).mean())
-        residual = residual - quantizer.embed_scale(scale, code)
-    return torch.stack(energy)
+    partials = model.quantizer(latent, images).accumulated  # the sum of the codes up to each scale
+    before = [torch.zeros_like(latent), *partials[:-1]]
+    return torch.stack([resize(latent - done, size).pow(2).sum(1).mean()
+                        for size, done in zip(model.quantizer.scale_sizes, before)])
 
 
 def calibrate_main(args: CalibrateArgs) -> Path:
