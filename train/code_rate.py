@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.tokenizer.quantizer import resize
+from nextscale.tokenizer.quantizer import residual_cell_norms
 from nextscale.tokenizer.rate import calibrate_code_rate, code_entropy
 from nextscale.train.data import DataConfig, HeldOutConfig, loader_over
 from nextscale.train.data.split import evaluation_split
@@ -75,7 +75,7 @@ def residual_energy(model: MultiScaleVQVAE, images: torch.Tensor) -> torch.Tenso
     latent = model.encoder(images).float()
     partials = model.quantizer(latent, images).accumulated  # the sum of the codes up to each scale
     before = [torch.zeros_like(latent), *partials[:-1]]
-    return torch.stack([resize(latent - done, size).pow(2).sum(1).mean()
+    return torch.stack([residual_cell_norms(latent - done, size).pow(2).mean()
                         for size, done in zip(model.quantizer.scale_sizes, before)])
 
 
