@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import tyro
 
+from nextscale.data import DataConfig
 from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
 from nextscale.tokenizer.losses.alignment import (
     AlignmentConfig,
@@ -27,7 +28,6 @@ from nextscale.tokenizer.losses.alignment import (
     TeacherFeatureCache,
     precompute_teacher_features,
 )
-from nextscale.train.data import DataConfig
 from nextscale.train.tokenizer_loop import TokenizerObjective, TokenizerTrainConfig
 
 

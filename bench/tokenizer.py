@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 import tyro
 
+from nextscale.data import DataConfig, held_out, make_dataloader
+from nextscale.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
 from nextscale.sampling.pipeline import DEMO_PIPELINE
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data import DataConfig, held_out, make_dataloader
-from nextscale.train.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
 
 
 @dataclass(frozen=True)

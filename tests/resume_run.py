@@ -16,8 +16,8 @@ from accelerate import PartialState
 from conftest import tiny_tokenizer_config
 from test_training import tokenizer_run, var_run
 
+from nextscale.data import DataConfig
 from nextscale.tokenizer.losses.discriminator import AdversarialConfig
-from nextscale.train.data import DataConfig
 from nextscale.train.preview import PreviewConfig
 from nextscale.train.tokenizer_loop import train_tokenizer
 from nextscale.train.var_loop import train_var

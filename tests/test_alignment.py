@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import tiny_tokenizer_config
 
+from nextscale.data import DataConfig
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.tokenizer.losses.alignment import AlignmentConfig, AlignmentHead, alignment_inputs
-from nextscale.train.data import DataConfig
 from nextscale.train.tokenizer_loop import TokenizerObjective, TokenizerTrainConfig
 
 TEACHER_WIDTH = 12

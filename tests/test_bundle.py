@@ -13,9 +13,9 @@ from conftest import PipelineWriter
 from safetensors import safe_open
 
 from nextscale.errors import run_cli
+from nextscale.portraits.judge import AttributeJudge, JudgeConfig
 from nextscale.sampling.pipeline import PIPELINE_FILE, load_pipeline, record_sampling, write_pipeline
 from nextscale.train.bundle import BundleArgs, bundle, main
-from nextscale.train.eval.judge import AttributeJudge, JudgeConfig
 
 
 def files_of(directory: Path) -> dict[Path, bytes]:

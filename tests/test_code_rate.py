@@ -26,8 +26,8 @@ from nextscale.train.code_rate import cli as calibrate_cli
 from nextscale.train.code_rate import residual_energy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `bench` is a folder of the checkout
-from bench.codes import Args, code_length_maps  # noqa: E402
-from bench.codes import main as codes_main  # noqa: E402
+from experiments.code_statistics import Args, code_length_maps  # noqa: E402
+from experiments.code_statistics import main as codes_main  # noqa: E402
 
 
 def tiny(**overrides: object) -> MultiScaleVQVAE:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import tiny_tokenizer_config
 
+from nextscale.eval.codes import CodeStatistics, entropy, parent_cells, parent_codes
+from nextscale.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.tokenizer.quantizer import nearest_codes, null_code_lookup
 from nextscale.tokenizer.rate import cell_contrast
-from nextscale.train.eval.codes import CodeStatistics, entropy, parent_cells, parent_codes
-from nextscale.train.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
 
 
 def tiny(**overrides: object) -> MultiScaleVQVAE:
@@ -160,8 +160,8 @@ def test_tokenizer_evaluation_prints_the_code_predictability():
 
 
 def test_the_teacher_trains_and_loads_as_an_alignment_teacher(tmp_path):
+    from nextscale.portraits.train_teacher import TeacherTrainConfig, train_teacher
     from nextscale.tokenizer.losses.alignment import FrozenVisionTeacher
-    from nextscale.train.teacher_loop import TeacherTrainConfig, train_teacher
 
     config = TeacherTrainConfig(output_dir=str(tmp_path / "teacher"), image_size=16, patch_size=4, hidden_size=16,
                                 layers=1, heads=2, train_images=64, steps=6, batch_size=8, eval_images=8,
@@ -177,9 +177,9 @@ def test_arms_share_one_budget_and_resume(tmp_path):
     """Two arms (one aligned with a tiny teacher) train on the same base; a second call trains nothing."""
     import dataclasses
 
-    from nextscale.train.data import DataConfig
-    from nextscale.train.eval.arms import ArmsConfig, arm_config, run_arms
-    from nextscale.train.teacher_loop import TeacherTrainConfig, train_teacher
+    from experiments.tokenizer_arms import ArmsConfig, arm_config, run_arms
+    from nextscale.data import DataConfig
+    from nextscale.portraits.train_teacher import TeacherTrainConfig, train_teacher
 
     train_teacher(TeacherTrainConfig(output_dir=str(tmp_path / "teacher"), image_size=16, patch_size=4, hidden_size=16,
                                      layers=1, heads=2, train_images=16, steps=1, batch_size=4, eval_images=4,
@@ -214,9 +214,9 @@ def test_arms_downstream_trains_one_transformer_per_arm(tiny_bert_dir, tmp_path)
 
     from conftest import TINY_TEXT_MAX_LENGTH
 
-    from nextscale.train.data import DataConfig
-    from nextscale.train.eval.arms import ArmsConfig, format_arms, run_arms
-    from nextscale.train.eval.judge import AttributeJudge, JudgeConfig
+    from experiments.tokenizer_arms import ArmsConfig, format_arms, run_arms
+    from nextscale.data import DataConfig
+    from nextscale.portraits.judge import AttributeJudge, JudgeConfig
     from nextscale.transformer import TransformerConfig
 
     torch.manual_seed(0)
@@ -256,9 +256,9 @@ def test_arms_downstream_trains_one_transformer_per_arm(tiny_bert_dir, tmp_path)
 
 
 def test_judge_check_of_a_tokenizer():
+    from experiments.tokenizer_arms import judge_check
+    from nextscale.portraits.judge import AttributeJudge, render_portraits
     from nextscale.sampling.pipeline import DEMO_PIPELINE
-    from nextscale.train.eval.arms import judge_check
-    from nextscale.train.eval.judge import AttributeJudge, render_portraits
 
     judge = AttributeJudge.from_pretrained(DEMO_PIPELINE / "judge")
     renders = [render_portraits(seed, 16, 64, judge.config)[0] for seed in (7, 8)]

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nextscale.train.data import (
+from nextscale.data import (
     DataConfig,
     HeldOutConfig,
     TooManyBadFiles,
@@ -29,7 +29,8 @@ from nextscale.train.data import (
     loader_over,
     make_dataloader,
 )
-from nextscale.train.data.captions import (
+from nextscale.data.sources.folder import ImageFolderDataset
+from nextscale.portraits.captions import (
     COARSE_ATTRIBUTES,
     DETAIL_ATTRIBUTES,
     caption_from_attributes,
@@ -37,7 +38,7 @@ from nextscale.train.data.captions import (
     layout_caption,
     sample_caption,
 )
-from nextscale.train.data.portraits import (
+from nextscale.portraits.render import (
     ATTRIBUTES,
     ZOOM_LEVELS,
     render_portrait,
@@ -45,8 +46,7 @@ from nextscale.train.data.portraits import (
     view_window,
     visible_attributes,
 )
-from nextscale.train.data.sources.folder import ImageFolderDataset
-from nextscale.train.data.sources.synthetic import SyntheticConfig, SyntheticPortraits
+from nextscale.portraits.source import SyntheticConfig, SyntheticPortraits
 
 # ---------------------------------------------------------------------------------------------- synthetic
 
@@ -372,7 +372,8 @@ def test_folder_captions_formats_and_nesting(tmp_path, caplog):
     batch = collate([dataset[i] for i in range(len(dataset))])
     assert batch["image"].shape == (4, 3, 16, 16) and batch["image"].dtype == torch.float32
     assert batch["image"].min() >= -1 and batch["image"].max() <= 1
-    assert batch["attributes"] == [{}] * 4 and dataset.tracker.bad == 0
+    # a folder adds no fields of its own: the batch carries only what every source has
+    assert set(batch) == {"image", "caption", "index"} and dataset.tracker.bad == 0
 
 
 def test_malformed_metadata_lines_are_skipped_and_counted_like_bad_files(tmp_path, caplog):
@@ -619,7 +620,7 @@ def test_webdataset_missing_package_says_how_to_install(tmp_path, monkeypatch):
 
 
 def test_the_transformer_holds_out_data_it_never_trains_on_for_every_source(tmp_path, monkeypatch):
-    from nextscale.train.data.split import evaluation_split
+    from nextscale.data.split import evaluation_split
 
     folder = tmp_path / "folder"
     folder.mkdir()

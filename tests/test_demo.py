@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from nextscale.portraits.judge import AttributeJudge
 from nextscale.sampling.pipeline import DEMO_PIPELINE, load_pipeline
 from nextscale.sampling.sampler import SamplingConfig, generate
-from nextscale.train.eval.judge import AttributeJudge
 
 ROOT = Path(__file__).resolve().parent.parent
 # Attributes the demo model draws reliably (see README, Results); each prompt asks for two.

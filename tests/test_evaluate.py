@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from nextscale.train.eval.adherence import (
+from nextscale.portraits.adherence import (
     EvaluationConfig,
     adherence,
     choose_cfg_row,
@@ -19,7 +19,7 @@ from nextscale.train.eval.adherence import (
     markdown_report,
     prompt_set,
 )
-from nextscale.train.eval.judge import AttributeJudge, JudgeConfig
+from nextscale.portraits.judge import AttributeJudge, JudgeConfig
 
 
 def test_frechet_distance_zero_for_identical_and_grows_with_shift():

@@ -9,13 +9,10 @@ import numpy as np
 import torch
 
 from nextscale.images import psnr
-from nextscale.sampling.pipeline import DEMO_PIPELINE
-from nextscale.sampling.zoom import centre, shrink
-from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.eval.adherence import consistent_attributes
-from nextscale.train.eval.editing import EditEvaluationConfig, evaluate, eye_band, masked_psnr
-from nextscale.train.eval.judge import AttributeJudge, JudgeConfig
-from nextscale.train.eval.zoom import (
+from nextscale.portraits.adherence import consistent_attributes
+from nextscale.portraits.editing import EditEvaluationConfig, evaluate, eye_band, masked_psnr
+from nextscale.portraits.judge import AttributeJudge, JudgeConfig
+from nextscale.portraits.zoom import (
     ZoomEvaluation,
     level_prompt,
     magnifications,
@@ -23,6 +20,9 @@ from nextscale.train.eval.zoom import (
     rendered_agreement,
     zoom_adherence,
 )
+from nextscale.sampling.pipeline import DEMO_PIPELINE
+from nextscale.sampling.zoom import centre, shrink
+from nextscale.tokenizer import MultiScaleVQVAE
 
 
 def test_masked_psnr_sees_only_the_known_pixels() -> None:

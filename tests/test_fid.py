@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nextscale.train.eval.fid import FidArgs, frechet_distance, inception_score, main
+from nextscale.eval.fid import FidArgs, frechet_distance, inception_score, main
 
 
 def test_frechet_distance_of_known_gaussians() -> None:

@@ -9,9 +9,7 @@ import pytest
 import torch
 import tyro
 
-from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
-from nextscale.train.data.portraits import ATTRIBUTES
-from nextscale.train.eval.judge import (
+from nextscale.portraits.judge import (
     AttributeJudge,
     AugmentationConfig,
     JudgeConfig,
@@ -22,7 +20,9 @@ from nextscale.train.eval.judge import (
     format_judge_metrics,
     render_portraits,
 )
-from nextscale.train.judge_loop import JudgeTrainConfig, train_judge
+from nextscale.portraits.render import ATTRIBUTES
+from nextscale.portraits.train_judge import JudgeTrainConfig, train_judge
+from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
 
 TINY = JudgeConfig(image_size=32, channels=(8, 16, 32), pooled_size=4, feature_dim=32)
 

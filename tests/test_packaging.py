@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nextscale.train.data import DataConfig, build_dataset, source_names, sources
-from nextscale.train.data.sources import Source, get_source, register_source
+from nextscale.data import DataConfig, build_dataset, source_names, sources
+from nextscale.data.sources import Source, get_source, register_source
 
 
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -23,7 +23,7 @@ def test_app_folder_with_generic_module_names_imports_nextscale(tmp_path: Path) 
         (tmp_path / f"{name}.py").write_text(f"raise ImportError('the application\\'s own {name}.py was imported')\n")
     result = run_python(
         "from nextscale.sampling import generate, load_pipeline\n"
-        "from nextscale.train.data import DataConfig\n"
+        "from nextscale.data import DataConfig\n"
         "from nextscale.tokenizer import MultiScaleVQVAE\n"
         "import nextscale.transformer\n"
         "print('ok')",

@@ -14,11 +14,11 @@ import torch
 from conftest import TINY_TEXT_MAX_LENGTH, tiny_tokenizer_config
 from PIL import Image
 
+from nextscale.data import DataConfig
 from nextscale.images import save_grid
 from nextscale.sampling import generate
 from nextscale.sampling.pipeline import load_pipeline
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data import DataConfig
 from nextscale.train.optim import parameter_groups, warmup_stable_decay
 from nextscale.train.preview import PreviewConfig
 from nextscale.train.state import CheckpointError
@@ -246,13 +246,13 @@ def test_tokenizer_alignment_with_a_precomputed_teacher_cache(tmp_path):
     """--alignment.cache-dir runs the teacher once; the cached pyramids equal the teacher's own."""
     from transformers import Dinov2Config, Dinov2Model
 
+    from nextscale.data import make_dataloader
     from nextscale.tokenizer.losses.alignment import (
         AlignmentConfig,
         FrozenVisionTeacher,
         TeacherFeatureCache,
         feature_pyramid,
     )
-    from nextscale.train.data import make_dataloader
 
     torch.manual_seed(0)
     Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -288,8 +288,8 @@ def write_class_folder(root: Path, classes: dict[str, tuple[int, int, int]], per
 
 
 def test_class_conditional_training_from_class_folders(trained_tokenizer, tmp_path):
+    from nextscale.data.sources.class_folder import ClassFolderDataset
     from nextscale.sampling import SamplingConfig, generate
-    from nextscale.train.data.sources.class_folder import ClassFolderDataset
 
     output, _ = trained_tokenizer
     folder = write_class_folder(tmp_path / "images", {"red": (250, 20, 20), "blue": (20, 20, 250)})

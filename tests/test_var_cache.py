@@ -10,9 +10,9 @@ import torch
 from conftest import TINY_TEXT_MAX_LENGTH, tiny_tokenizer_config
 from PIL import Image
 
+from nextscale.data import DataConfig, build_dataset, collate
 from nextscale.scales import flatten_codes
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data import DataConfig, build_dataset, collate
 from nextscale.train.var_data import TEXT_FILE, CachedCodesDataset, build_cache, deduplicate, mixing_captions
 from nextscale.transformer.text import TextEncoder
 

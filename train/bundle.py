@@ -34,11 +34,11 @@ class BundleArgs:
     var_run: Path = Path("runs/var")
     """Output directory of train_var.py (holds pipeline/ and metrics.json)."""
     judge: Path = Path("runs/judge")
-    """Output directory of `python -m nextscale.train.eval.judge` (holds model/ and metrics.json)."""
+    """Output directory of `python -m nextscale.portraits.judge` (holds model/ and metrics.json)."""
     out: Path = Path("checkpoints/demo")
     """The bundle to write (replaced atomically)."""
     teacher: Path | None = None
-    """Output directory of `python -m nextscale.train.eval.teacher` (holds model/ and metrics.json): the demo
+    """Output directory of `python -m nextscale.portraits.teacher` (holds model/ and metrics.json): the demo
     preset's alignment teacher, bundled as `teacher/`; by default the one already in --out is kept."""
 
 
@@ -48,7 +48,7 @@ def bundle(args: BundleArgs) -> Path:
     judge_model = args.judge / "model"
     if not judge_model.is_dir():
         raise FileNotFoundError(f"{judge_model} is not a directory: give --judge the output directory of "
-                                "python -m nextscale.train.eval.judge")
+                                "python -m nextscale.portraits.judge")
     metrics = {"tokenizer": read_json_object(args.tokenizer_run / "metrics.json"),
                "transformer": read_json_object(args.var_run / "metrics.json"),
                "judge": read_json_object(args.judge / "metrics.json")}
@@ -58,7 +58,7 @@ def bundle(args: BundleArgs) -> Path:
     teacher = args.out / "teacher" if args.teacher is None else args.teacher / "model"
     if args.teacher is not None and not teacher.is_dir():
         raise FileNotFoundError(f"{teacher} is not a directory: give --teacher the output directory of "
-                                "python -m nextscale.train.eval.teacher")
+                                "python -m nextscale.portraits.teacher")
 
     def add_judge_and_metrics(directory: Path) -> None:
         shutil.copytree(judge_model, directory / "judge")

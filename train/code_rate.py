@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
+from nextscale.data import DataConfig, HeldOutConfig, loader_over
+from nextscale.data.split import evaluation_split
+from nextscale.eval.tokenizer import format_tokenizer_metrics
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.tokenizer.quantizer import residual_cell_norms
 from nextscale.tokenizer.rate import calibrate_code_rate, code_entropy
-from nextscale.train.data import DataConfig, HeldOutConfig, loader_over
-from nextscale.train.data.split import evaluation_split
 from nextscale.train.errors import run_cli
-from nextscale.train.eval.tokenizer import format_tokenizer_metrics
 from nextscale.train.tokenizer_loop import evaluate_held_out
 
 

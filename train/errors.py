@@ -29,7 +29,7 @@ def run_cli(config_class: type[T], main: Callable[[T], Any], argv: list[str] | N
             defaults: Callable[[list[str]], T | None] | None = None) -> Any:
     """Parse a training config from the command line and run it, turning mistakes into one line;
     `defaults(argv)` may pick the defaults (a size preset)."""
-    from nextscale.train.data.badinput import TooManyBadFiles
+    from nextscale.data.badinput import TooManyBadFiles
     from nextscale.train.runtime import NonFiniteTraining
     from nextscale.train.state import CheckpointError
 

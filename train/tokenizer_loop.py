@@ -9,6 +9,9 @@ from typing import Any
 
 import torch
 
+from nextscale.data import DataConfig, HeldOutConfig, loader_over
+from nextscale.data.split import EvaluationSplit, evaluation_split
+from nextscale.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
 from nextscale.images import save_grid
 from nextscale.sampling.pipeline import DEMO_PIPELINE
 from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
@@ -20,14 +23,11 @@ from nextscale.tokenizer.losses.alignment import (
 )
 from nextscale.tokenizer.losses.discriminator import AdversarialConfig
 from nextscale.tokenizer.losses.perceptual import PerceptualConfig, PerceptualLoss
-from nextscale.train.data import DataConfig, HeldOutConfig, loader_over
-from nextscale.train.data.split import EvaluationSplit, evaluation_split
 from nextscale.train.errors import run_cli
-from nextscale.train.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
 from nextscale.train.optim import adamw_with_schedule
+from nextscale.train.presets import is_demo_data, tokenizer_defaults
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult, close_process_group
-from nextscale.train.sizes import is_demo_data, tokenizer_defaults
 from nextscale.train.state import GeneratorState, TensorState, load_initial_weights
 from nextscale.train.tokenizer_objective import (
     Adversary,
@@ -39,7 +39,7 @@ from nextscale.train.tokenizer_objective import (
 )
 
 DEMO_TEACHER = DEMO_PIPELINE / "teacher"
-"""The demo preset's alignment teacher, bundled: the tiny DINOv2 that `nextscale.train.eval.teacher` trains on
+"""The demo preset's alignment teacher, bundled: the tiny DINOv2 that `nextscale.portraits.teacher` trains on
 the synthetic portraits (never the judge)."""
 
 

@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, broadcast
 from tqdm.auto import tqdm
 
+from nextscale.data import make_dataloader
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.tokenizer.losses.alignment import (
     AlignmentHead,
@@ -28,7 +29,6 @@ from nextscale.tokenizer.losses.discriminator import (
     discriminator_loss,
     generator_loss,
 )
-from nextscale.train.data import make_dataloader
 from nextscale.train.optim import adamw_with_schedule
 
 if TYPE_CHECKING:

@@ -35,10 +35,10 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from nextscale.checkpoint import WEIGHTS_NAME, resolve_model_dir
+from nextscale.data import DataConfig, loader_over
+from nextscale.portraits.captions import detail_caption, layout_caption
 from nextscale.scales import flatten_codes
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data import DataConfig, loader_over
-from nextscale.train.data.captions import detail_caption, layout_caption
 from nextscale.transformer.text import TextEncoder, load_text_cache, precompute_text_embeddings, save_text_cache
 
 CODES_FILE = "codes.safetensors"
@@ -77,11 +77,11 @@ def mixing_captions(batch: dict, seed: int) -> dict[str, list[str]]:
     """The mixing captions of each item of a collated batch, by kind (`MIXING_KINDS`): detail
     (`captions.detail_caption`) and layout (`captions.layout_caption`), drawn from (seed, item index) so
     a rebuilt cache gets the same ones."""
-    if not all(batch["attributes"]) or bool((batch["index"] < 0).any()):
+    if "attributes" not in batch or not all(batch["attributes"]) or bool((batch["index"] < 0).any()):
         raise ValueError("--mixing needs detail captions, made from each item's attributes: use a source whose "
                          "items carry them (--data.source synthetic), or --mixing 0")
     mixing_stream = 0x6D6978  # "mix": a random stream apart from the one the item's own caption is drawn from
-    items = list(zip(batch["attributes"], batch["index"], batch["zoom"]))
+    items = list(zip(batch["attributes"], batch["index"], batch.get("zoom", [1] * len(batch["index"]))))
     return {
         "detail": [detail_caption(attributes, np.random.default_rng([seed, int(index), mixing_stream]), int(zoom))
                    for attributes, index, zoom in items],
@@ -212,6 +212,8 @@ class CachedCodesDataset(Dataset):
 def on_the_fly_class_batches(loader, tokenizer: MultiScaleVQVAE) -> Iterator[dict[str, torch.Tensor]]:
     """Encode image batches as they come, with their class labels (the `class-folder` source)."""
     for batch in loader:
+        if "label" not in batch:
+            raise ValueError("a class-conditional transformer needs class labels: use --data.source class-folder")
         codes = flatten_codes(tokenizer.encode(batch["image"].to(next(tokenizer.parameters()).device)))
         yield {"codes": codes, "labels": batch["label"]}
 

@@ -9,16 +9,16 @@ from typing import Any, Literal
 
 import torch
 
+from nextscale.data import DataConfig, HeldOutConfig, loader_over
+from nextscale.data.split import evaluation_split
 from nextscale.sampling.pipeline import write_pipeline
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data import DataConfig, HeldOutConfig, loader_over
-from nextscale.train.data.split import evaluation_split
 from nextscale.train.errors import run_cli
 from nextscale.train.optim import adamw_with_schedule
+from nextscale.train.presets import check_tokenizer_size, var_defaults
 from nextscale.train.preview import PreviewConfig, write_preview
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult, close_process_group
-from nextscale.train.sizes import check_tokenizer_size, var_defaults
 from nextscale.train.state import GeneratorState, load_initial_weights
 from nextscale.train.var_data import (
     CachedCodesDataset,

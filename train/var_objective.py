@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from nextscale.data import loader_over
 from nextscale.scales import scale_offsets, unflatten_codes
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data import loader_over
 from nextscale.train.var_data import on_the_fly_batches, on_the_fly_class_batches
 from nextscale.transformer import NextScaleTransformer, TransformerConfig
 from nextscale.transformer.text import TextEncoder

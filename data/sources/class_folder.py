@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from nextscale.train.data.config import DataConfig
-from nextscale.train.data.sources import Source, register_source
-from nextscale.train.data.sources.folder import ImageFolderDataset
+from nextscale.data.config import DataConfig
+from nextscale.data.sources import Source, register_source
+from nextscale.data.sources.folder import ImageFolderDataset
 
 
 class ClassFolderDataset(ImageFolderDataset):

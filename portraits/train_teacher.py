@@ -1,4 +1,4 @@
-"""The alignment teacher's training (`python -m nextscale.train.eval.teacher`), plugged into the runtime.
+"""The alignment teacher's training (`python -m nextscale.portraits.teacher`), plugged into the runtime.
 
 A tiny `Dinov2Model` learns the synthetic portraits' attributes (a linear head per attribute on its
 mean patch token, `AttributeProbe`); the backbone alone is saved to `output_dir/model`, a local model
@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from nextscale.images import from_uint8
+from nextscale.portraits.judge import JudgeConfig, render_portraits
+from nextscale.portraits.teacher import AttributeProbe
 from nextscale.tokenizer.losses.backbone import ImageNetNormalise
 from nextscale.train.errors import run_cli
-from nextscale.train.eval.judge import JudgeConfig, render_portraits
-from nextscale.train.eval.teacher import AttributeProbe
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult, close_process_group
@@ -153,7 +153,7 @@ def train_teacher(config: TeacherTrainConfig) -> dict:
 
 
 def cli() -> None:
-    """`python -m nextscale.train.eval.teacher` (also `accelerate launch -m nextscale.train.teacher_loop`)."""
+    """`python -m nextscale.portraits.teacher` (also `accelerate launch -m nextscale.portraits.train_teacher`)."""
     try:
         run_cli(TeacherTrainConfig, train_teacher)
     finally:

@@ -5,11 +5,11 @@ Built as a measurement instrument for representation alignment, and now the demo
 trained supervised on the synthetic portraits' attributes (a linear head per attribute on its mean patch
 token), saved as a local model directory without the heads (`output_dir/model`), and used as
 `--alignment.teacher DIR/model --alignment.teacher-resolution 64`. The training runs in the shared
-runtime (`nextscale.train.teacher_loop`): checkpoints, `--resume latest`, one-line errors. It is not the
+runtime (`nextscale.portraits.train_teacher`): checkpoints, `--resume latest`, one-line errors. It is not the
 judge and shares nothing with it (another architecture, other weights, another data seed), so the judge
 stays an independent referee of what alignment buys.
 
-    python -m nextscale.train.eval.teacher --output-dir runs/teacher   # defaults: 600 steps of 32 portraits
+    python -m nextscale.portraits.teacher --output-dir runs/teacher   # defaults: 600 steps of 32 portraits
 """
 
 from __future__ import annotations
@@ -36,8 +36,3 @@ class AttributeProbe(nn.Module):
         pooled = hidden[:, 1:].mean(dim=1)  # (b, D)
         return [head(pooled) for head in self.heads]
 
-
-if __name__ == "__main__":  # the documented command; the training lives in nextscale.train.teacher_loop
-    from nextscale.train.teacher_loop import cli
-
-    cli()

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from nextscale.data import DataConfig, HeldOutConfig
 from nextscale.errors import parse
 from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
 from nextscale.tokenizer.config import SIZE_PRESETS, size_preset, suggested_scale_sizes
-from nextscale.train.data import DataConfig, HeldOutConfig
 from nextscale.train.errors import run_cli
-from nextscale.train.sizes import check_tokenizer_size, option_value, tokenizer_defaults, var_defaults
+from nextscale.train.presets import check_tokenizer_size, option_value, tokenizer_defaults, var_defaults
 from nextscale.train.tokenizer_loop import TokenizerTrainConfig
 from nextscale.train.var_loop import VarTrainConfig
 

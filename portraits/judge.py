@@ -11,9 +11,9 @@ Runbook (defaults, 1 CPU thread beside another training run): pools 1 min, 1500 
 steps already give >= 99.7%). `metrics.json` also holds the "tokenizer check": the accuracy on the
 held-out renders' reconstructions and the agreement with the predictions on the renders themselves.
 
-    python -m nextscale.train.eval.judge --output-dir runs/judge --tokenizer runs/tokenizer/model
+    python -m nextscale.portraits.judge --output-dir runs/judge --tokenizer runs/tokenizer/model
 
-(the training runs in the shared runtime, `nextscale.train.judge_loop`; the judge is saved to
+(the training runs in the shared runtime, `nextscale.portraits.train_judge`; the judge is saved to
 `runs/judge/model`, its metrics to `runs/judge/metrics.json`). With `--zoom-levels 1 2 4` it trains on
 portraits seen at every zoom level, each attribute scored only where it is visible
 (`visible_attributes`), and validates per level; `--init-from` starts from a saved judge.
@@ -35,9 +35,9 @@ from tqdm.auto import tqdm
 
 from nextscale.checkpoint import PretrainedMixin
 from nextscale.images import from_uint8, to_uint8
+from nextscale.portraits.render import ATTRIBUTES, visible_attributes
+from nextscale.portraits.source import SyntheticConfig, SyntheticPortraits
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data.portraits import ATTRIBUTES, visible_attributes
-from nextscale.train.data.sources.synthetic import SyntheticConfig, SyntheticPortraits
 
 
 @dataclass(frozen=True)
@@ -269,8 +269,3 @@ def format_judge_metrics(metrics: dict) -> str:
                  f"{metrics['validation_seconds']:.0f} s")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":  # the documented command; the training lives in nextscale.train.judge_loop
-    from nextscale.train.judge_loop import cli
-
-    cli()

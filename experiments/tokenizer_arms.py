@@ -13,8 +13,8 @@ stage whose result file exists is not run again, so an interrupted experiment co
 share one teacher-feature cache (`out/teacher-cache`). The table goes to `out/arms.md` and
 `out/arms.json`.
 
-    python -m nextscale.train.eval.teacher --output-dir runs/teacher
-    python -m nextscale.train.eval.arms --out runs/arms --teacher runs/teacher/model \\
+    python -m nextscale.portraits.teacher --output-dir runs/teacher
+    python -m experiments.tokenizer_arms --out runs/arms --teacher runs/teacher/model \\
         --arms cosine cosine-null l2-restarts align-scales align-last --downstream
 """
 
@@ -30,19 +30,19 @@ from pathlib import Path
 import torch
 import tyro
 
+from nextscale.data import DataConfig
 from nextscale.images import from_uint8
-from nextscale.sampling.pipeline import DEMO_PIPELINE
-from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
-from nextscale.tokenizer.losses.alignment import AlignmentConfig
-from nextscale.train.data import DataConfig
-from nextscale.train.eval.adherence import EvaluationConfig, evaluate, frechet_distance
-from nextscale.train.eval.judge import (
+from nextscale.portraits.adherence import EvaluationConfig, evaluate, frechet_distance
+from nextscale.portraits.judge import (
     AttributeJudge,
     attribute_accuracy,
     predict_all,
     reconstruct,
     render_portraits,
 )
+from nextscale.sampling.pipeline import DEMO_PIPELINE
+from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
+from nextscale.tokenizer.losses.alignment import AlignmentConfig
 from nextscale.train.preview import PreviewConfig
 from nextscale.train.tokenizer_loop import TokenizerTrainConfig, train_tokenizer
 from nextscale.train.var_loop import VarTrainConfig, train_var
@@ -91,7 +91,7 @@ class ArmsConfig:
     arms: tuple[str, ...] = ("cosine", "cosine-null", "l2-restarts")
     """Arms to run, in order (names of `ARMS`)."""
     teacher: str | None = None
-    """Alignment teacher (a local `transformers` vision backbone, e.g. from `nextscale.train.eval.teacher`);
+    """Alignment teacher (a local `transformers` vision backbone, e.g. from `nextscale.portraits.teacher`);
     needed by the align-* arms."""
     teacher_resolution: int = 64
     """Input side of the teacher."""
@@ -122,7 +122,7 @@ class ArmsConfig:
 
 def _alignment(config: ArmsConfig, base: TokenizerTrainConfig, **changes: object) -> TokenizerTrainConfig:
     if config.teacher is None:
-        raise ValueError("the align-* arms need --teacher DIR (e.g. from python -m nextscale.train.eval.teacher)")
+        raise ValueError("the align-* arms need --teacher DIR (e.g. from python -m nextscale.portraits.teacher)")
     alignment = AlignmentConfig(teacher=config.teacher, weight=config.alignment_weight,
                                 teacher_resolution=config.teacher_resolution,
                                 cache_dir=str(Path(config.out) / "teacher-cache"))

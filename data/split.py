@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from torch.utils.data import Dataset, IterableDataset, Subset
 
-from nextscale.train.data import DataConfig, build_dataset, held_out
-from nextscale.train.data.sources import get_source
+from nextscale.data import DataConfig, build_dataset, held_out
+from nextscale.data.sources import get_source
 
 
 @dataclass

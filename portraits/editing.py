@@ -1,9 +1,9 @@
 """Measured editing of a pipeline trained on the synthetic portraits: inpainting, outpainting, variations,
 per-scale prompts, and (through `train.eval.zoom`) zoom stacks.
 
-    python -m nextscale.train.eval.editing                      # the bundled demo model and its judge
-    python -m nextscale.train.eval.editing --checkpoint runs/var/pipeline --judge runs/judge --num-edits 128
-    python -m nextscale.train.eval.editing --only per-scale-prompts       # one measurement
+    python -m nextscale.portraits.editing                      # the bundled demo model and its judge
+    python -m nextscale.portraits.editing --checkpoint runs/var/pipeline --judge runs/judge --num-edits 128
+    python -m nextscale.portraits.editing --only per-scale-prompts       # one measurement
 
 Every edit starts from real renders of known attributes and asks, through the prompt, for something
 the judge can read (`train.eval.judge`):
@@ -33,15 +33,15 @@ import torch
 import tyro
 
 from nextscale.images import from_uint8, save_grid
+from nextscale.portraits.adherence import consistent_attributes
+from nextscale.portraits.captions import caption_from_attributes
+from nextscale.portraits.judge import AttributeJudge
+from nextscale.portraits.render import ATTRIBUTES, render_portrait
+from nextscale.portraits.zoom import ZoomEvaluation, evaluate_zoom, zoom_markdown
 from nextscale.sampling.editing import EditOptions, edit, outpaint_canvas
 from nextscale.sampling.mixing import mixed_conditions, switch_prompts
 from nextscale.sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline
 from nextscale.sampling.sampler import SamplingConfig, generate, sample_scales
-from nextscale.train.data.captions import caption_from_attributes
-from nextscale.train.data.portraits import ATTRIBUTES, render_portrait
-from nextscale.train.eval.adherence import consistent_attributes
-from nextscale.train.eval.judge import AttributeJudge
-from nextscale.train.eval.zoom import ZoomEvaluation, evaluate_zoom, zoom_markdown
 
 Measurement = Literal["inpainting", "outpainting", "variations", "per-scale-prompts", "zoom"]
 MEASUREMENTS: tuple[Measurement, ...] = ("inpainting", "outpainting", "variations", "per-scale-prompts", "zoom")

@@ -1,5 +1,5 @@
 """Held-out evaluation of a tokenizer: PSNR, the coarse-to-fine curve, codebook health, code
-predictability (entropy given the parent code, flat against textured cells; `nextscale.train.eval.codes`),
+predictability (entropy given the parent code, flat against textured cells; `nextscale.eval.codes`),
 throughput."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from collections.abc import Iterable
 
 import torch
 
+from nextscale.eval.codes import CodeStatistics, format_code_statistics
 from nextscale.images import psnr
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.eval.codes import CodeStatistics, format_code_statistics
 
 
 def codebook_stats(counts: torch.Tensor) -> dict[str, float]:

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nextscale.data import DataConfig
 from nextscale.tokenizer import TokenizerConfig
-from nextscale.train.data import DataConfig
 
 if TYPE_CHECKING:
     from nextscale.train.tokenizer_loop import TokenizerTrainConfig

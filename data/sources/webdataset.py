@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from nextscale.train.data.badinput import BadInput, BadInputTracker
-from nextscale.train.data.config import DataConfig
-from nextscale.train.data.decode import crop_seed, decode_image
-from nextscale.train.data.sources import Source, register_source
+from nextscale.data.badinput import BadInput, BadInputTracker
+from nextscale.data.config import DataConfig
+from nextscale.data.decode import crop_seed, decode_image
+from nextscale.data.sources import Source, register_source
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ class WebDatasetShards(IterableDataset):
             self.tracker.record_bad(name, error.reason, error.detail)
             return None
         self.tracker.record_good()
-        return {"image": image, "caption": self._caption(sample, name), "attributes": {}}
+        return {"image": image, "caption": self._caption(sample, name)}
 
     def _caption(self, sample: dict[str, Any], name: str) -> str:
         if "txt" in sample:

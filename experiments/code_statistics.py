@@ -1,10 +1,10 @@
 """Code predictability of a tokenizer: per scale, entropy given the parent code and flat vs textured cells.
 
-    python bench/codes.py                                   # the bundled demo tokenizer, 256 portraits of seed 5
-    python bench/codes.py --tokenizer runs/tokenizer/model --images 512 --flat-threshold 0.02
-    python bench/codes.py --tokenizer A --against B --figure codes.png   # where each one spends its codes
+    python experiments/code_statistics.py                                   # the bundled demo tokenizer, 256 portraits of seed 5
+    python experiments/code_statistics.py --tokenizer runs/tokenizer/model --images 512 --flat-threshold 0.02
+    python experiments/code_statistics.py --tokenizer A --against B --figure codes.png   # where each one spends its codes
 
-Definitions in `nextscale.train.eval.codes`.
+Definitions in `nextscale.eval.codes`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 import tyro
 
+from nextscale.data import DataConfig, make_dataloader
+from nextscale.eval.codes import FLAT_THRESHOLD, CodeStatistics, format_code_statistics
 from nextscale.images import save_grid
 from nextscale.sampling.pipeline import DEMO_PIPELINE
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.tokenizer.rate import log_code_frequencies
-from nextscale.train.data import DataConfig, make_dataloader
-from nextscale.train.eval.codes import FLAT_THRESHOLD, CodeStatistics, format_code_statistics
 
 
 @dataclass(frozen=True)

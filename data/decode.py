@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from nextscale.train.data.badinput import BadInput
+from nextscale.data.badinput import BadInput
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 # Decoders tried on every file, whatever its name says: only these three, because PIL's other plugins

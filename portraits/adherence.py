@@ -1,7 +1,7 @@
 """Measured prompt adherence, fidelity and diversity of a pipeline trained on the synthetic portraits.
 
-    python -m nextscale.train.eval.adherence                               # the bundled demo model and its judge
-    python -m nextscale.train.eval.adherence --checkpoint runs/var/pipeline --judge runs/judge --images-per-prompt 32
+    python -m nextscale.portraits.adherence                               # the bundled demo model and its judge
+    python -m nextscale.portraits.adherence --checkpoint runs/var/pipeline --judge runs/judge --images-per-prompt 32
 
 A judge (`train.judge`, an attribute classifier validated on held-out renders) reads the attributes of
 generated images. For a fixed prompt set (every single attribute value, and fixed 3-attribute
@@ -39,11 +39,11 @@ import tyro
 from tqdm.auto import tqdm
 
 from nextscale.images import from_uint8, save_grid, to_uint8
+from nextscale.portraits.captions import caption_from_attributes
+from nextscale.portraits.judge import AttributeJudge, attribute_indices, reconstruct
+from nextscale.portraits.render import ATTRIBUTES, render_portrait, sample_attributes, visible_attributes
 from nextscale.sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline, record_sampling
 from nextscale.sampling.sampler import SamplingConfig, generate
-from nextscale.train.data.captions import caption_from_attributes
-from nextscale.train.data.portraits import ATTRIBUTES, render_portrait, sample_attributes, visible_attributes
-from nextscale.train.eval.judge import AttributeJudge, attribute_indices, reconstruct
 
 PROGRESSION_PROMPTS = (
     "a man with a beard and glasses on a blue background",

@@ -11,7 +11,7 @@ class DataConfig:
 
     source: str = "synthetic"
     """A registered source: synthetic (built-in portraits, the offline default), folder (an image folder) or
-    webdataset (tar shards); see `nextscale.train.data.sources`."""
+    webdataset (tar shards); see `nextscale.data.sources`."""
     path: str | None = None
     """Image folder root, or a shard pattern such as "data/{00000..00099}.tar" (unused for synthetic)."""
     image_size: int = 64
@@ -41,7 +41,7 @@ class DataConfig:
     through `accelerator.prepare`, which already dispatches or shards the batches across processes."""
 
     def __post_init__(self) -> None:
-        from nextscale.train.data.sources import get_source  # the registry imports this module
+        from nextscale.data.sources import get_source  # the registry imports this module
 
         if get_source(self.source).needs_path and not self.path:
             raise ValueError(f"source={self.source!r} needs a path (an image folder or a shard pattern)")

@@ -1,7 +1,8 @@
-"""The registry of data sources: each module in this folder registers one, so a new source is one file.
+"""The registry of data sources: each module in this folder (or named in `PLUGIN_SOURCES`) registers one,
+so a new source is one file.
 
-A source turns a `DataConfig` into a dataset whose items are `{"image": (3, S, S) float in [-1, 1],
-"caption": str, "attributes": dict[str, str]}` (map-style items add `"index"`), and says what its
+A source turns a `DataConfig` into a dataset whose items are at least `{"image": (3, S, S) float in
+[-1, 1], "caption": str}` (map-style items add `"index"`, a source its own fields), and says what its
 held-out split is. Modules here are imported on first use of the registry.
 """
 
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-    from nextscale.train.data.config import DataConfig
+    from nextscale.data.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,16 @@ def register_source(source: Source) -> Source:
     return source
 
 
+PLUGIN_SOURCES = ("nextscale.portraits.source",)
+"""Sources that live outside this package, each module registering one on import (the synthetic portraits
+belong to their own world, `nextscale.portraits`); named here so the generic data never imports them."""
+
+
 def _discover() -> None:
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
+    for name in PLUGIN_SOURCES:
+        importlib.import_module(name)
 
 
 def source_names() -> tuple[str, ...]:

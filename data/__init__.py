@@ -1,10 +1,9 @@
-"""One loader interface over every registered source (`nextscale.train.data.sources`).
+"""One loader interface over every registered source (`nextscale.data.sources`).
 
-Every source yields the same item: `{"image": (3, S, S) float in [-1, 1], "caption": str,
-"attributes": dict[str, str]}` (attributes are empty outside the synthetic source; synthetic items also
-carry their zoom level), and `collate` turns a list of items into `{"image": (b, 3, S, S), "caption":
-list[str], "attributes": list[dict], "index": (b,), "label": (b,), "zoom": (b,)}`.
-Unreadable inputs are skipped and counted (`nextscale.train.data.badinput`).
+Every source yields items with at least `{"image": (3, S, S) float in [-1, 1], "caption": str}`; map-style
+sources add `"index"` (the item's position), and a source adds its own fields (the class folder its `label`,
+the synthetic portraits their `attributes` and `zoom`). `collate` stacks what the items carry.
+Unreadable inputs are skipped and counted (`nextscale.data.badinput`).
 """
 
 from __future__ import annotations
@@ -14,10 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from nextscale.train.data.badinput import BadInput, BadInputTracker, TooManyBadFiles
-from nextscale.train.data.config import DataConfig, HeldOutConfig
-from nextscale.train.data.decode import IMAGE_SUFFIXES, crop_seed, decode_image
-from nextscale.train.data.sources import get_source, source_names
+from nextscale.data.badinput import BadInput, BadInputTracker, TooManyBadFiles
+from nextscale.data.config import DataConfig, HeldOutConfig
+from nextscale.data.decode import IMAGE_SUFFIXES, crop_seed, decode_image
+from nextscale.data.sources import get_source, source_names
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -51,22 +50,24 @@ def build_dataset(config: DataConfig, shuffle: bool = False) -> Dataset:
 
 
 def collate(batch: Sequence[dict]) -> dict:
-    """Items -> {"image": (b, 3, S, S), "caption": list[str], "attributes": list[dict], "index": (b,) long,
-    "label": (b,) long, "zoom": (b,) long}.
+    """Items -> {"image": (b, 3, S, S), "caption": list[str], "index": (b,) long, ...the source's own fields}.
 
     `index` is each image's position in a map-style source (-1 for WebDataset streams, which have none);
-    per-image caches such as precomputed teacher features are keyed by it. `label` is the class of each
-    image in a class-labelled source (`class-folder`), -1 elsewhere. `zoom` is the synthetic portraits'
-    zoom level (1 for every other source).
+    per-image caches such as precomputed teacher features are keyed by it. Any other field the items carry
+    is collated as its kind asks: tensors stacked, integers into a (b,) long tensor, anything else a list.
     """
-    return {
-        "image": torch.stack([item["image"] for item in batch]),
-        "caption": [item["caption"] for item in batch],
-        "attributes": [item["attributes"] for item in batch],
-        "index": torch.tensor([item.get("index", -1) for item in batch], dtype=torch.long),
-        "label": torch.tensor([item.get("label", -1) for item in batch], dtype=torch.long),
-        "zoom": torch.tensor([item.get("zoom", 1) for item in batch], dtype=torch.long),
-    }
+    collated = {"image": torch.stack([item["image"] for item in batch]),
+                "caption": [item["caption"] for item in batch],
+                "index": torch.tensor([item.get("index", -1) for item in batch], dtype=torch.long)}
+    for key in batch[0].keys() - collated.keys():
+        values = [item[key] for item in batch]
+        if isinstance(values[0], torch.Tensor):
+            collated[key] = torch.stack(values)
+        elif isinstance(values[0], int) and not isinstance(values[0], bool):
+            collated[key] = torch.tensor(values, dtype=torch.long)
+        else:
+            collated[key] = values
+    return collated
 
 
 def make_dataloader(config: DataConfig, batch_size: int, shuffle: bool = True, num_workers: int = 0,

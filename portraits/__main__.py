@@ -1,4 +1,4 @@
-"""Look at the synthetic world: `python -m nextscale.train.data --out grid.png --num 64` saves a grid of
+"""Look at the synthetic world: `python -m nextscale.data --out grid.png --num 64` saves a grid of
 portraits and prints their captions; `--zoom 1 2 4` shows each portrait at those zoom levels, one row
 per portrait (each level is the centre half of the one before it)."""
 
@@ -10,9 +10,9 @@ import torch
 import tyro
 
 from nextscale.images import make_grid
-from nextscale.train.data.captions import caption_from_attributes
-from nextscale.train.data.portraits import visible_attributes
-from nextscale.train.data.sources.synthetic import SyntheticConfig, SyntheticPortraits
+from nextscale.portraits.captions import caption_from_attributes
+from nextscale.portraits.render import visible_attributes
+from nextscale.portraits.source import SyntheticConfig, SyntheticPortraits
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from nextscale.train.data.captions import sample_caption
-from nextscale.train.data.config import DataConfig
-from nextscale.train.data.portraits import ZOOM_LEVELS, render_portrait, sample_attributes
-from nextscale.train.data.sources import Source, register_source
+from nextscale.data.config import DataConfig
+from nextscale.data.sources import Source, register_source
+from nextscale.portraits.captions import sample_caption
+from nextscale.portraits.render import ZOOM_LEVELS, render_portrait, sample_attributes
 
 HELD_OUT_SEED_OFFSET = 1_000_003
 

@@ -25,6 +25,10 @@ import numpy as np
 import torch
 
 from nextscale.images import from_uint8, psnr, save_grid
+from nextscale.portraits.adherence import consistent_attributes
+from nextscale.portraits.captions import caption_from_attributes
+from nextscale.portraits.judge import AttributeJudge
+from nextscale.portraits.render import render_portrait, visible_attributes
 from nextscale.sampling.pipeline import Pipeline
 from nextscale.sampling.sampler import SamplingConfig
 from nextscale.sampling.zoom import (
@@ -38,10 +42,6 @@ from nextscale.sampling.zoom import (
 )
 from nextscale.sampling.zoom_video import save_zoom, zoom_frames
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data.captions import caption_from_attributes
-from nextscale.train.data.portraits import render_portrait, visible_attributes
-from nextscale.train.eval.adherence import consistent_attributes
-from nextscale.train.eval.judge import AttributeJudge
 
 LEVEL_PROMPTS = {1: "{}", 2: "a close-up of the face of {}", 4: "an extreme close-up of the eyes of {}"}
 

@@ -1,7 +1,7 @@
 """FID and Inception Score of a folder of samples against a folder of reference images.
 
     pip install torch-fidelity
-    python -m nextscale.train.eval.fid --samples fid/var-d16 --reference imagenet-256
+    python -m nextscale.eval.fid --samples fid/var-d16 --reference imagenet-256
 
 FID (Heusel et al. 2017) is the Fréchet distance between Gaussians fitted to Inception-v3 pool features
 of the two folders; the Inception Score (Salimans et al. 2016) is exp E[KL(p(y|x) || p(y))] over the
@@ -27,7 +27,7 @@ import torch
 import tyro
 from PIL import Image
 
-from nextscale.train.data.decode import IMAGE_SUFFIXES
+from nextscale.data.decode import IMAGE_SUFFIXES
 
 Extractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """uint8 images (b, 3, H, W) -> (pool features (b, d), class logits (b, classes))."""

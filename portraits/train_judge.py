@@ -1,4 +1,4 @@
-"""The judge training (`python -m nextscale.train.eval.judge`), plugged into the runtime.
+"""The judge training (`python -m nextscale.portraits.judge`), plugged into the runtime.
 
 The training images are rendered once into a pool (and `reconstruction_pool` of them reconstructed by
 the tokenizer): on a CPU, rendering or encoding + decoding every batch would cost more than the judge's
@@ -20,10 +20,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from nextscale.images import from_uint8
-from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.train.data.portraits import ATTRIBUTES, ZOOM_LEVELS, visible_attributes
-from nextscale.train.errors import run_cli
-from nextscale.train.eval.judge import (
+from nextscale.portraits.judge import (
     AttributeJudge,
     AugmentationConfig,
     JudgeConfig,
@@ -34,6 +31,9 @@ from nextscale.train.eval.judge import (
     render_portraits,
     validate,
 )
+from nextscale.portraits.render import ATTRIBUTES, ZOOM_LEVELS, visible_attributes
+from nextscale.tokenizer import MultiScaleVQVAE
+from nextscale.train.errors import run_cli
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult, close_process_group
@@ -216,7 +216,7 @@ def train_judge(config: JudgeTrainConfig) -> tuple[AttributeJudge, dict]:
 
 
 def cli() -> None:
-    """`python -m nextscale.train.eval.judge` (also `accelerate launch -m nextscale.train.judge_loop`)."""
+    """`python -m nextscale.portraits.judge` (also `accelerate launch -m nextscale.portraits.train_judge`)."""
     try:
         run_cli(JudgeTrainConfig, train_judge)
     finally:

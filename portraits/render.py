@@ -15,8 +15,8 @@ Each portrait can also be seen at zoom levels 2x and 4x: the centre half and the
 1x view, rendered natively at full resolution (`view_window`); `visible_attributes(level)` says which
 attributes each level shows.
 
-    python -m nextscale.train.data --out grid.png --num 64            # look at samples, captions printed
-    python -m nextscale.train.data --out zoom.png --num 8 --zoom 1 2 4  # each portrait at every level
+    python -m nextscale.data --out grid.png --num 64            # look at samples, captions printed
+    python -m nextscale.data --out zoom.png --num 8 --zoom 1 2 4  # each portrait at every level
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from nextscale.train.data.badinput import BadInput, BadInputTracker, TooManyBadFiles
-from nextscale.train.data.config import DataConfig
-from nextscale.train.data.decode import IMAGE_SUFFIXES, crop_seed, decode_image, read_regular_file
-from nextscale.train.data.sources import Source, register_source
+from nextscale.data.badinput import BadInput, BadInputTracker, TooManyBadFiles
+from nextscale.data.config import DataConfig
+from nextscale.data.decode import IMAGE_SUFFIXES, crop_seed, decode_image, read_regular_file
+from nextscale.data.sources import Source, register_source
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class ImageFolderDataset(Dataset):
         data = read_regular_file(self.root / self.files[index], config.max_file_bytes)
         crop = crop_seed(config.seed, int(self._epoch), index) if config.random_crop else None
         image = decode_image(data, config.image_size, crop, config.max_image_pixels)
-        return {"image": image, "caption": self.caption(index), "attributes": {}}
+        return {"image": image, "caption": self.caption(index)}
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self.files):

@@ -1,1 +1,0 @@
-"""Evaluation: tokenizer metrics (`tokenizer`), the attribute judge (`judge`), prompt adherence (`adherence`)."""
