@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +95,25 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     cross = torch.linalg.eigvalsh(root_a @ covariance_b @ root_a).clamp(min=0).sqrt().sum()
     distance = (mean_a - mean_b).square().sum() + covariance_a.trace() + covariance_b.trace() - 2 * cross
     return float(distance)
+
+
+def frechet_distance_noise(features: torch.Tensor, real_features: torch.Tensor, per_prompt: int,
+                           rounds: int = 20, seed: int = 0) -> float:
+    """How far the FD moves with the sample alone: the standard deviation of the FD over `rounds`
+    bootstrap resamples of the generated features (n, D), grouped by prompt, each prompt's own
+    `per_prompt` images drawn with replacement, against the same real features (n, D).
+
+    Two runs scored against the same real renders whose FDs differ by less than about twice this are
+    not told apart by the sample. 0.0 when per_prompt < 2.
+    """
+    if per_prompt < 2:
+        return 0.0
+    generator = torch.Generator().manual_seed(seed)
+    prompts = features.shape[0] // per_prompt
+    offsets = torch.arange(prompts).repeat_interleave(per_prompt) * per_prompt  # (n,) first item of each prompt
+    values = [frechet_distance(features[offsets + torch.randint(0, per_prompt, offsets.shape, generator=generator)],
+                               real_features) for _ in range(rounds)]
+    return statistics.stdev(values)
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:

@@ -1,8 +1,8 @@
 """Code predictability of a tokenizer: per scale, entropy given the parent code and flat vs textured cells.
 
-    python experiments/code_statistics.py                                   # the bundled demo tokenizer, 256 portraits of seed 5
+    python experiments/code_statistics.py          # the bundled demo tokenizer, 256 portraits of seed 5
     python experiments/code_statistics.py --tokenizer runs/tokenizer/model --images 512 --flat-threshold 0.02
-    python experiments/code_statistics.py --tokenizer A --against B --figure codes.png   # where each one spends its codes
+    python experiments/code_statistics.py --tokenizer A --against B --figure codes.png  # where each spends codes
 
 Definitions in `nextscale.eval.codes`.
 """
@@ -20,7 +20,6 @@ from nextscale.eval.codes import FLAT_THRESHOLD, CodeStatistics, format_code_sta
 from nextscale.images import save_grid
 from nextscale.sampling.pipeline import DEMO_PIPELINE
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.tokenizer.rate import log_code_frequencies
 
 
 @dataclass(frozen=True)
@@ -43,6 +42,12 @@ class Args:
     common code, white: a code of 1/1024 or rarer), cell by cell."""
     figure_images: int = 8
     """Portraits in the figure."""
+
+
+def log_code_frequency(codes: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Codes (any shape) -> (vocab_size,): the log of each code's frequency among them (-inf: unused)."""
+    counts = torch.bincount(codes.flatten().cpu(), minlength=vocab_size).double()
+    return (counts / counts.sum()).log().float()
 
 
 def code_length_maps(codes: torch.Tensor, log_frequency: torch.Tensor, side: int) -> torch.Tensor:
@@ -78,7 +83,7 @@ def main(args: Args) -> None:
         rows = [shown[0]]
         for index, (model, codes_of) in enumerate(zip(models, finest)):
             codes = torch.cat(codes_of)
-            log_frequency = log_code_frequencies([codes], model.config.vocab_size, prior=0.0)[0]
+            log_frequency = log_code_frequency(codes, model.config.vocab_size)
             rows += [shown[1 + index], code_length_maps(codes[: args.figure_images], log_frequency,
                                                         config.image_size)]
         print(f"wrote {save_grid(rows, args.figure)}: portraits, then per tokenizer ({', '.join(paths)}) "

@@ -10,8 +10,8 @@ import torch
 import tyro
 
 from nextscale.images import make_grid
+from nextscale.portraits.attributes import visible_attributes
 from nextscale.portraits.captions import caption_from_attributes
-from nextscale.portraits.render import visible_attributes
 from nextscale.portraits.source import SyntheticConfig, SyntheticPortraits
 
 

@@ -38,10 +38,12 @@ import torch
 import tyro
 from tqdm.auto import tqdm
 
+from nextscale.eval.fid import frechet_distance, frechet_distance_noise
 from nextscale.images import from_uint8, save_grid, to_uint8
+from nextscale.portraits.attributes import ATTRIBUTES, sample_attributes, visible_attributes
 from nextscale.portraits.captions import caption_from_attributes
 from nextscale.portraits.judge import AttributeJudge, attribute_indices, reconstruct
-from nextscale.portraits.render import ATTRIBUTES, render_portrait, sample_attributes, visible_attributes
+from nextscale.portraits.render import render_portrait
 from nextscale.sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline, record_sampling
 from nextscale.sampling.sampler import SamplingConfig, generate
 
@@ -211,37 +213,6 @@ def choose_cfg_row(sweep: Sequence[dict], images: int) -> tuple[dict, list[dict]
 def cfg_list(scales: Iterable[float]) -> str:
     """Guidance scales as "2/4/6"."""
     return "/".join(f"{scale:g}" for scale in scales)
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets (n, D) and (m, D) (Heusel et al. 2017)."""
-    a, b = a.double(), b.double()
-    mean_a, mean_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
-    # trace of sqrt(cov_a cov_b) from the eigenvalues of sqrt(cov_a) cov_b sqrt(cov_a) (symmetric PSD)
-    values, vectors = torch.linalg.eigh(cov_a)
-    root_a = vectors @ torch.diag(values.clamp_min(0).sqrt()) @ vectors.T
-    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
-    return float((mean_a - mean_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * cross)
-
-
-def frechet_distance_noise(features: torch.Tensor, real_features: torch.Tensor, per_prompt: int,
-                           rounds: int = 20, seed: int = 0) -> float:
-    """How far the FD moves with the sample alone: the standard deviation of the FD over `rounds`
-    bootstrap resamples of the generated features (n, D), grouped by prompt, each prompt's own
-    `per_prompt` images drawn with replacement, against the same real features (n, D).
-
-    Two runs scored against the same real renders whose FDs differ by less than about twice this are
-    not told apart by the sample. 0.0 when per_prompt < 2.
-    """
-    if per_prompt < 2:
-        return 0.0
-    generator = torch.Generator().manual_seed(seed)
-    prompts = features.shape[0] // per_prompt
-    offsets = torch.arange(prompts).repeat_interleave(per_prompt) * per_prompt  # (n,) first item of each prompt
-    values = [frechet_distance(features[offsets + torch.randint(0, per_prompt, offsets.shape, generator=generator)],
-                               real_features) for _ in range(rounds)]
-    return statistics.stdev(values)
 
 
 def diversity(images: torch.Tensor, per_prompt: int) -> float:

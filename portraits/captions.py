@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from nextscale.portraits.render import ATTRIBUTES, visible_attributes
+from nextscale.portraits.attributes import ATTRIBUTES, visible_attributes
 
 _BACKGROUND_PHRASES = ("on a {} background", "against a {} background", "in front of a {} wall",
                        ", {} background")

@@ -34,9 +34,10 @@ import tyro
 
 from nextscale.images import from_uint8, save_grid
 from nextscale.portraits.adherence import consistent_attributes
+from nextscale.portraits.attributes import ATTRIBUTES
 from nextscale.portraits.captions import caption_from_attributes
 from nextscale.portraits.judge import AttributeJudge
-from nextscale.portraits.render import ATTRIBUTES, render_portrait
+from nextscale.portraits.render import render_portrait
 from nextscale.portraits.zoom import ZoomEvaluation, evaluate_zoom, zoom_markdown
 from nextscale.sampling.editing import EditOptions, edit, outpaint_canvas
 from nextscale.sampling.mixing import mixed_conditions, switch_prompts

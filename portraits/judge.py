@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from nextscale.checkpoint import PretrainedMixin
 from nextscale.images import from_uint8, to_uint8
-from nextscale.portraits.render import ATTRIBUTES, visible_attributes
+from nextscale.portraits.attributes import ATTRIBUTES, visible_attributes
 from nextscale.portraits.source import SyntheticConfig, SyntheticPortraits
 from nextscale.tokenizer import MultiScaleVQVAE
 

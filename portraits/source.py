@@ -14,8 +14,9 @@ from torch.utils.data import Dataset
 
 from nextscale.data.config import DataConfig
 from nextscale.data.sources import Source, register_source
+from nextscale.portraits.attributes import ZOOM_LEVELS, sample_attributes
 from nextscale.portraits.captions import sample_caption
-from nextscale.portraits.render import ZOOM_LEVELS, render_portrait, sample_attributes
+from nextscale.portraits.render import render_portrait
 
 HELD_OUT_SEED_OFFSET = 1_000_003
 

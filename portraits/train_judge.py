@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from nextscale.images import from_uint8
+from nextscale.portraits.attributes import ATTRIBUTES, ZOOM_LEVELS, visible_attributes
 from nextscale.portraits.judge import (
     AttributeJudge,
     AugmentationConfig,
@@ -31,7 +32,6 @@ from nextscale.portraits.judge import (
     render_portraits,
     validate,
 )
-from nextscale.portraits.render import ATTRIBUTES, ZOOM_LEVELS, visible_attributes
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.errors import run_cli
 from nextscale.train.optim import adamw_with_schedule

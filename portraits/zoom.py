@@ -26,9 +26,10 @@ import torch
 
 from nextscale.images import from_uint8, psnr, save_grid
 from nextscale.portraits.adherence import consistent_attributes
+from nextscale.portraits.attributes import visible_attributes
 from nextscale.portraits.captions import caption_from_attributes
 from nextscale.portraits.judge import AttributeJudge
-from nextscale.portraits.render import render_portrait, visible_attributes
+from nextscale.portraits.render import render_portrait
 from nextscale.sampling.pipeline import Pipeline
 from nextscale.sampling.sampler import SamplingConfig
 from nextscale.sampling.zoom import (

@@ -30,6 +30,7 @@ from nextscale.data import (
     make_dataloader,
 )
 from nextscale.data.sources.folder import ImageFolderDataset
+from nextscale.portraits.attributes import ATTRIBUTES, ZOOM_LEVELS, sample_attributes, visible_attributes
 from nextscale.portraits.captions import (
     COARSE_ATTRIBUTES,
     DETAIL_ATTRIBUTES,
@@ -38,14 +39,7 @@ from nextscale.portraits.captions import (
     layout_caption,
     sample_caption,
 )
-from nextscale.portraits.render import (
-    ATTRIBUTES,
-    ZOOM_LEVELS,
-    render_portrait,
-    sample_attributes,
-    view_window,
-    visible_attributes,
-)
+from nextscale.portraits.render import render_portrait, view_window
 from nextscale.portraits.source import SyntheticConfig, SyntheticPortraits
 
 # ---------------------------------------------------------------------------------------------- synthetic

@@ -7,14 +7,13 @@ import json
 import pytest
 import torch
 
+from nextscale.eval.fid import frechet_distance, frechet_distance_noise
 from nextscale.portraits.adherence import (
     EvaluationConfig,
     adherence,
     choose_cfg_row,
     diversity,
     evaluate,
-    frechet_distance,
-    frechet_distance_noise,
     level_prompt_set,
     markdown_report,
     prompt_set,

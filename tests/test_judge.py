@@ -9,6 +9,7 @@ import pytest
 import torch
 import tyro
 
+from nextscale.portraits.attributes import ATTRIBUTES
 from nextscale.portraits.judge import (
     AttributeJudge,
     AugmentationConfig,
@@ -20,7 +21,6 @@ from nextscale.portraits.judge import (
     format_judge_metrics,
     render_portraits,
 )
-from nextscale.portraits.render import ATTRIBUTES
 from nextscale.portraits.train_judge import JudgeTrainConfig, train_judge
 from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
 
