@@ -3,6 +3,8 @@ a prompt; inpaint, outpaint or keep the first scales; before and after side by s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -29,9 +31,27 @@ def recent_gallery() -> gr.Gallery:
                       interactive=False, elem_id="edit-recent", elem_classes=["pixelated"], render=False)
 
 
-def build_edit_tab(services: Services, model_name: gr.State, recent: gr.Gallery) -> None:
-    limits = services.config.upload
-    source = gr.State(None)  # the validated source picture (PIL, RGB) of this browser session
+@dataclass
+class EditWidgets:
+    """The Edit tab's components, for wiring."""
+
+    upload: gr.File
+    mask_upload: gr.File
+    prompt: gr.Textbox
+    mode: gr.Radio
+    sides: list[gr.Number]
+    keep: gr.Slider
+    seed: gr.Number
+    controls: dict[str, Any]
+    button: gr.Button
+    status: gr.Markdown
+    canvas: gr.ImageEditor
+    before_after: gr.ImageSlider
+    regenerated: gr.Image
+
+
+def edit_layout(services: Services, recent: gr.Gallery) -> EditWidgets:
+    """Controls on the left (upload, mask, prompt, mode, sampling), the canvas and results on the right."""
     with gr.Row():
         with gr.Column(scale=2):
             upload = gr.File(label="upload an image", file_count="single", type="filepath", elem_id="edit-upload")
@@ -61,6 +81,14 @@ def build_edit_tab(services: Services, model_name: gr.State, recent: gr.Gallery)
                                           elem_id="edit-before-after", elem_classes=["pixelated"])
             regenerated = gr.Image(label="regenerated pixels (white)", format="png", interactive=False,
                                    elem_id="edit-regenerated", elem_classes=["pixelated"], height=160)
+
+    return EditWidgets(upload, mask_upload, prompt, mode, sides, keep, seed, controls, button, status, canvas,
+                       before_after, regenerated)
+
+
+def upload_handlers(services: Services) -> tuple[Callable, Callable, Callable]:
+    """The handlers of an uploaded image, a picked generated image and an uploaded mask."""
+    limits = services.config.upload
 
     def on_upload(path: str | None, current: Image.Image | None) -> tuple[Any, Any, str]:
         record = services.log.start("upload", {"file": path})
@@ -98,6 +126,12 @@ def build_edit_tab(services: Services, model_name: gr.State, recent: gr.Gallery)
         services.log.done(record, f"{mask.width}x{mask.height}")
         return editor_value(current, mask_layer(mask, picture.size)), "mask loaded onto the image: edit it or run"
 
+    return on_upload, on_pick, on_mask
+
+
+def edit_handler(services: Services) -> Callable:
+    """The handler of the Edit button: check the request, run the edit, report before and after."""
+
     def on_edit(edit_mode: str, text: str, base_seed: float | None, left: float, top: float, right: float,
                 bottom: float, keep_scales: float, cfg: float, schedule: str, off_last: float, top_k: float | None,
                 top_p: float, temperature: float, painted: dict[str, Any] | None, picture: Image.Image | None,
@@ -127,12 +161,22 @@ def build_edit_tab(services: Services, model_name: gr.State, recent: gr.Gallery)
         services.log.done(record, message)
         return (outcome.before, outcome.after), outcome.regenerated, escape_markdown(message)
 
+    return on_edit
+
+
+def build_edit_tab(services: Services, model_name: gr.State, recent: gr.Gallery) -> None:
+    source = gr.State(None)  # the validated source picture (PIL, RGB) of this browser session
+    widgets = edit_layout(services, recent)
+    upload, mask_upload, canvas, status = widgets.upload, widgets.mask_upload, widgets.canvas, widgets.status
+    on_upload, on_pick, on_mask = upload_handlers(services)
     uploads = {"concurrency_id": "upload", "concurrency_limit": 2}
     upload.upload(on_upload, inputs=[upload, source], outputs=[source, canvas, status], api_name="upload_image",
                   **uploads)
     recent.select(on_pick, inputs=[recent], outputs=[source, canvas, status], api_name=False, **uploads)
     mask_upload.upload(on_mask, inputs=[mask_upload, source], outputs=[canvas, status], api_name="upload_mask",
                        **uploads)
-    button.click(on_edit, inputs=[mode, prompt, seed, *sides, keep, *controls.values(), canvas, source, model_name],
-                 outputs=[before_after, regenerated, status], api_name="edit", concurrency_id="sampling",
-                 concurrency_limit=services.config.sampling_workers)
+    inputs = [widgets.mode, widgets.prompt, widgets.seed, *widgets.sides, widgets.keep, *widgets.controls.values(),
+              canvas, source, model_name]
+    widgets.button.click(edit_handler(services), inputs=inputs, outputs=[widgets.before_after, widgets.regenerated,
+                         status], api_name="edit", concurrency_id="sampling",
+                         concurrency_limit=services.config.sampling_workers)
