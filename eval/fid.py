@@ -29,6 +29,7 @@ import tyro
 from PIL import Image
 
 from nextscale.data.decode import IMAGE_SUFFIXES
+from nextscale.devices import resolve_device
 
 Extractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """uint8 images (b, 3, H, W) -> (pool features (b, d), class logits (b, classes))."""
@@ -159,7 +160,7 @@ class FidArgs:
 def main(args: FidArgs, extractor: Extractor | None = None) -> dict[str, float]:
     """Compute, print (and optionally save) the metrics; bad folders are one `error: ...` line (exit 2)."""
     try:
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        device = resolve_device(args.device)
         metrics = evaluate_folders(args.samples, args.reference, extractor or inception_extractor(device),
                                    args.batch_size, args.splits)
     except (FileNotFoundError, ImportError, ValueError) as error:

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import torch
 from tyro.conf import OmitArgPrefixes, UseAppendAction
 
+from nextscale.devices import resolve_device
 from nextscale.errors import run_cli
 from nextscale.images import grid_columns, save_grid
 from nextscale.sampling.edit_cli import EditArgs, ZoomArgs, check_edit_args, run_edits, run_zoom, usage_error
@@ -179,14 +180,6 @@ def read_prompts(args: SampleArgs) -> list[str] | list[int]:
         raise ValueError('no prompt given: pass --prompt "TEXT" (repeatable), --prompts-file FILE or, for a '
                          "class-conditional pipeline, --class-label N")
     return prompts
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but no CUDA device is available; use --device cpu")
-    return torch.device(device)
 
 
 def open_pipeline(args: SampleArgs) -> Pipeline:

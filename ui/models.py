@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from nextscale import devices
 from nextscale.sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -24,11 +25,10 @@ class ModelError(ValueError):
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device cuda was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(device)
+    try:
+        return devices.resolve_device(device)
+    except ValueError as error:
+        raise ModelError(str(error)) from None
 
 
 def checkpoint_key(name: str | None) -> str | None:
