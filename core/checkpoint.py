@@ -148,10 +148,26 @@ def read_json_object(path: Path, expected: str = "a JSON object") -> dict:
     return data
 
 
+def drop_removed_options(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without the keys of the options `cls` no longer has (its `REMOVED_OPTIONS`: option -> the
+    value that left it off). A removed option holding that value is dropped; any other value raises a
+    one-line ValueError naming the option and the commit (`cls.REMOVED_AT`) whose code still has it."""
+    removed: dict[str, Any] = getattr(cls, "REMOVED_OPTIONS", {})
+    for name, off in removed.items():
+        if name in data and data[name] != off:
+            raise ValueError(
+                f"{name} is {json.dumps(data[name])}: the option was removed from {cls.__name__} (a config "
+                f"loads only with its old default {json.dumps(off)}); use this model with nextscale at commit "
+                f"{getattr(cls, 'REMOVED_AT', 'an older commit')}")
+    return {k: v for k, v in data.items() if k not in removed}
+
+
 def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build the dataclass `cls` from a dict, naming unknown keys and ill-typed values."""
+    """Build the dataclass `cls` from a dict, naming unknown keys and ill-typed values; options the class
+    has removed are dropped while off and refused while on (`drop_removed_options`)."""
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object for {cls.__name__}, got {type(data).__name__}")
+    data = drop_removed_options(cls, data)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
