@@ -24,10 +24,18 @@ import math
 from collections.abc import Sequence
 
 import torch
-
-from nextscale.tokenizer.rate import cell_contrast
+import torch.nn.functional as F
 
 FLAT_THRESHOLD = 0.02
+
+
+def cell_contrast(images: torch.Tensor, size: int) -> torch.Tensor:
+    """images (b, 3, H, W) -> (b, size, size): the std of the pixels under each cell of a size x size grid
+    (per channel, averaged over channels; the image area-pooled as the quantiser pools the latent)."""
+    x = images.float()
+    mean = F.interpolate(x, size=(size, size), mode="area")
+    square = F.interpolate(x * x, size=(size, size), mode="area")
+    return (square - mean * mean).clamp_min(0).sqrt().mean(dim=1)
 
 
 def parent_cells(size: int, parent_size: int) -> torch.Tensor:
