@@ -1,21 +1,20 @@
 """One experiment harness for tokenizer arms: same data, steps, seed and evaluation for every arm.
 
 Each arm is a named change of one base tokenizer training (`ARMS`): the lookup rule, dead-code restarts,
-the null code (alone, or with a group-sparsity term on the finest residuals), representation alignment
-(every scale, the last scale only, where its gradient goes). Every arm trains with the project's own
-`train_tokenizer` into `out/ARM/` and is evaluated on the same held-out portraits (PSNR, per-scale
-usage, code predictability) and, with a judge, on the same renders (agreement of the judge's attributes
-between renders and reconstructions; Fréchet distance of reconstructions against renders in the judge's
-features). With `--downstream`, a transformer is then trained on each arm's codes with the project's own
-`train_var` (the same training for every arm, `out/ARM/var/`) and scored: held-out loss per scale, and
-prompt adherence and FD of its samples at one guidance scale with the judge (`out/ARM/adherence/`). A
-stage whose result file exists is not run again, so an interrupted experiment continues. Alignment arms
-share one teacher-feature cache (`out/teacher-cache`). The table goes to `out/arms.md` and
-`out/arms.json`.
+representation alignment (every scale, the last scale only, where its gradient goes). Every arm trains
+with the project's own `train_tokenizer` into `out/ARM/` and is evaluated on the same held-out portraits
+(PSNR, per-scale usage, code predictability) and, with a judge, on the same renders (agreement of the
+judge's attributes between renders and reconstructions; Fréchet distance of reconstructions against
+renders in the judge's features). With `--downstream`, a transformer is then trained on each arm's codes
+with the project's own `train_var` (the same training for every arm, `out/ARM/var/`) and scored:
+held-out loss per scale, and prompt adherence and FD of its samples at one guidance scale with the judge
+(`out/ARM/adherence/`). A stage whose result file exists is not run again, so an interrupted experiment
+continues. Alignment arms share one teacher-feature cache (`out/teacher-cache`). The table goes to
+`out/arms.md` and `out/arms.json`.
 
     python -m nextscale.portraits.teacher --output-dir runs/teacher
     python -m experiments.tokenizer_arms --out runs/arms --teacher runs/teacher/model \\
-        --arms cosine cosine-null l2-restarts align-scales align-last --downstream
+        --arms cosine l2-restarts align-scales align-last --downstream
 """
 
 from __future__ import annotations
@@ -88,7 +87,7 @@ class ArmsConfig:
 
     out: str = "runs/arms"
     """Directory of the arms (one sub-directory each), the shared teacher cache and the table."""
-    arms: tuple[str, ...] = ("cosine", "cosine-null", "l2-restarts")
+    arms: tuple[str, ...] = ("cosine", "l2-restarts")
     """Arms to run, in order (names of `ARMS`)."""
     teacher: str | None = None
     """Alignment teacher (a local `transformers` vision backbone, e.g. from `nextscale.portraits.teacher`);
@@ -99,8 +98,6 @@ class ArmsConfig:
     """Weight of the alignment loss in the align-* arms."""
     dead_code_threshold: float = 0.05
     """Restart threshold (EMA hits per step) of the *-restarts arms."""
-    residual_sparsity: float = 0.05
-    """Weight of the residual group-sparsity term of the null-sparse arm (`TokenizerConfig.residual_sparsity`)."""
     base: TokenizerTrainConfig = field(default_factory=reduced_base)
     """The training every arm shares (data, steps, batch, seed, schedule, evaluation)."""
     judge: str | None = str(DEMO_PIPELINE / "judge")
@@ -131,14 +128,9 @@ def _alignment(config: ArmsConfig, base: TokenizerTrainConfig, **changes: object
 
 ARMS: dict[str, Callable[[ArmsConfig, TokenizerTrainConfig], TokenizerTrainConfig]] = {
     "cosine": lambda c, b: b,
-    "cosine-null": lambda c, b: replace(b, model=replace(b.model, null_code=True)),
     "l2": lambda c, b: replace(b, model=replace(b.model, lookup="l2")),
     "l2-restarts": lambda c, b: replace(b, model=replace(b.model, lookup="l2",
                                                          dead_code_threshold=c.dead_code_threshold)),
-    "l2-null-restarts": lambda c, b: replace(b, model=replace(b.model, lookup="l2", null_code=True,
-                                                              dead_code_threshold=c.dead_code_threshold)),
-    "null-sparse": lambda c, b: replace(b, model=replace(b.model, null_code=True,
-                                                         residual_sparsity=c.residual_sparsity)),
     "align-scales": lambda c, b: _alignment(c, b),
     "align-last": lambda c, b: _alignment(c, b, scales="last"),
     "align-scales-latent": lambda c, b: _alignment(c, b, gradient="latent"),

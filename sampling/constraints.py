@@ -50,9 +50,6 @@ class ScaleConstraints:
     """(b, C, h, w) the known image's unquantised latent, or None. When given, the known code of a scale is
     re-quantised from what the scales so far leave of it (`latent - accumulated`, the quantiser's own
     residual step), so kept tokens next to regenerated ones still add up to the known latent."""
-    image: torch.Tensor | None = None
-    """(b, 3, H, W) the known image, with `latent`: a rate-aware tokenizer whose code rate depends on the
-    image (`TokenizerConfig.code_rate_flat_boost`) re-quantises with it, as its encoder did."""
 
     def __post_init__(self) -> None:
         if len(self.codes) != len(self.masks):
@@ -85,7 +82,7 @@ class ScaleConstraints:
         residual = self.latent if accumulated is None else self.latent - accumulated.to(self.latent.dtype)
         size = self.codes[scale].shape[-1]
         pooled = rearrange(resize(residual.float(), size), "b c s t -> (b s t) c")
-        return quantizer.lookup(pooled, scale, quantizer.cell_rates(self.image, size)).view(-1, size, size)
+        return quantizer.lookup(pooled).view(-1, size, size)
 
     def apply(self, scale: int, sampled: torch.Tensor, quantizer: MultiScaleQuantizer | None = None,
               accumulated: torch.Tensor | None = None) -> torch.Tensor:

@@ -235,12 +235,11 @@ def edit(
     if known is not None:
         pixels = known.to(pipeline.device).expand(batch, -1, -1)
     latent = tokenizer.encoder(image)
-    codes = tokenizer.quantizer(latent, image).codes
+    codes = tokenizer.quantizer(latent).codes
     thresholds = edit_thresholds(scale_sizes, tokenizer.config.latent_size, options.coarse_threshold,
                                  options.fine_threshold)
     masks = token_masks(pixels, scale_sizes, thresholds, options.keep_scales)
-    constraints = ScaleConstraints(tuple(codes), tuple(masks), latent.float() if options.requantize else None,
-                                   image if options.requantize else None)
+    constraints = ScaleConstraints(tuple(codes), tuple(masks), latent.float() if options.requantize else None)
     result = sample_scales(pipeline, conditions, seeds, config, constraints=constraints, progress=progress)
     unblended = tokenizer.decode_latent(result.accumulated).float()
     images = unblended

@@ -1,4 +1,4 @@
-"""Tokens worth predicting: the null-code lookup and the code-predictability measurements."""
+"""Tokens worth predicting: the plain lookup and the code-predictability measurements."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ import math
 import pytest
 import torch
 from conftest import tiny_tokenizer_config
+from PIL import Image
 
-from nextscale.eval.codes import CodeStatistics, entropy, parent_cells, parent_codes
+from nextscale.eval.codes import CodeStatistics, cell_contrast, entropy, parent_cells, parent_codes
 from nextscale.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.tokenizer.quantizer import nearest_codes, null_code_lookup
-from nextscale.tokenizer.rate import cell_contrast
 
 
 def tiny(**overrides: object) -> MultiScaleVQVAE:
@@ -25,85 +24,10 @@ def images(batch: int = 4) -> torch.Tensor:
     return torch.rand(batch, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
-@pytest.mark.parametrize("rule", ["cosine", "l2"])
-def test_null_code_lookup_adds_a_code_only_where_it_reduces_the_error(rule):
-    weight = torch.tensor([[9.0, 9.0], [1.0, 0.0], [0.0, 1.0]])  # row 0 is ignored: the null code
-    vectors = torch.tensor([[0.0, 0.0], [0.05, 0.0], [0.9, 0.1], [0.0, 2.0], [-1.0, 0.0]])
-    codes = null_code_lookup(vectors, weight, rule)
-    assert codes.tolist() == [0, 0, 1, 2, 0]
-    # the plain cosine rule gives the tiny residual a full code
-    assert nearest_codes(vectors[1:2], weight[1:], "cosine").item() + 1 == 1
-    chosen = torch.where(codes[:, None] == 0, torch.zeros(2), weight[codes])
-    assert ((vectors - chosen).pow(2).sum(-1) <= vectors.pow(2).sum(-1)).all()
-
-
-def test_null_code_is_the_zero_vector_and_learns_nothing():
-    model = tiny(null_code=True)
-    assert torch.equal(model.quantizer.codebook()[0], torch.zeros(8))
-    out = model(images())
-    (out.reconstruction.pow(2).mean() + out.quantization_loss).backward()
-    assert model.quantizer.embedding.weight.grad[0].abs().sum() == 0
-    assert model.quantizer.embedding.weight.grad[1:].abs().sum() > 0
-    # nothing to add (and no phi conv, whose bias would add something) -> the null code everywhere
-    with torch.no_grad():
-        codes = tiny(null_code=True, num_phi=0).quantizer(torch.zeros(2, 8, 4, 4)).codes
-    assert all(bool((c == 0).all()) for c in codes)
-
-
-def test_null_code_keeps_the_quantiser_invariants():
-    model = tiny(null_code=True).eval()
-    x = images()
-    out = model(x)
-    codes = model.encode(x)
-    assert all(torch.equal(a, b) for a, b in zip(codes, out.codes))
-    torch.testing.assert_close(model.decode(codes), out.reconstruction.clamp(-1, 1), atol=1e-5, rtol=1e-5)
-    # with phi as the identity, the finest scale (no resizing) never increases the error
-    model = tiny(null_code=True, num_phi=0)
-    with torch.no_grad():
-        latent = model.encoder(x)
-        partials = model.quantizer(latent).accumulated
-    before, after = ((latent - p).pow(2).sum(1) for p in partials[-2:])
-    assert bool((after <= before + 1e-6).all())
-
-
-def test_dead_code_restarts_leave_the_null_code_alone():
-    model = tiny(null_code=True, dead_code_threshold=0.5)
-    model.quantizer.usage_ema.zero_()
-    latent = model.encoder(images(2)).detach()
-    assert model.quantizer.restart_dead_codes(latent) == 63
-    assert torch.equal(model.quantizer.codebook()[0], torch.zeros(8))
-
-
-def test_residual_sparsity_adds_the_mean_cell_norm_of_the_finest_residuals_and_reaches_the_encoder_only():
-    from nextscale.tokenizer.quantizer import resize
-
-    latent = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0))
-    plain, sparse = tiny(), tiny(residual_sparsity=0.3, residual_sparsity_scales=2)
-    runs = []
-    for model in (plain, sparse):
-        x = latent.clone().requires_grad_(True)
-        out = model.quantizer(x)
-        out.loss.backward()
-        runs.append((out, x.grad, model.quantizer.embedding.weight.grad, model.quantizer.phis[0].conv.weight.grad))
-    (reference, latent_plain, codebook_plain, phi_plain), (out, latent_sparse, codebook_sparse, phi_sparse) = runs
-    assert all(torch.equal(a, b) for a, b in zip(out.codes, reference.codes))  # the codes do not change
-    # the residuals the two finest scales (2x2, 4x4) quantise: the latent minus the coarser scales' sum
-    expected = sum(resize(latent - before.detach(), size).pow(2).sum(1).sqrt().mean()
-                   for before, size in zip(reference.accumulated[:2], (2, 4))) / 2
-    torch.testing.assert_close(out.loss - reference.loss, 0.3 * expected)
-    # its gradient reaches the encoder's latent and nothing in the codebook or phi
-    assert (latent_sparse - latent_plain).abs().sum() > 1e-3
-    torch.testing.assert_close(codebook_sparse, codebook_plain)
-    torch.testing.assert_close(phi_sparse, phi_plain)
-    with pytest.raises(ValueError, match="residual_sparsity_scales"):
-        tiny_tokenizer_config(residual_sparsity=0.1, residual_sparsity_scales=4)
-
-
 def test_default_config_behaves_as_before():
-    """null_code off: the lookup and the embeddings are the plain cosine ones."""
+    """The default lookup is the plain cosine one over the embedding."""
     model = tiny()
     weight = model.quantizer.embedding.weight
-    assert model.quantizer.codebook() is weight
     vectors = torch.randn(10, 8, generator=torch.Generator().manual_seed(0))
     expected = (torch.nn.functional.normalize(vectors, dim=-1) @ torch.nn.functional.normalize(weight, dim=-1).t())
     assert torch.equal(model.quantizer.lookup(vectors), expected.argmax(-1))
@@ -152,6 +76,25 @@ def test_flat_cells_are_counted_apart():
     assert row["flat_perplexity"] == pytest.approx(2.0) and row["textured_perplexity"] == pytest.approx(1.0)
 
 
+def test_the_code_figure_shows_both_tokenizers(tmp_path, capsys):
+    from experiments.code_statistics import Args, code_length_maps, log_code_frequency
+    from experiments.code_statistics import main as codes_main
+
+    log_frequency = torch.log(torch.tensor([0.5, 0.5] + [1e-6] * 62))
+    maps = code_length_maps(torch.tensor([[[0, 5], [1, 0]]]), log_frequency, 4)
+    assert maps.shape == (1, 3, 4, 4)
+    assert maps[0, 0, 0, 0] < -0.7 and maps[0, 0, 0, 3] == 1.0  # common code dark, a rare one white
+    frequency = log_code_frequency(torch.tensor([[0, 0], [0, 2]]), 4).exp()
+    torch.testing.assert_close(frequency, torch.tensor([0.75, 0.0, 0.25, 0.0]))
+    tiny().save_pretrained(tmp_path / "cosine")
+    tiny(lookup="l2").save_pretrained(tmp_path / "l2")
+    codes_main(Args(tokenizer=str(tmp_path / "cosine"), against=str(tmp_path / "l2"), images=12,
+                    figure=str(tmp_path / "codes.png"), figure_images=3))
+    figure = Image.open(tmp_path / "codes.png")
+    assert figure.size == (3 * 18 + 2, 5 * 18 + 2)  # portraits, then reconstruction and code lengths of each
+    assert capsys.readouterr().out.count("portraits (seed 5)") == 2
+
+
 def test_tokenizer_evaluation_prints_the_code_predictability():
     metrics = evaluate_tokenizer(tiny().eval(), [images(4), images(4)])
     row = metrics["per_scale"][-1]
@@ -187,17 +130,16 @@ def test_arms_share_one_budget_and_resume(tmp_path):
     base = dataclasses.replace(
         ArmsConfig().base, model=tiny_tokenizer_config(), data=DataConfig(image_size=16, synthetic_length=16),
         steps=2, batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=100, eval_images=8, mixed_precision="no")
-    config = ArmsConfig(out=str(tmp_path / "arms"), arms=("cosine-null", "align-last"),
+    config = ArmsConfig(out=str(tmp_path / "arms"), arms=("l2-restarts", "align-last"),
                         teacher=str(tmp_path / "teacher" / "model"), teacher_resolution=16, base=base, judge=None)
     aligned = arm_config(config, "align-last")
     assert aligned.alignment.scales == "last" and aligned.model == base.model
     assert (aligned.steps, aligned.seed, aligned.data) == (base.steps, base.seed, base.data)
-    assert arm_config(config, "cosine-null").model.null_code
+    restarts = arm_config(config, "l2-restarts").model
+    assert restarts.lookup == "l2" and restarts.dead_code_threshold == config.dead_code_threshold > 0
     assert not ArmsConfig().base.alignment.enabled  # the base is unaligned at the demo's size too: arms add it
-    sparse = arm_config(config, "null-sparse").model
-    assert sparse.null_code and sparse.residual_sparsity == config.residual_sparsity > 0
     rows = run_arms(config)
-    assert [row["arm"] for row in rows] == ["cosine-null", "align-last"]
+    assert [row["arm"] for row in rows] == ["l2-restarts", "align-last"]
     assert "| align-last |" in (tmp_path / "arms" / "arms.md").read_text()
     stamp = (tmp_path / "arms" / "align-last" / "metrics.json").stat().st_mtime_ns
     run_arms(config)

@@ -70,8 +70,9 @@ def edit_json(path: Path, **changes) -> None:
         ("transformer", {"width": None}, "width is null, expected an integer"),
         ("transformer", {"width": 128}, r"has shape .* in the weights.*check .*width=128"),
         ("tokenizer", {"vocab_size": 32}, r"check .*vocab_size=32"),
+        ("tokenizer", {"code_rate": 0.004}, r"code_rate is 0.004: the option was removed .*commit cf98767"),
     ],
-    ids=["string", "float", "null", "width", "vocabulary"],
+    ids=["string", "float", "null", "width", "vocabulary", "removed"],
 )
 def test_damaged_checkpoint_configs_name_the_field(capsys, tmp_path, write_tiny_pipeline, part, change, message):
     pipeline = write_tiny_pipeline(tmp_path / "pipeline")

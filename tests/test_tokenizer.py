@@ -174,6 +174,37 @@ def test_save_load_bit_exact(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
 
 
+def test_removed_options_load_while_off_and_are_refused_while_on(tmp_path):
+    """Saved configs may hold options the tokenizer no longer has (`TokenizerConfig.REMOVED_OPTIONS`): at
+    their old defaults they are dropped (the bundled demo holds some); switched on, loading fails in one
+    line naming the option and the commit that still has it, from a model directory and from --init-from."""
+    from nextscale.sampling.pipeline import DEMO_PIPELINE
+    from nextscale.train.state import load_initial_weights
+
+    bundled = json.loads((DEMO_PIPELINE / "tokenizer" / "config.json").read_text())
+    assert {"null_code", "residual_sparsity", "residual_sparsity_scales"} <= bundled.keys()
+    assert MultiScaleVQVAE.from_pretrained(DEMO_PIPELINE / "tokenizer").config == TokenizerConfig(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in bundled.items()
+        if k != "class" and k not in TokenizerConfig.REMOVED_OPTIONS})
+    model = tiny_tokenizer().eval()
+    path = model.save_pretrained(tmp_path / "old")
+    saved = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**saved, **TokenizerConfig.REMOVED_OPTIONS, "code_rate": 0}))
+    loaded = MultiScaleVQVAE.from_pretrained(path)
+    assert loaded.config == model.config
+    x = images()
+    assert all(torch.equal(a, b) for a, b in zip(model.encode(x), loaded.encode(x)))
+    load_initial_weights(tiny_tokenizer(), str(path))
+    for option, value in (("null_code", True), ("code_rate", 0.004), ("residual_sparsity", 0.05)):
+        (path / "config.json").write_text(json.dumps({**saved, option: value}))
+        for load in (MultiScaleVQVAE.from_pretrained, lambda p: load_initial_weights(tiny_tokenizer(), str(p))):
+            with pytest.raises(ValueError) as error:
+                load(path)
+            message = str(error.value)
+            assert "\n" not in message and f"{option} is {json.dumps(value)}: the option was removed" in message
+            assert "commit cf98767" in message and message.startswith(str(path / "config.json"))
+
+
 def test_weights_are_read_as_the_safetensors_library_reads_them(tmp_path):
     from safetensors.torch import load_file, save_file
 

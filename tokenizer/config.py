@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from nextscale.scales import phi_index, validate_scale_sizes
 
@@ -53,35 +53,26 @@ class TokenizerConfig:
     """Stride-2 encoder convs: padding 1 on every side, or one zero row/column right and bottom (VAR, VQGAN)."""
     lookup: Literal["cosine", "l2"] = "cosine"
     """Nearest-code rule: cosine (l2-normalised, keeps usage high) or plain Euclidean."""
-    null_code: bool = False
-    """Reserve code 0 as the zero vector ("nothing to add", before the phi conv): a cell gets it wherever
-    the looked-up code would not reduce the residual's squared error."""
     num_phi: int = 4
     """Number of phi refinement convs shared across scales by scale ratio (VAR)."""
     phi_mix: float = 0.5
     """Phi output = (1 - mix) * input + mix * conv(input) (VAR's quant_resi)."""
     commitment_beta: float = 0.25
     """Weight of the commitment term of the quantisation loss."""
-    residual_sparsity: float = 0.0
-    """Weight of a group-sparsity term on the residual that the finest `residual_sparsity_scales` scales
-    quantise: the mean L2 norm of the residual's cell vectors (the residual area-pooled to each scale's
-    side, the coarser scales' sum detached), with its gradient to the encoder only. A norm (not its
-    square) drives small residuals to zero, so where the coarse scales already say everything (a flat
-    cell) the encoder leaves the fine scales nothing to add; with `null_code` such cells get code 0."""
-    residual_sparsity_scales: int = 2
-    """How many of the finest scales the residual sparsity term covers."""
     dead_code_threshold: float = 0.0
     """Restart codes whose EMA usage falls below this many hits per step (0 disables)."""
-    code_rate: float = 0.0
-    """Rate-aware lookup (`nextscale.tokenizer.rate`): squared latent error traded per nat of code length,
-    the length -log p_k(c) from the quantiser's per-scale code probabilities (0: the plain lookup)."""
-    code_rate_flat_boost: float = 0.0
-    """Extra code rate where the image is flat: a cell whose pixels' std is well below
-    `code_rate_contrast` pays up to 1 + this times the rate (0: the same rate everywhere)."""
-    code_rate_contrast: float = 0.02
-    """Pixel std (images in [-1, 1]) at which a cell pays half the extra rate of `code_rate_flat_boost`."""
     norm_groups: int = 16
     """GroupNorm groups in the ResNet blocks."""
+
+    REMOVED_OPTIONS: ClassVar[dict[str, Any]] = {
+        "null_code": False, "residual_sparsity": 0.0, "residual_sparsity_scales": 2,
+        "code_rate": 0.0, "code_rate_flat_boost": 0.0, "code_rate_contrast": 0.02,
+    }
+    """Options the tokenizer no longer has (the null code, the residual sparsity term, the rate-aware
+    lookup; `docs/experiments/`), each with the value that left it off: a saved config holding that value
+    loads without it, any other value is refused (`nextscale.checkpoint.config_from_dict`)."""
+    REMOVED_AT: ClassVar[str] = "cf98767"
+    """The last commit whose tokenizer has the `REMOVED_OPTIONS`: models that use them load there."""
 
     def __post_init__(self) -> None:
         sizes = validate_scale_sizes(self.scale_sizes)
@@ -108,15 +99,6 @@ class TokenizerConfig:
             raise ValueError(f"phi_mix must be in [0, 1], got {self.phi_mix}")
         if self.num_phi < 0:
             raise ValueError(f"num_phi must be >= 0, got {self.num_phi}")
-        if self.residual_sparsity < 0 or not 1 <= self.residual_sparsity_scales <= len(sizes):
-            raise ValueError(f"residual_sparsity must be >= 0 and residual_sparsity_scales in [1, {len(sizes)}]; got "
-                             f"{self.residual_sparsity} and {self.residual_sparsity_scales}")
-        if self.code_rate < 0 or self.code_rate_flat_boost < 0 or self.code_rate_contrast <= 0:
-            raise ValueError(f"code_rate and code_rate_flat_boost must be >= 0 and code_rate_contrast > 0; got "
-                             f"{self.code_rate}, {self.code_rate_flat_boost} and {self.code_rate_contrast}")
-        if self.code_rate and self.null_code:
-            raise ValueError("code_rate and null_code do not combine: the rate-aware lookup already lets "
-                             "small residuals take the commonest codes; choose one")
         used = {phi_index(k, len(sizes), self.num_phi) for k in range(len(sizes))} if self.num_phi else set()
         if len(used) < self.num_phi:
             # an unused phi conv is a parameter without gradient: distributed training (DDP) rejects it

@@ -64,7 +64,7 @@ class MultiScaleVQVAE(nn.Module, PretrainedMixin):
         """images (b, 3, H, W) in [-1, 1] -> reconstruction, codes and losses (training path)."""
         self._check_images(images)
         latent = self.encoder(images)
-        quant = self.quantizer(latent, images)
+        quant = self.quantizer(latent)
         reconstruction = self.decoder(quant.quantized)
         return TokenizerOutput(
             reconstruction=reconstruction,
@@ -78,7 +78,7 @@ class MultiScaleVQVAE(nn.Module, PretrainedMixin):
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images (b, 3, H, W) in [-1, 1] -> per-scale codes [(b, s_k, s_k) long, ...]."""
         self._check_images(images)
-        return self.quantizer(self.encoder(images), images).codes
+        return self.quantizer(self.encoder(images)).codes
 
     def decode_latent(self, accumulated: torch.Tensor) -> torch.Tensor:
         """Accumulated latent (b, C, h, w) -> images (b, 3, H, W) clamped to [-1, 1]."""

@@ -8,15 +8,12 @@
 
 `accumulated` after the last scale is the quantised latent; the straight-through estimator passes the
 decoder's gradient to the encoder. The loss is measured on the cumulative reconstruction after every
-scale, so each scale learns to refine the previous ones; an optional group-sparsity term on the finest
-scales' residuals (`TokenizerConfig.residual_sparsity`) teaches the encoder to leave them nothing to add
-where the coarse scales already say everything. With a code rate (`TokenizerConfig.code_rate`), `nearest`
-also weighs each code's length (`nextscale.tokenizer.rate`).
+scale, so each scale learns to refine the previous ones. `nearest` is the plain nearest code, by cosine
+or l2 distance (`TokenizerConfig.lookup`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,7 +24,6 @@ from torch import nn
 
 from nextscale.scales import phi_index
 from nextscale.tokenizer.config import TokenizerConfig
-from nextscale.tokenizer.rate import log_code_frequencies, lookup_distortion, rate_aware_codes, rate_weights
 
 
 class Phi(nn.Module):
@@ -55,25 +51,8 @@ def nearest_codes(vectors: torch.Tensor, weight: torch.Tensor, rule: str) -> tor
     """Nearest codes of vectors (n, C) in the codebook weight (V, C) -> (n,), by cosine or l2 distance."""
     if rule == "cosine":
         return (F.normalize(vectors, dim=-1) @ F.normalize(weight, dim=-1).t()).argmax(dim=-1)
-    return lookup_distortion(vectors, weight, rule).argmin(dim=-1)
-
-
-def null_code_lookup(vectors: torch.Tensor, weight: torch.Tensor, rule: str) -> torch.Tensor:
-    """Lookup with code 0 reserved as the zero vector (`TokenizerConfig.null_code`).
-
-    Codes 1..V-1 are searched by `rule`; the found code e replaces nothing (code 0) unless it reduces the
-    squared error: |r - e|^2 < |r|^2, i.e. 2 r.e > |e|^2. The cosine rule alone ignores the residual's
-    magnitude, so a near-zero residual (a flat cell at a fine scale) would still get a full code.
-    """
-    code = nearest_codes(vectors, weight[1:], rule) + 1
-    chosen = weight[code]  # (n, C)
-    helps = 2 * (vectors * chosen).sum(-1) > chosen.pow(2).sum(-1)
-    return torch.where(helps, code, torch.zeros_like(code))
-
-
-def residual_cell_norms(residual: torch.Tensor, size: int) -> torch.Tensor:
-    """L2 norms of a residual's cell vectors at one scale: (b, C, h, w) area-pooled to (b, C, s, s) -> (b, s, s)."""
-    return resize(residual, size).pow(2).sum(1).add(1e-12).sqrt()
+    distance = vectors.pow(2).sum(-1, keepdim=True) - 2 * vectors @ weight.t() + weight.pow(2).sum(-1)
+    return distance.argmin(dim=-1)
 
 
 @dataclass
@@ -103,76 +82,33 @@ class MultiScaleQuantizer(nn.Module):
         self.phis = nn.ModuleList(Phi(config.latent_dim, config.phi_mix) for _ in range(config.num_phi))
         # EMA of how often each code is picked per step: drives dead-code restarts (buffer, not learned).
         self.register_buffer("usage_ema", torch.ones(config.vocab_size), persistent=False)
-        # Per-scale log code probabilities of the rate-aware lookup (saved with the weights); uniform at first.
-        self.register_buffer("code_log_probability", torch.full(
-            (len(config.scale_sizes), config.vocab_size), -math.log(config.vocab_size)) if config.code_rate else None)
 
     def phi(self, scale: int, x: torch.Tensor) -> torch.Tensor:
         if not self.phis:
             return x
         return self.phis[phi_index(scale, len(self.scale_sizes), len(self.phis))](x)
 
-    def codebook(self) -> torch.Tensor:
-        """The code vectors (vocab_size, C); with `null_code`, row 0 is the zero vector."""
-        weight = self.embedding.weight
-        if self.config.null_code:
-            weight = torch.cat([torch.zeros_like(weight[:1]), weight[1:]])
-        return weight
-
-    def lookup(self, vectors: torch.Tensor, scale: int | None = None, rate: torch.Tensor | float | None = None
-               ) -> torch.Tensor:
-        """Codes of vectors (n, C) of scale `scale` -> (n,): the nearest, or with a code rate the cheapest
-        in error plus `rate` (a scalar or (n,); `code_rate` by default) times the code's length in that
-        scale's probabilities."""
-        weight = self.embedding.weight.float()
-        vectors = vectors.float()
-        if self.code_log_probability is not None:
-            if scale is None:
-                raise ValueError("a rate-aware lookup needs the scale: code lengths are per scale")
-            rate = self.config.code_rate if rate is None else rate
-            return rate_aware_codes(vectors, weight, self.config.lookup, self.code_log_probability[scale], rate)
-        if self.config.null_code:
-            return null_code_lookup(vectors, weight, self.config.lookup)
-        return nearest_codes(vectors, weight, self.config.lookup)
+    def lookup(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Codes of vectors (n, C) -> (n,): the nearest code by the config's `lookup` rule."""
+        return nearest_codes(vectors.float(), self.embedding.weight.float(), self.config.lookup)
 
     def embed_scale(self, scale: int, codes: torch.Tensor) -> torch.Tensor:
         """Codes of one scale (b, s, s) -> its contribution z_k (b, C, h, w) to the accumulated latent."""
-        z = rearrange(F.embedding(codes, self.codebook()), "b s t c -> b c s t")
+        z = rearrange(F.embedding(codes, self.embedding.weight), "b s t c -> b c s t")
         return self.phi(scale, resize(z, self.latent_size))
 
-    def cell_rates(self, images: torch.Tensor | None, size: int) -> torch.Tensor | float | None:
-        """The code rate of each cell of one scale ((b * size * size,), or a scalar), from the images when
-        the rate is higher where they are flat; None without a code rate."""
-        config = self.config
-        if not config.code_rate:
-            return None
-        if not config.code_rate_flat_boost:
-            return config.code_rate
-        if images is None:
-            raise ValueError("this tokenizer's code rate depends on the image (code_rate_flat_boost > 0): "
-                             "pass the images to the quantiser")
-        weights = rate_weights(images, size, config.code_rate_flat_boost, config.code_rate_contrast)
-        return config.code_rate * weights.flatten()
-
-    def forward(self, latent: torch.Tensor, images: torch.Tensor | None = None) -> QuantizerOutput:
-        """latent (b, C, h, w) -> QuantizerOutput. Runs in fp32 whatever the autocast context.
-
-        `images` (b, 3, H, W) are the encoded images: needed when the code rate depends on them
-        (`code_rate_flat_boost`), ignored otherwise.
-        """
+    def forward(self, latent: torch.Tensor) -> QuantizerOutput:
+        """latent (b, C, h, w) -> QuantizerOutput. Runs in fp32 whatever the autocast context."""
         with torch.autocast(device_type=latent.device.type, enabled=False):
             latent = latent.float()
             target = latent.detach()
             residual = target.clone()
             accumulated = torch.zeros_like(target)
             codes, partials = [], []
-            loss = sparsity = latent.new_zeros(())
-            sparse_from = len(self.scale_sizes) - self.config.residual_sparsity_scales
+            loss = latent.new_zeros(())
             for scale, size in enumerate(self.scale_sizes):
-                if self.config.residual_sparsity and scale >= sparse_from:
-                    sparsity = sparsity + residual_cell_norms(latent - accumulated.detach(), size).mean()
                 down = rearrange(resize(residual, size), "b c s t -> (b s t) c")
-                code = self.lookup(down, scale, self.cell_rates(images, size)).view(latent.shape[0], size, size)
+                code = self.lookup(down).view(latent.shape[0], size, size)
                 z = self.embed_scale(scale, code)
                 accumulated = accumulated + z
                 residual = residual - z.detach()
@@ -183,8 +119,6 @@ class MultiScaleQuantizer(nn.Module):
                 codes.append(code)
                 partials.append(accumulated)
             loss = loss / len(self.scale_sizes)
-            if self.config.residual_sparsity:
-                loss = loss + self.config.residual_sparsity * sparsity / self.config.residual_sparsity_scales
             quantized = latent + (accumulated - latent).detach()  # straight-through estimator
         if self.training:
             self._track_usage(codes)
@@ -194,10 +128,6 @@ class MultiScaleQuantizer(nn.Module):
     def _track_usage(self, codes: Sequence[torch.Tensor]) -> None:
         counts = torch.bincount(torch.cat([c.flatten() for c in codes]), minlength=self.config.vocab_size)
         self.usage_ema.mul_(0.99).add_(counts.float(), alpha=0.01)
-        if self.code_log_probability is not None:  # a training tracks its code probabilities per scale
-            fresh = log_code_frequencies(codes, self.config.vocab_size).to(self.code_log_probability)
-            mixed = torch.logaddexp(self.code_log_probability + math.log(0.99), fresh + math.log(0.01))
-            self.code_log_probability.copy_(mixed)
 
     @torch.no_grad()
     def restart_dead_codes(self, latent: torch.Tensor, generator: torch.Generator | None = None) -> int:
@@ -212,8 +142,6 @@ class MultiScaleQuantizer(nn.Module):
         if threshold <= 0:
             return 0
         dead = (self.usage_ema < threshold).nonzero().flatten()
-        if self.config.null_code:
-            dead = dead[dead != 0]  # the null code is the zero vector by definition
         if dead.numel() == 0:
             return 0
         pool = rearrange(latent.float(), "b c h w -> (b h w) c")
