@@ -1,23 +1,19 @@
-"""Bytes -> a square training image: only JPEG/PNG/WebP decoders, any mode to RGB, resize and crop."""
+"""Bytes -> a square training image: decoded as every reader decodes (`nextscale.decoding`: only JPEG/PNG/WebP,
+any mode to RGB), then resized and cropped."""
 
 from __future__ import annotations
 
-import io
 import os
 import stat
-import warnings
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from nextscale.data.badinput import BadInput
+from nextscale.decoding import DECODERS, UndecodableImage, decode_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-# Decoders tried on every file, whatever its name says: only these three, because PIL's other plugins
-# (EPS through Ghostscript, among others) are attack surface that a training set never needs.
-_FORMATS = ("JPEG", "PNG", "WEBP")
-_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def _check_regular(mode: os.stat_result) -> None:
@@ -52,22 +48,6 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int) -> bytes:
     return data
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB; transparency composited on white, 16-bit grey scaled (not clipped) to 8 bit."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in _HIGH_BIT_MODES:
-        values = np.asarray(image, dtype=np.float32)
-        full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-        grey = np.clip(values * (255.0 / full_scale) + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 def crop_seed(seed: int, epoch: int, key: int) -> int:
     """The seed of one random crop: a pure function of the data seed, the pass over the data and the
     item (its index, or a hash of a stream sample's key), so a resumed run crops every item as the
@@ -83,32 +63,10 @@ def decode_image(data: bytes, image_size: int, crop: int | None = None,
     and the square is cropped at the centre or, with a `crop` seed (`crop_seed`), at a position drawn
     from a generator seeded with it: the same seed gives the same crop.
     """
-    if not data:
-        raise BadInput("empty", "zero bytes")
     try:
-        with warnings.catch_warnings():
-            # PIL warns above its own global limit; we apply `max_image_pixels` ourselves instead of
-            # changing PIL.Image.MAX_IMAGE_PIXELS for the whole process.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=_FORMATS)
-        with image:
-            width, height = image.size
-            if width * height > max_image_pixels:
-                raise BadInput("decompression_bomb",
-                               f"{width}x{height} pixels, over max_image_pixels={max_image_pixels}")
-            image.draft("RGB", (image_size, image_size))  # JPEG: decode at 1/2..1/8 scale, still >= target
-            image.load()  # inside the try: truncated data fails here (PIL's LOAD_TRUNCATED_IMAGES stays off)
-            image = _to_rgb(ImageOps.exif_transpose(image))
-    except BadInput:
-        raise
-    except Image.DecompressionBombError as error:
-        raise BadInput("decompression_bomb", str(error)) from None
-    except UnidentifiedImageError:
-        raise BadInput("not_an_image", "not a JPEG, PNG or WebP file") from None
-    except OSError as error:
-        raise BadInput("truncated" if "truncated" in str(error) else "corrupt", str(error)) from None
-    except Exception as error:  # decoders fed hostile bytes raise anything (SyntaxError, ValueError, ...)
-        raise BadInput("corrupt", f"{type(error).__name__}: {error}") from None
+        image = decode_rgb(data, DECODERS, max_image_pixels, draft=image_size)
+    except UndecodableImage as error:
+        raise BadInput(error.reason, error.detail) from None
 
     width, height = image.size
     side = min(width, height)

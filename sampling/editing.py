@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from nextscale.decoding import UndecodableImage, open_image, to_rgb
 from nextscale.images import from_uint8
 from nextscale.sampling.blend import blend_kept
 from nextscale.sampling.condition import Condition, build_condition
@@ -80,19 +81,24 @@ class EditResult:
 # -- reading inputs ----------------------------------------------------------------------------------
 
 
+PICTURE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+"""The decoders tried on an input picture (its content decides, not its name)."""
+MAX_PICTURE_PIXELS = 64_000_000
+"""Pictures declaring more pixels are refused before decoding (a decompression bomb)."""
+
+
 def open_picture(path: str | Path, what: str) -> Image.Image:
-    """A PIL image from `path`, or an InputError naming the option and the problem."""
+    """A PIL image from `path`, decoded as every reader decodes (`nextscale.decoding`: EXIF orientation
+    applied, its own mode kept), or an InputError naming the option and the problem."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist or is not a file")
     try:
-        with Image.open(path) as picture:
-            picture.load()
-            return picture.copy()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-        raise InputError(
-            f"{what} {path} is not a readable image ({type(error).__name__}); give a PNG or JPEG"
-        ) from error
+        return open_image(path.read_bytes(), PICTURE_FORMATS, MAX_PICTURE_PIXELS)
+    except UndecodableImage as error:
+        raise InputError(f"{what} {path} is not a readable image ({error}); give a PNG or JPEG") from None
+    except OSError as error:
+        raise InputError(f"{what} {path} cannot be read ({error})") from None
 
 
 def square_resize(picture: Image.Image, size: int, resample: Image.Resampling) -> tuple[Image.Image, list[str]]:
@@ -115,7 +121,7 @@ def image_to_tensor(picture: Image.Image, size: int) -> tuple[torch.Tensor, list
     messages = []
     if picture.mode != "RGB":
         messages.append(f"converted {picture.mode} to RGB")
-        picture = picture.convert("RGB")
+        picture = to_rgb(picture)
     picture, resized = square_resize(picture, size, Image.Resampling.LANCZOS)
     array = torch.from_numpy(np.asarray(picture, dtype=np.uint8).copy())  # (H, W, 3)
     return from_uint8(array.permute(2, 0, 1).unsqueeze(0)), messages + resized
@@ -137,7 +143,7 @@ def mask_to_known(picture: Image.Image, size: int, image_size: tuple[int, int] |
     if image_size is not None and picture.size != image_size:
         raise InputError(f"the mask is {picture.size[0]}x{picture.size[1]} but the image is "
                          f"{image_size[0]}x{image_size[1]}: give a mask of the image's size")
-    grey = picture.convert("L")
+    grey = to_rgb(picture, background=None).convert("L")  # a mask's alpha is not its content
     regenerate = np.asarray(grey, dtype=np.uint8) >= 128
     if not regenerate.any():
         raise InputError("the mask is all black (nothing to regenerate): paint the region to regenerate white")

@@ -3,7 +3,8 @@
 A decompression bomb is a small file whose header announces a huge image (a 50 kB PNG of 30000 x 30000
 pixels decodes to 2.7 GB). Pillow reads only the header on `Image.open`, so the size is known before
 the pixels are: a file over `max_pixels` is refused there. The format is the one Pillow detects from
-the content, not the file's name.
+the content, not the file's name. The pixels are then decoded as every reader decodes them
+(`nextscale.decoding`): EXIF orientation applied, any mode (16-bit included) to RGB.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from nextscale.decoding import UndecodableImage, decode_rgb
 from nextscale.ui.config import UploadLimits
 
 
@@ -41,17 +43,21 @@ def validate_upload(path: str | os.PathLike | None, limits: UploadLimits) -> Ima
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(file)  # reads the header only
-            width, height = image.size
-            if image.format not in limits.formats:
-                raise UploadError(f"{file.name} is a {image.format} image; accepted formats: {accepted}")
+            with Image.open(file) as image:  # reads the header only
+                width, height, found = *image.size, image.format
+            if found not in limits.formats:
+                raise UploadError(f"{file.name} is a {found} image; accepted formats: {accepted}")
             if width * height > limits.max_pixels:
                 raise UploadError(
                     f"{file.name} declares {width} x {height} pixels ({width * height / 1e6:.0f} megapixels), "
                     f"more than the {limits.max_pixels / 1e6:.0f} megapixel limit (a decompression bomb?)"
                 )
-            image.seek(0)  # an animation: its first frame
-            return image.convert("RGB")
+        # the pixels are decoded as every reader decodes them (an animation: its first frame)
+        return decode_rgb(file.read_bytes(), limits.formats, limits.max_pixels)
+    except UndecodableImage as error:
+        if error.reason == "decompression_bomb":
+            raise UploadError(f"{file.name} is refused as a decompression bomb: {error.detail}") from None
+        raise UploadError(f"{file.name} could not be decoded: {error.detail}") from None
     except UploadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
