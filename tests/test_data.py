@@ -679,3 +679,30 @@ def test_every_pass_crops_anew_even_in_persistent_workers(tmp_path):
     assert sum(not torch.equal(first[i], second[i]) for i in range(8)) >= 6  # mostly other crops
     again = two_passes()
     assert all(torch.equal(again[p][i], (first, second)[p][i]) for p in range(2) for i in range(8))
+
+
+# ----------------------------------------------------------------------------------- one caption rule
+
+
+def test_a_caption_that_is_not_a_string_is_bad_metadata_in_every_source(tmp_path, caplog):
+    """`null`, numbers, lists and objects became their Python text ("None", "['list', 'caption']") unwarned."""
+    write_good_folder(tmp_path)
+    lines = [{"file_name": "a.jpg", "text": None}, {"file_name": "sub/b.png", "text": 7},
+             {"file_name": "UPPER.JPG", "caption": ["list", "caption"]},
+             {"file_name": "sub/deeper/c.webp", "text": {"an": "object"}}]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dataset = ImageFolderDataset(folder_config(tmp_path, max_bad_fraction=1.0))
+    assert dict(dataset.tracker.counts) == {"bad_metadata": 4}
+    assert "metadata.jsonl:3 (bad_metadata)" in caplog.text and "not a string" in caplog.text
+    captions = {name: dataset[i]["caption"] for i, name in enumerate(dataset.files)}
+    # the record's caption is not used: the image falls back to its sidecar .txt, else the empty caption
+    assert captions == {"UPPER.JPG": "", "a.jpg": "", "sub/b.png": "", "sub/deeper/c.webp": "a sidecar caption"}
+    pytest.importorskip("webdataset")
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        for key, record in (("s0", {"text": None}), ("s1", {"caption": ["a", "list"]}), ("s2", {"text": "fine"})):
+            add_member(tar, f"{key}.png", encoded(noise_image(seed=1), "PNG"))
+            add_member(tar, f"{key}.json", json.dumps(record).encode())
+    stream = build_dataset(DataConfig(source="webdataset", path=str(tmp_path / "shard.tar"), image_size=16,
+                                      max_bad_fraction=1.0))
+    assert sorted(item["caption"] for item in stream) == ["", "", "fine"]
+    assert dict(stream.tracker.counts) == {"bad_metadata": 2}

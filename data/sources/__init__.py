@@ -9,10 +9,13 @@ held-out split is. Modules here are imported on first use of the registry.
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from nextscale.data.badinput import BadInput
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -60,6 +63,20 @@ def source_names() -> tuple[str, ...]:
     """Names of every registered source."""
     _discover()
     return tuple(sorted(_SOURCES))
+
+
+def record_caption(record: object) -> str:
+    """The caption of one metadata record (a `metadata.jsonl` line, a WebDataset sample's json): its `text`,
+    else its `caption`, "" when it has neither. The one rule of every source: a record that is not a JSON
+    object, or whose caption is not a string (null, a number, a list, an object), is bad metadata
+    (BadInput "bad_metadata"): the source counts it and does not use its caption."""
+    if not isinstance(record, dict):
+        raise BadInput("bad_metadata", f"expected a JSON object, got {type(record).__name__}")
+    caption = record.get("text", record.get("caption", ""))
+    if not isinstance(caption, str):
+        field = "text" if "text" in record else "caption"
+        raise BadInput("bad_metadata", f"its {field} is not a string: {json.dumps(caption)[:80]}")
+    return caption
 
 
 def get_source(name: str) -> Source:

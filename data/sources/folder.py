@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, get_worker_info
 from nextscale.data.badinput import BadInput, BadInputTracker, TooManyBadFiles
 from nextscale.data.config import DataConfig
 from nextscale.data.decode import IMAGE_SUFFIXES, crop_seed, decode_image, read_regular_file
-from nextscale.data.sources import Source, register_source
+from nextscale.data.sources import Source, record_caption, register_source
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ def _read_metadata(root: Path, metadata_files: list[Path], tracker: BadInputTrac
     """Captions from `metadata.jsonl` files (HF imagefolder): path relative to root (posix) -> text.
 
     `file_name` is relative to the folder holding the metadata file; the caption is `text` (or
-    `caption`). A malformed line is skipped and counted in `tracker` like a bad image (`bad_metadata`).
+    `caption`). A malformed line, or one whose caption is not a string (`record_caption`), is skipped and
+    counted in `tracker` like a bad image (`bad_metadata`).
     """
     captions: dict[str, str] = {}
     for metadata in metadata_files:
@@ -43,11 +44,13 @@ def _read_metadata(root: Path, metadata_files: list[Path], tracker: BadInputTrac
                 name = record["file_name"]
                 if not isinstance(name, str):
                     raise TypeError("file_name is not a string")
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                caption = record_caption(record)
+            except (json.JSONDecodeError, KeyError, TypeError, BadInput) as error:
                 tracker.record_bad(f"{metadata}:{number}", "bad_metadata",
-                                   f"expected a JSON object with file_name and text, got {line[:80]!r} ({error})")
+                                   f"expected a JSON object with file_name and text, got {line[:80]!r} "
+                                   f"({getattr(error, 'detail', error)})")
                 continue
-            captions[(base / name).as_posix()] = str(record.get("text", record.get("caption", "")))
+            captions[(base / name).as_posix()] = caption
     return captions
 
 

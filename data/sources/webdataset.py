@@ -16,7 +16,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from nextscale.data.badinput import BadInput, BadInputTracker
 from nextscale.data.config import DataConfig
 from nextscale.data.decode import crop_seed, decode_image
-from nextscale.data.sources import Source, register_source
+from nextscale.data.sources import Source, record_caption, register_source
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +92,13 @@ class WebDatasetShards(IterableDataset):
             return sample["txt"].decode("utf-8", errors="replace").strip()
         if "json" in sample:
             try:
-                record = json.loads(sample["json"])
-                return str(record.get("text", record.get("caption", "")))
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-                pass
+                return record_caption(json.loads(sample["json"]))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                self.tracker.record_bad(name, "bad_metadata", f"its json is not JSON ({error})")
+                return ""
+            except BadInput as error:  # the sample trains with the empty caption, counted
+                self.tracker.record_bad(name, error.reason, error.detail)
+                return ""
         self._missing_captions += 1
         if self._missing_captions == 1:
             logger.warning("sample %s has no txt or json caption; such samples get the empty caption", name)
