@@ -173,13 +173,29 @@ def test_mixed_precision_has_one_source():
     assert precision_note("bf16", "bf16", {}) is None  # not under accelerate launch
     assert precision_note("bf16", "bf16", {"ACCELERATE_MIXED_PRECISION": "bf16"}) is None
     note = precision_note("bf16", "bf16", {"ACCELERATE_MIXED_PRECISION": "no"})
-    assert note is not None and note.startswith("mixed precision: bf16 (--mixed-precision bf16)")
-    assert "accelerate launch's 'no' is not used" in note
+    assert note is not None and note.startswith("mixed precision: bf16 (--mixed-precision bf16): the training "
+                                                "autocasts in bf16; ")
+    assert ("the --mixed_precision 'no' that accelerate launch printed is the launcher's own setting and is not "
+            "used: this command's --mixed-precision is the one setting (pass --mixed-precision no to train in fp32)"
+            ) in note
     # auto always says what it chose, and why
     assert precision_note("auto", "no", {"ACCELERATE_MIXED_PRECISION": "no"}) == (
-        "mixed precision: no (--mixed-precision auto: no native bf16 on this device: fp32)")
+        "mixed precision: no (--mixed-precision auto: no native bf16 on this device): the training runs in fp32 "
+        "(no autocast)")
     assert precision_note("auto", "bf16", {}) == (
-        "mixed precision: bf16 (--mixed-precision auto: native bf16 on this device)")
+        "mixed precision: bf16 (--mixed-precision auto: native bf16 on this device): the training autocasts in bf16")
+
+
+def test_the_first_screen_says_one_precision_under_accelerate_launch(tmp_path, capsys, monkeypatch):
+    """accelerate launch without a config file prints its own `--mixed_precision` 'no'; the run's one line
+    about precision names what it trains in and says that the launcher's value is not used."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    train_toy(toy(tmp_path / "run", steps=2, mixed_precision="bf16"))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "precision" in line]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("mixed precision: bf16 (--mixed-precision bf16): the training autocasts in bf16; ")
+    assert "the --mixed_precision 'no' that accelerate launch printed is the launcher's own setting and is not used" \
+        in lines[0]
 
 
 def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively():

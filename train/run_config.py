@@ -114,16 +114,24 @@ def has_native_bf16(device: torch.device) -> bool:
     return False
 
 
+TRAINS_IN = {"no": "runs in fp32 (no autocast)", "bf16": "autocasts in bf16", "fp16": "autocasts in fp16"}
+"""What the training does under each `--mixed-precision` value (the runtime hands it to Accelerate)."""
+
+
 def precision_note(choice: str, used: str, environ: Mapping[str, str]) -> str | None:
     """One line naming the precision a run uses (`used`, resolved from `--mixed-precision choice`) when
-    it was chosen automatically, or when `accelerate launch` announced another one (the launcher prints
-    its default 'no' when it has no config file): the run's `--mixed-precision` is the one used."""
+    it was chosen automatically, or when `accelerate launch` announced another one. The launcher lists
+    its own value among the ones it was not passed (`--mixed_precision` ... `'no'`) when it has no config
+    file; the line then says that this value is not the run's, so the first screen says one thing."""
     launched = environ.get("ACCELERATE_MIXED_PRECISION")
     differs = launched is not None and launched != used
     if choice != "auto" and not differs:
         return None
-    how = "native bf16 on this device" if used == "bf16" else "no native bf16 on this device: fp32"
-    line = f"mixed precision: {used} (--mixed-precision {choice}" + (f": {how})" if choice == "auto" else ")")
+    how = "native bf16 on this device" if used == "bf16" else "no native bf16 on this device"
+    line = (f"mixed precision: {used} (--mixed-precision {choice}" + (f": {how})" if choice == "auto" else ")")
+            + f": the training {TRAINS_IN.get(used, 'runs in ' + used)}")
     if differs:
-        line += f"; accelerate launch's {launched!r} is not used, pass --mixed-precision {launched} to train in it"
+        line += (f"; the --mixed_precision {launched!r} that accelerate launch printed is the launcher's own setting "
+                 f"and is not used: this command's --mixed-precision is the one setting (pass --mixed-precision "
+                 f"{launched} to train in {'fp32' if launched == 'no' else launched})")
     return line
