@@ -706,3 +706,28 @@ def test_a_caption_that_is_not_a_string_is_bad_metadata_in_every_source(tmp_path
                                       max_bad_fraction=1.0))
     assert sorted(item["caption"] for item in stream) == ["", "", "fine"]
     assert dict(stream.tracker.counts) == {"bad_metadata": 2}
+
+
+# ------------------------------------------------------------------------- counts across worker processes
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_skip_counts_are_exact_with_any_number_of_workers(tmp_path, num_workers):
+    """With --num-workers 2, metrics.json reported the 5 bad metadata lines read in the main process but not
+    the 11 bad image files the workers met."""
+    write_good_folder(tmp_path)
+    expected = write_hostile_files(tmp_path)
+    with (tmp_path / "metadata.jsonl").open("a") as handle:
+        handle.write("not json\n" + json.dumps({"file_name": "a.jpg", "text": None}) + "\n")
+    config = folder_config(tmp_path, max_bad_fraction=1.0, max_image_pixels=10_000)
+    dataset = ImageFolderDataset(config)
+    loader = loader_over(dataset, batch_size=2, shuffle=True, num_workers=num_workers, drop_last=False)
+    for _ in range(2):  # two passes: a file met again is not counted again
+        assert sum(len(batch["caption"]) for batch in loader) == len(dataset)
+    assert dict(dataset.tracker.counts) == {**expected, "bad_metadata": 2}
+    assert dataset.tracker.attempts == len(dataset) + 2  # every file once, and the bad metadata lines
+    if pytest.importorskip("webdataset"):
+        shards = DataConfig(source="webdataset", path=write_shards(tmp_path), image_size=16, max_bad_fraction=0.5)
+        stream = build_dataset(shards)
+        assert len(list(loader_over(stream, 1, shuffle=False, num_workers=num_workers))) == 4
+        assert dict(stream.tracker.counts) == {"not_an_image": 1}

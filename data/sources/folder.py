@@ -5,13 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from nextscale.data.badinput import BadInput, BadInputTracker, TooManyBadFiles
 from nextscale.data.config import DataConfig
@@ -90,9 +88,9 @@ class ImageFolderDataset(Dataset):
         if not files:
             raise FileNotFoundError(f"no {'/'.join(IMAGE_SUFFIXES)} images under {self.root}")
         self.files: list[str] = files
-        # Counts are of distinct files (a file met again next epoch is not counted again), so the bad
-        # fraction is the folder's, and a bad file is decoded and reported once.
-        self.tracker = BadInputTracker(config.max_bad_fraction, config.bad_check_after)
+        # Counts are of distinct files (a file met again next epoch, or by another worker, is not counted
+        # again), so the bad fraction is the folder's, and a bad file is decoded and reported once.
+        self.tracker = BadInputTracker(config.max_bad_fraction, config.bad_check_after, items=len(files))
         self.captions = _read_metadata(self.root, metadata_files, self.tracker)
         sidecars = {f: os.path.splitext(f)[0] + ".txt" for f in files if f not in self.captions}
         self.sidecars = {f: t for f, t in sidecars.items() if t in texts}
@@ -103,9 +101,7 @@ class ImageFolderDataset(Dataset):
         self._start_reading()
 
     def _start_reading(self) -> None:
-        """Fresh reading state: which files were tried, which are bad, and the pass over the data."""
-        self._seen = np.zeros(len(self.files), dtype=bool)
-        self._bad: set[int] = set()
+        """Fresh reading state: the pass over the data (which files were tried is the tracker's)."""
         # The pass over the data, in shared memory so that persistent DataLoader workers see `set_epoch`:
         # a random crop is drawn from (data seed, pass, index) alone (`crop_seed`).
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
@@ -114,7 +110,8 @@ class ImageFolderDataset(Dataset):
         """A dataset over the same files and captions, found once, with a pass and bad-file counts of its
         own: the held-out part of a folder, which the training's passes never move (`set_epoch`)."""
         other = copy.copy(self)
-        other.tracker = BadInputTracker(self.config.max_bad_fraction, self.config.bad_check_after)
+        other.tracker = BadInputTracker(self.config.max_bad_fraction, self.config.bad_check_after,
+                                        items=len(self.files))
         other._start_reading()
         return other
 
@@ -149,23 +146,19 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self.files):
             raise IndexError(f"index {index} out of range for {len(self.files)} images")
-        # A small folder is judged once this reader has tried its share of it (about an epoch).
-        info = get_worker_info()
-        share = math.ceil(len(self.files) / (info.num_workers if info is not None else 1))
-        self.tracker.min_attempts = min(self.config.bad_check_after, share)
+        # A small folder is judged once its readers together have tried it (about an epoch).
+        self.tracker.min_attempts = min(self.config.bad_check_after, len(self.files))
         for offset in range(len(self.files)):
             current = (index + offset) % len(self.files)
-            if current in self._bad:
+            if self.tracker.is_bad(current):
                 continue
-            first_time, self._seen[current] = not self._seen[current], True
             try:
                 item = self._load(current)
             except BadInput as error:
-                self._bad.add(current)
-                self.tracker.record_bad(str(self.root / self.files[current]), error.reason, error.detail)
+                self.tracker.record_bad(str(self.root / self.files[current]), error.reason, error.detail,
+                                        item=current)
                 continue
-            if first_time:
-                self.tracker.record_good()
+            self.tracker.record_good(item=current)
             return {**item, "index": current}
         self.tracker.check(final=True)
         raise TooManyBadFiles(f"no readable image under {self.root}: {self.tracker.summary()}")
