@@ -293,10 +293,9 @@ def evaluate(config: EvaluationConfig) -> dict:
         sweep = cfg_list(row["cfg_scale"] for row in report["sweep"])
         report["recorded"] = record_sampling(
             pipeline.directory, best["cfg_scale"], config.top_k, config.top_p,
-            f"prompt-adherence evaluation over cfg {sweep}: single-attribute adherence "
-            f"{best['single']['mean']:.3f}, FD {best['frechet_distance']:.1f} at cfg {best['cfg_scale']:g}"
-            + (f"; tied within the sample's noise: cfg {cfg_list(report['tied_cfg_scales'])}, the lowest FD chosen"
-               if len(tied) > 1 else ""))
+            f"prompt-adherence evaluation over cfg {sweep} (its report: {config.out / 'evaluation.md'}): cfg "
+            f"{best['cfg_scale']:g} chosen" + (", the lowest FD of the cfgs tied within the sample's noise"
+                                                 if len(tied) > 1 else ", the best adherence"))
 
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -16,12 +16,9 @@ least half of the image is kept).
 
 Editing uses one threshold per scale (`edit_thresholds`): half a cell for the coarse scales (side at
 most half the latent side: they carry the layout and colours that the kept region shares with the
-hole) and three quarters of a cell for the finer ones (they draw the details of the hole). Measured
-on the demo (inpainting the eye band of 32 portraits without glasses, prompt asking for glasses; the
-tokenizer's round trip of the kept pixels is 29.98 dB): the whole-cell rule at every scale regenerates
-the image's mean colour and drifts the kept region (27.5 dB kept-pixel PSNR, 100% glasses); half a cell
-everywhere keeps half-covered fine tokens and misses the requested detail (29.3 dB, 81%); half a cell
-coarse and the whole cell fine: 28.8 dB, 100%; half coarse and three quarters fine: 29.3 dB, 94%.
+hole) and three quarters of a cell for the finer ones (they draw the details of the hole): the choice of
+the inpainting measurement in docs/experiments/editing-bundled-demo.md (the whole-cell rule everywhere
+drifts the kept region; half a cell everywhere misses the requested detail).
 """
 
 from __future__ import annotations

@@ -40,8 +40,9 @@ class RunConfig:
     """Clip the global gradient norm to this value (0 disables)."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """Autocast precision. auto: bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU
-    with AVX512-BF16 or AMX, where it trains 2-3x faster than fp32), else no (fp32): a CPU without them
-    emulates bf16, many times slower than fp32 (`resolve_precision`). This option is the one setting:
+    with AVX512-BF16 or AMX, where it is faster than fp32), else no (fp32): a CPU without them emulates
+    bf16, much slower than fp32 (`resolve_precision`; docs/experiments/cpu-threads-and-precision.md). This
+    option is the one setting:
     `accelerate launch --mixed_precision` and Accelerate's config file do not change it."""
     num_workers: int = 0
     """DataLoader worker processes."""

@@ -38,9 +38,8 @@ class UIConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights and activations dtype."""
     threads: int = 1
-    """torch's intra-op CPU threads; 0: torch's default (one per core). One is the default: measured on a
-    2-core CPU shared with other busy processes, 4 images took 1.1 s on one thread and 15.6 s on two
-    (spinning threads compete)."""
+    """torch's intra-op CPU threads; 0: torch's default (one per core). One is the default: on a small CPU
+    shared with other busy processes, spinning threads compete (docs/experiments/web-ui-load.md)."""
     concurrency: int = 1
     """Samplings that may run at the same time on one model; further requests wait in the queue."""
     max_queue: int = 64

@@ -61,8 +61,8 @@ class AlignmentConfig:
     (reused when teacher and scales match) instead of running the teacher every step."""
     project_pooled: bool = True
     """Project each scale's latent after area-pooling it to the scale side (s_k^2 positions) rather than
-    pooling the projection of all h x w positions (the behaviour before): 3x fewer projected positions
-    at the demo scales, so alignment stays within 15% of a tokenizer step (bench/alignment.py)."""
+    pooling the projection of all h x w positions (the behaviour before): fewer projected positions, so
+    alignment costs little beside a tokenizer step (docs/experiments/alignment-gradient-and-cost.md)."""
     gradient: Literal["straight_through", "latent", "codebook"] = "straight_through"
     """What is aligned at each scale, hence what the gradient reaches: the accumulated latent with a
     straight-through path to the encoder (encoder, codebook, phi), the encoder latent pooled to the scale
