@@ -47,7 +47,7 @@ from nextscale.sampling.guidance import (
 )
 from nextscale.sampling.pipeline import Pipeline
 from nextscale.tokenizer import MultiScaleVQVAE
-from nextscale.transformer import InferenceState, KVCache, NextScaleTransformer
+from nextscale.transformer import InferenceState, KVCache, NextScaleTransformer, PerScaleTexts, start_after_switch
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class CachedLogits:
         they were computed under their own condition."""
         rows = switched.shape[0]
         layout = {name: tensor[:rows] for name, tensor in self.first.items()}
-        fresh = self.transformer.start(**text, layout=layout, switched=switched)
+        fresh = start_after_switch(self.transformer, text, layout, switched)
         kept = keep_rows(self.state, fresh.batch_size)  # guidance may end at the same scale
         self.state = InferenceState(fresh.condition, fresh.text_mask, fresh.text_keys, fresh.text_values,
                                     kept.caches, kept.next_scale)
@@ -157,7 +157,7 @@ class CachedLogits:
 
 class RecomputedLogits:
     """Reference path: no cache; at every scale the whole prefix goes through the teacher-forced pass, with
-    each scale's own text (per-scale conditions: `other_texts` and `text_of_scale` of the pass)."""
+    each scale's own text (per-scale conditions: the pass's `per_scale` texts)."""
 
     def __init__(self, transformer: NextScaleTransformer, text: dict[str, torch.Tensor]) -> None:
         self.transformer = transformer
@@ -189,7 +189,7 @@ class RecomputedLogits:
         per_scale: dict = {}
         if others:
             index = torch.stack(self.text_of_scale, dim=1).to(teacher_inputs.device)  # (rows, scales so far)
-            per_scale = {"other_texts": others, "text_of_scale": index}
+            per_scale = {"per_scale": PerScaleTexts(others, index)}
         logits = self.transformer(teacher_inputs, **first, num_scales=scale + 1, **per_scale)  # (rows, L', V)
         return logits[:, self.transformer.offsets[scale] :]
 

@@ -14,10 +14,12 @@ from nextscale.scales import block_causal_mask, scale_offsets, split_scales
 from nextscale.transformer import (
     KVCache,
     NextScaleTransformer,
+    PerScaleTexts,
     TransformerConfig,
     attention,
     key_padding_mask,
     naive_attention,
+    start_after_switch,
 )
 from nextscale.transformer.text import TEXT_KEYS
 
@@ -147,7 +149,7 @@ def test_switched_teacher_forced_pass_equals_the_cached_path_with_a_switch(overr
     switch = torch.tensor([1, 3, config.num_scales])  # the last image never switches
     text_of_scale = (torch.arange(config.num_scales) >= switch[:, None]).long()
     with torch.no_grad():
-        switched = split_scales(model(**first, other_texts=[detail], text_of_scale=text_of_scale),
+        switched = split_scales(model(**first, per_scale=PerScaleTexts([detail], text_of_scale)),
                                 config.scale_sizes)
         plain = split_scales(model(**first), config.scale_sizes)
         scale_inputs = [None, *split_scales(first["teacher_inputs"], config.scale_sizes[1:])]
@@ -165,25 +167,25 @@ def test_switched_teacher_forced_pass_equals_the_cached_path_with_a_switch(overr
                 else:  # after it, the second condition changes the logits
                     assert (switched[scale][row] - plain[scale][row]).abs().max() > 1e-3
     with pytest.raises(ValueError, match="scale 0 takes the first text"):
-        model(**first, other_texts=[detail], text_of_scale=torch.ones(3, config.num_scales, dtype=torch.long))
+        model(**first, per_scale=PerScaleTexts([detail], torch.ones(3, config.num_scales, dtype=torch.long)))
     with pytest.raises(ValueError, match=r"must be in \[0, 2\)"):
-        model(**first, other_texts=[detail], text_of_scale=2 * text_of_scale)
+        model(**first, per_scale=PerScaleTexts([detail], 2 * text_of_scale))
     with pytest.raises(ValueError, match="need text_of_scale"):
-        model(**first, other_texts=[detail])
+        model(**first, per_scale=PerScaleTexts([detail], None))
 
 
 def cached_switch(model: NextScaleTransformer, scale_inputs: list[torch.Tensor | None], row: int,
                   before: dict[str, torch.Tensor], at: int, after: dict[str, torch.Tensor],
                   layout: dict[str, torch.Tensor], switched: bool = True) -> list[torch.Tensor]:
     """Row `row`'s logits per scale on the cached path: text `before` until scale `at`, then `after` with
-    `layout` beside it (`start(layout=...)`), the earlier keys kept."""
+    `layout` beside it (`start_after_switch`), the earlier keys kept."""
     def take(text: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {key: value[row:row + 1] for key, value in text.items()}
 
     state, logits = model.start(**take(before)), []
     for scale, chunk in enumerate(scale_inputs):
         if scale == at:
-            fresh = model.start(**take(after), layout=take(layout), switched=torch.tensor([switched]))
+            fresh = start_after_switch(model, take(after), take(layout), torch.tensor([switched]))
             state = dataclasses.replace(fresh, caches=state.caches, next_scale=state.next_scale)
         logits.append(model.forward_scale(state, scale, None if chunk is None else chunk[row:row + 1])[0])
     return logits
@@ -203,8 +205,8 @@ def test_layout_context_shows_the_first_text_beside_the_detail_text_after_a_swit
     switch = torch.tensor([1, 2, config.num_scales])  # the last image never switches
     text_of_scale = (torch.arange(config.num_scales) >= switch[:, None]).long()
     with torch.no_grad():
-        both = split_scales(model(**first, other_texts=[detail], text_of_scale=text_of_scale), config.scale_sizes)
-        own_only = split_scales(plain_model(**first, other_texts=[detail], text_of_scale=text_of_scale),
+        both = split_scales(model(**first, per_scale=PerScaleTexts([detail], text_of_scale)), config.scale_sizes)
+        own_only = split_scales(plain_model(**first, per_scale=PerScaleTexts([detail], text_of_scale)),
                                 config.scale_sizes)
         scale_inputs = [None, *split_scales(first["teacher_inputs"], config.scale_sizes[1:])]
         for row, at in enumerate(switch.tolist()):
@@ -224,15 +226,15 @@ def test_layout_context_shows_the_first_text_beside_the_detail_text_after_a_swit
     own = make_inputs(config, batch=3, seed=3)
     own_text = {key: own[key] for key in TEXT_KEYS}
     with torch.no_grad():
-        trained = split_scales(model(**first | own_text, other_texts=[layout, detail], text_of_scale=2 * text_of_scale,
-                                     layout_text=torch.ones(3, dtype=torch.long)), config.scale_sizes)
+        trained = split_scales(model(**first | own_text, per_scale=PerScaleTexts(
+            [layout, detail], 2 * text_of_scale, layout_text=torch.ones(3, dtype=torch.long))), config.scale_sizes)
         for row, at in enumerate(switch.tolist()):
             for scale, logits in enumerate(cached_switch(model, scale_inputs, row, own_text, at, detail, layout)):
                 torch.testing.assert_close(logits, trained[scale][row], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="layout_text must be"):
-        model(**first, other_texts=[detail], text_of_scale=text_of_scale, layout_text=torch.full((3,), 2))
+        model(**first, per_scale=PerScaleTexts([detail], text_of_scale, layout_text=torch.full((3,), 2)))
     with pytest.raises(ValueError, match="switched"):
-        model.start(**detail, layout=layout)
+        start_after_switch(model, detail, layout, None)
     with pytest.raises(ValueError, match="needs cross_attention"):
         tiny_config(layout_context=True, cross_attention=False)
 

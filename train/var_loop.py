@@ -36,7 +36,7 @@ from nextscale.train.var_objective import (
     per_scale_metrics,
     text_to,
 )
-from nextscale.transformer import NextScaleTransformer, TransformerConfig
+from nextscale.transformer import NextScaleTransformer, PerScaleTexts, TransformerConfig
 from nextscale.transformer.text import OFFLINE_TEXT_ENCODER, TextEncoder
 
 logger = logging.getLogger(__name__)
@@ -225,10 +225,10 @@ class VarTraining:
         after = (torch.arange(num_scales) >= switch.unsqueeze(1)).long()  # (b, K): 1 after the switch
         detail = text_to(batch, device, prefix="detail_")
         if not self.model_config.layout_context:
-            return {**condition, "other_texts": [detail], "text_of_scale": after.to(device)}
+            return {**condition, "per_scale": PerScaleTexts([detail], after.to(device))}
         layout = text_to(batch, device, prefix="layout_")
-        return {**condition, "other_texts": [layout, detail], "text_of_scale": (2 * after).to(device),
-                "layout_text": torch.ones(len(dropped), dtype=torch.long, device=device)}
+        layout_text = torch.ones(len(dropped), dtype=torch.long, device=device)  # the layout caption, text 1
+        return {**condition, "per_scale": PerScaleTexts([layout, detail], (2 * after).to(device), layout_text)}
 
     def extra_logs(self, reduced: dict[str, float]) -> dict[str, float]:
         logits, codes = self.last

@@ -1,8 +1,9 @@
-"""Next-scale transformer, attention and text conditioning (see DESIGN.md, "Transformer")."""
+"""Next-scale transformer, attention, text conditioning and per-scale prompts (see DESIGN.md, "Transformer")."""
 
 from nextscale.transformer.attention import KVCache, attention, key_padding_mask, naive_attention
 from nextscale.transformer.config import PRESETS, TransformerConfig
 from nextscale.transformer.model import InferenceState, NextScaleTransformer
+from nextscale.transformer.per_scale import PerScaleTexts, start_after_switch
 from nextscale.transformer.text import (
     OFFLINE_TEXT_ENCODER,
     TextEmbedding,
@@ -19,6 +20,7 @@ __all__ = [
     "InferenceState",
     "KVCache",
     "NextScaleTransformer",
+    "PerScaleTexts",
     "TextEmbedding",
     "TextEncoder",
     "TextEncoderConfig",
@@ -29,4 +31,5 @@ __all__ = [
     "naive_attention",
     "precompute_text_embeddings",
     "save_text_cache",
+    "start_after_switch",
 ]

@@ -10,13 +10,17 @@ Conditioning: the pooled text embedding is projected to the condition vector (a 
 looks its label up in a table with one extra row, the null class, as VAR's `class_emb`), which (a) is
 the start token and (b) modulates every block by adaptive LayerNorm (block.py). The text tokens enter by
 cross-attention in every block; class-conditional models have no cross-attention.
+
+A different text per scale (per-scale prompts, and the layout context of `TransformerConfig.layout_context`)
+lives in per_scale.py: it plugs into `forward` as its `per_scale` argument and into the cached path as
+`start_after_switch`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from einops import repeat
@@ -28,10 +32,27 @@ from nextscale.transformer.attention import KVCache, QKNorm
 from nextscale.transformer.block import Block, modulate, per_token
 from nextscale.transformer.config import TransformerConfig
 
+if TYPE_CHECKING:
+    from nextscale.transformer.per_scale import PerScaleTexts
+
+
+@dataclass
+class Conditioning:
+    """What the blocks and the head read beside the tokens of a teacher-forced pass: the AdaLN condition
+    and the text to cross-attend to. One condition per image; per-scale texts (per_scale.py) stack one
+    row per text and name each token's row in `choice`."""
+
+    condition: torch.Tensor  # (b, width), or (b, c, width) with `choice`
+    text_keys: list[torch.Tensor | None]  # per block (b, heads, t, head_dim); None without cross-attention
+    text_values: list[torch.Tensor | None]
+    text_mask: torch.Tensor | None  # (b, t) bool, or per token (b, L', t) with `choice`
+    choice: torch.Tensor | None = None  # (b, L') long: the row of `condition` of every token
+
 
 @dataclass
 class InferenceState:
-    """Per-prompt state of scale-by-scale inference, made by `NextScaleTransformer.start`.
+    """Per-prompt state of scale-by-scale inference, made by `NextScaleTransformer.start` (or after a prompt
+    switch by `per_scale.start_after_switch`).
 
     Holds the condition vector, the text keys/values of every block (computed once per prompt) and one
     self-attention `KVCache` per block; `next_scale` is the scale `forward_scale` expects next.
@@ -70,7 +91,8 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         self.condition = None if config.class_conditional else nn.Linear(config.text_width, width)
         self.class_embed = nn.Embedding(config.num_classes + 1, width) if config.class_conditional else None
         self.text_norm = nn.LayerNorm(config.text_width, eps=config.norm_eps) if config.cross_attention else None
-        # Added to a detail prompt's normalised text tokens where the layout prompt is seen beside it.
+        # Per-scale prompts with layout_context (per_scale.py): added to a detail prompt's normalised text
+        # tokens where the layout prompt is seen beside it.
         self.detail_marker = nn.Parameter(torch.zeros(config.text_width)) if config.layout_context else None
         self.input_embed = nn.Linear(config.latent_dim, width)  # teacher-forcing inputs of scales 1..K-1
         self.position_embed = nn.Parameter(torch.empty(1, length, width))
@@ -131,9 +153,11 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
 
     # -- shared pieces of the teacher-forced and the incremental path --------------------------------
 
-    def _check_text(
+    def check_text(
         self, text_tokens: torch.Tensor | None, text_mask: torch.Tensor | None, text_pooled: torch.Tensor | None
     ) -> None:
+        """Checks the text states of a text model: text_pooled (b, text_width), and with cross-attention
+        text_tokens (b, t, text_width) with a bool text_mask (b, t) holding a real token in every row."""
         width = self.config.text_width
         if text_pooled is None or text_pooled.ndim != 2 or text_pooled.shape[1] != width:
             got = None if text_pooled is None else tuple(text_pooled.shape)
@@ -164,7 +188,7 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         if self.class_embed is None:
             if labels is not None:
                 raise ValueError("this model is text-conditioned: pass text, not class labels")
-            self._check_text(text_tokens, text_mask, text_pooled)
+            self.check_text(text_tokens, text_mask, text_pooled)
             assert self.condition is not None and text_pooled is not None
             return self.condition(text_pooled)
         if text_tokens is not None or text_mask is not None or text_pooled is not None:
@@ -177,12 +201,12 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
             raise ValueError(f"labels must be in [0, {num_classes}] ({num_classes} is the null class), got {labels}")
         return self.class_embed(labels)
 
-    def _text_keys_values(
+    def text_keys_values(
         self, text_tokens: torch.Tensor | None, marked: torch.Tensor | None = None
     ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
         """Cross-attention keys and values of every block: 2 x depth x (b, heads, t, head_dim); `marked`
         (b,) bool adds the detail marker to those rows (a detail prompt seen beside the layout prompt,
-        `layout_context`)."""
+        per_scale.py)."""
         if self.text_norm is None or text_tokens is None:
             return [None] * len(self.blocks), [None] * len(self.blocks)
         text = self.text_norm(text_tokens)
@@ -231,9 +255,7 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         text_pooled: torch.Tensor | None = None,
         num_scales: int | None = None,
         labels: torch.Tensor | None = None,
-        other_texts: Sequence[Mapping[str, torch.Tensor]] = (),
-        text_of_scale: torch.Tensor | None = None,
-        layout_text: torch.Tensor | None = None,
+        per_scale: PerScaleTexts | None = None,
     ) -> torch.Tensor:
         """Teacher-forced logits of every token of the first `num_scales` scales (default: all) under the
         block-causal mask.
@@ -244,16 +266,8 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         class-conditional one. Returns fp32 logits (b, L', vocab_size); position i predicts code i of
         the flat sequence. A prefix gives the same logits as the full pass (block causality).
 
-        Per-scale conditions in one pass (text models): `other_texts` holds more texts (each a mapping
-        of text_tokens, text_mask, text_pooled with b rows) and `text_of_scale` (b, >= num_scales) long
-        the text of every scale of every image, 0 for the first text, i for other_texts[i - 1]. Scale 0
-        takes the first text (its start token is the first condition). The tokens of a scale take their
-        AdaLN modulation from their scale's condition and cross-attend to its text only, which is what
-        the cached path computes when the condition changes between scales (`sample_scales` with one
-        condition per scale). With `config.layout_context` the tokens of a scale whose text is not the
-        first cross-attend to a layout text as well, their own marked as a detail prompt: the first text,
-        as in sampling, or per image text `layout_text` (b,) long (training shows the scales before the
-        switch the item's own caption and the later ones its layout caption beside its detail caption).
+        `per_scale` (per_scale.PerScaleTexts) gives the scales of each image their own texts, the text
+        above being the first one (scale 0's); None conditions every scale on it.
         """
         condition = self.condition_vector(text_tokens, text_mask, text_pooled, labels)  # (b, width)
         num_scales = self.config.num_scales if num_scales is None else num_scales
@@ -266,80 +280,15 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
                 f"teacher_inputs must be {expected} (batch, tokens of scales 1.., latent_dim), "
                 f"got {tuple(teacher_inputs.shape)}"
             )
-        text_keys, text_values = self._text_keys_values(text_tokens)
-        x = self._embed(condition, teacher_inputs, 0, end)  # (b, L', width)
+        conditioning = Conditioning(condition, *self.text_keys_values(text_tokens), text_mask)
+        if per_scale is not None:  # every token takes its own scale's text
+            conditioning = per_scale.conditioning(self, conditioning, num_scales)
+        x = self._embed(condition, teacher_inputs, 0, end)  # (b, L', width); the start token is the first condition
         mask = self.attention_mask(num_scales)  # (L', L') block-causal
-        choice = None
-        if other_texts or text_of_scale is not None:
-            choice, condition, text_keys, text_values, text_mask = self._per_scale_texts(
-                condition, text_keys, text_values, text_mask, other_texts, text_of_scale, num_scales, layout_text)
-        for block, keys, values in zip(self.blocks, text_keys, text_values):
-            x = block(x, condition, keys, values, text_mask, mask=mask, choice=choice)
+        condition, choice = conditioning.condition, conditioning.choice  # (b, width) | (b, c, width), (b, L')
+        for block, keys, values in zip(self.blocks, conditioning.text_keys, conditioning.text_values):
+            x = block(x, condition, keys, values, conditioning.text_mask, mask=mask, choice=choice)
         return self._logits(x, condition, choice)
-
-    def _per_scale_texts(
-        self,
-        condition: torch.Tensor,
-        text_keys: list[torch.Tensor | None],
-        text_values: list[torch.Tensor | None],
-        text_mask: torch.Tensor | None,
-        other_texts: Sequence[Mapping[str, torch.Tensor]],
-        text_of_scale: torch.Tensor | None,
-        num_scales: int,
-        layout_text: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None], list[torch.Tensor | None], torch.Tensor | None]:
-        """Every text of a pass with per-scale conditions: (choice (b, L') long, the text of each token;
-        conditions (b, c, width); the texts' keys and values side by side (b, heads, t_1 + ... + t_c,
-        head_dim); a per-token text mask (b, L', t_1 + ... + t_c) letting each token see its own text,
-        and with `layout_context`, after its image's switch, the layout text too)."""
-        if self.class_embed is not None:
-            raise ValueError("per-scale conditions in the teacher-forced pass need a text model")
-        batch, count = condition.shape[0], 1 + len(other_texts)
-        if text_of_scale is None or text_of_scale.dtype != torch.long or text_of_scale.ndim != 2 \
-                or text_of_scale.shape[0] != batch or text_of_scale.shape[1] < num_scales:
-            got = None if text_of_scale is None else f"{tuple(text_of_scale.shape)} {text_of_scale.dtype}"
-            raise ValueError(f"other_texts need text_of_scale ({batch}, >= {num_scales}) int64, got {got}")
-        text_of_scale = text_of_scale[:, :num_scales]
-        if bool((text_of_scale[:, 0] != 0).any()):
-            raise ValueError("scale 0 takes the first text (its start token is the first condition)")
-        if bool(((text_of_scale < 0) | (text_of_scale >= count)).any()):
-            raise ValueError(f"text_of_scale must be in [0, {count}) for {count} texts")
-        others = [self.condition_vector(text.get("text_tokens"), text.get("text_mask"), text.get("text_pooled"))
-                  for text in other_texts]
-        if any(other.shape[0] != batch for other in others):
-            raise ValueError(f"every text must hold {batch} rows, one per image")
-        choice = torch.gather(text_of_scale, 1, self.level[: self.offsets[num_scales]].expand(batch, -1))  # (b, L')
-        conditions = torch.stack([condition, *others], dim=1)  # (b, c, width)
-        if self.text_norm is None:
-            return choice, conditions, text_keys, text_values, text_mask
-        assert text_mask is not None
-        layout = self.config.layout_context
-        if layout:
-            if layout_text is None:
-                layout_text = torch.zeros(batch, dtype=torch.long, device=choice.device)
-            if layout_text.dtype != torch.long or tuple(layout_text.shape) != (batch,) \
-                    or bool(((layout_text < 0) | (layout_text >= count)).any()):
-                raise ValueError(f"layout_text must be ({batch},) int64 in [0, {count})")
-            layout_text = layout_text.to(choice.device)
-        keys, values, masks = [text_keys], [text_values], [text_mask]
-        for index, text in enumerate(other_texts, start=1):
-            # with layout_context a text is marked as detail in the rows where it is not the layout text
-            marked = layout_text != index if layout_text is not None else None
-            more_keys, more_values = self._text_keys_values(text["text_tokens"], marked=marked)
-            keys.append(more_keys)
-            values.append(more_values)
-            masks.append(text["text_mask"])
-        # token j sees the real tokens of its own text (and with layout_context, after a switch, the layout
-        # text): (b, L', t_i) per text, side by side
-        sees = [choice == index for index in range(count)]
-        if layout_text is not None:
-            is_layout = layout_text.unsqueeze(1)  # (b, 1)
-            sees = [seen | ((choice > 0) & (is_layout == index)) for index, seen in enumerate(sees)]
-        own = [mask.unsqueeze(1) & seen.unsqueeze(-1) for mask, seen in zip(masks, sees)]
-        token_mask = torch.cat(own, dim=2)
-        joined_keys = [torch.cat(per_text, dim=2) for per_text in zip(*keys)]
-        joined_values = [torch.cat(per_text, dim=2) for per_text in zip(*values)]
-        return choice, conditions, joined_keys, joined_values, token_mask  # type: ignore[return-value]
 
     # -- inference: one scale at a time with a KV cache ------------------------------------------------
 
@@ -349,42 +298,13 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
         text_mask: torch.Tensor | None = None,
         text_pooled: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        layout: Mapping[str, torch.Tensor] | None = None,
-        switched: torch.Tensor | None = None,
     ) -> InferenceState:
         """Encode the condition once (text or class labels): condition vector, per-block text keys/values,
-        empty self-attention caches.
-
-        Per-scale prompts with `config.layout_context`: `layout` holds the first prompt's text states (b
-        rows) and `switched` (b,) bool the rows whose prompt differs from it; those rows cross-attend to
-        the layout text and to this text marked as a detail prompt, the others to the layout text alone
-        (the same prompt). Without `layout_context`, `layout` is ignored: every row sees this text."""
+        empty self-attention caches. (After a prompt switch: per_scale.start_after_switch.)"""
         condition = self.condition_vector(text_tokens, text_mask, text_pooled, labels)
-        if layout is not None and self.config.layout_context:
-            return self._start_with_layout(condition, text_tokens, text_mask, layout, switched)
-        text_keys, text_values = self._text_keys_values(text_tokens)
+        text_keys, text_values = self.text_keys_values(text_tokens)
         caches = [KVCache(self.config.num_tokens) for _ in self.blocks]
         return InferenceState(condition, text_mask, text_keys, text_values, caches)
-
-    def _start_with_layout(self, condition: torch.Tensor, text_tokens: torch.Tensor | None,
-                           text_mask: torch.Tensor | None, layout: Mapping[str, torch.Tensor],
-                           switched: torch.Tensor | None) -> InferenceState:
-        """Keys/values [layout text; this text marked] (b, heads, t_0 + t, head_dim) and the mask that shows
-        the marked part to the `switched` rows only."""
-        assert text_tokens is not None and text_mask is not None
-        batch = condition.shape[0]
-        if switched is None or switched.dtype != torch.bool or tuple(switched.shape) != (batch,):
-            got = None if switched is None else f"{tuple(switched.shape)} {switched.dtype}"
-            raise ValueError(f"a layout text needs switched ({batch},) bool, the rows whose prompt differs; got {got}")
-        self._check_text(layout.get("text_tokens"), layout.get("text_mask"), layout.get("text_pooled"))
-        layout_keys, layout_values = self._text_keys_values(layout["text_tokens"])
-        own_keys, own_values = self._text_keys_values(
-            text_tokens, marked=torch.ones(batch, dtype=torch.bool, device=text_tokens.device))
-        keys = [torch.cat(pair, dim=2) for pair in zip(layout_keys, own_keys)]  # type: ignore[arg-type]
-        values = [torch.cat(pair, dim=2) for pair in zip(layout_values, own_values)]  # type: ignore[arg-type]
-        mask = torch.cat([layout["text_mask"], text_mask & switched.to(text_mask.device).unsqueeze(1)], dim=1)
-        caches = [KVCache(self.config.num_tokens) for _ in self.blocks]
-        return InferenceState(condition, mask, keys, values, caches)  # type: ignore[arg-type]
 
     def forward_scale(
         self, state: InferenceState, scale: int, scale_inputs: torch.Tensor | None = None
