@@ -4,8 +4,8 @@ Presets (a runbook per preset, as big_vision does):
 
 - `TransformerConfig.preset("tiny")`: width 64, depth 2. Unit tests; trains in seconds on a CPU.
 - `TransformerConfig.preset("demo")`: width 256, depth 6, 4 heads, 9.6M parameters. The offline demo
-  on the synthetic portraits (64 px, 130 tokens); ~3,500 tokens/s training with bf16 autocast on a
-  2-core CPU (`python -m bench --sections training` measures it on yours).
+  on the synthetic portraits (64 px, 130 tokens); `python -m bench --sections training` measures its
+  training speed on your machine.
 - `TransformerConfig.var(depth=16)`: VAR's family (Tian et al. 2024, Sec. 4): width = 64 * depth,
   heads = depth, drop path 0.1 * depth / 24, l2-normalised queries and keys without a key bias;
   depth 16 without cross-attention has VAR-d16's 310M parameters; cross-attention to CLIP-L text
