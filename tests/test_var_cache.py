@@ -101,3 +101,30 @@ def test_cache_with_mixing_captions(tiny_bert_dir, tmp_path):
     with pytest.raises(ValueError, match="--mixing needs detail captions"):
         build_cache(tmp_path / "folder", tokenizer, str(tmp_path / "tokenizer"), encoder, folder,
                     build_dataset(folder), 6, progress=False, mixing=True)
+
+
+def test_the_encoding_progress_bar_counts_to_the_data_size(tmp_path, monkeypatch):
+    """--cache-images larger than the data: the bar's total is the number of items there are (it once
+    counted to --cache-images and stopped short), and every item is encoded."""
+    import nextscale.train.var_data as var_data
+
+    totals: list[int] = []
+    progress: list[int] = []
+
+    class Bar:
+        def __init__(self, total: int, **_: object) -> None:
+            totals.append(total)
+
+        def update(self, count: int) -> None:
+            progress.append(count)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(var_data, "tqdm", Bar)
+    tokenizer = MultiScaleVQVAE(tiny_tokenizer_config()).eval()
+    data = DataConfig(source="folder", path=str(write_folder(tmp_path / "images", 20)), image_size=16)
+    codes, captions, _ = var_data.encode_dataset(tokenizer, build_dataset(data), 24_000, batch_size=8)
+    assert totals == [20] and sum(progress) == 20 and len(captions) == 20 and codes.shape[0] == 20
+    var_data.encode_dataset(tokenizer, build_dataset(data), 12, batch_size=8)  # fewer asked: that many
+    assert totals[-1] == 12 and sum(progress) == 32

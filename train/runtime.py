@@ -24,6 +24,7 @@ import math
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -44,6 +45,7 @@ from accelerate.utils import (
 from torch import nn
 from tqdm.auto import tqdm
 
+from nextscale.data.badinput import merge_counts
 from nextscale.train.run_config import RunConfig, has_native_bf16, precision_note, resolve_precision
 from nextscale.train.state import Stateful, check_resume_argument, resume_checkpoint, save_checkpoint
 
@@ -254,6 +256,9 @@ class Runtime:
         self.loader: Any = None
         self.source: Any = None
         """The dataset of source items behind the loader, when the loader reads a cache of it."""
+        self.split: Any = None
+        """The training's `EvaluationSplit`, when it holds data out: recorded in metrics.json
+        (`held_out_split`), and the bad inputs of its held-out part are counted with the training data's."""
         self.history: dict = {"loss_curve": [], "learning_rate_curve": [], "skipped_steps": [],
                               "resumed_at": []}
         self.logs: dict = {}
@@ -354,6 +359,8 @@ class Runtime:
                 skipped_steps=self.history["skipped_steps"], resumed_at=self.history["resumed_at"],
                 last_train_logs=self.logs,
             )
+            if self.split is not None:
+                metrics["held_out_split"] = self.split.record()
         skipped_inputs = self._skipped_inputs()
         if accelerator.is_main_process:
             metrics["skipped_inputs"] = skipped_inputs
@@ -428,13 +435,14 @@ class Runtime:
                         after_rotation=_kill_hook(self.training.name, "rotation", step))
 
     def _skipped_inputs(self) -> dict[str, int]:
-        """Bad inputs skipped by the training data, summed over processes, by reason."""
-        dataset = self.source if self.source is not None else getattr(self.loader, "dataset", None)
-        dataset = getattr(dataset, "dataset", dataset)  # a Subset of a source
-        tracker = getattr(dataset, "tracker", None)
-        counts = dict(tracker.counts) if tracker is not None else {}
-        total: dict[str, int] = {}
-        for part in gather_object([counts]) if self.accelerator.num_processes > 1 else [counts]:
-            for reason, count in part.items():
-                total[reason] = total.get(reason, 0) + count
+        """Bad inputs skipped by the training data and the held-out data, by reason, over every process (an
+        input met by several processes counts once)."""
+        training = self.source if self.source is not None else getattr(self.loader, "dataset", None)
+        parts = [training, self.split.evaluation if self.split is not None else None]
+        trackers = [getattr(getattr(part, "dataset", part), "tracker", None) for part in parts]  # under a Subset
+        snapshots = [tracker.snapshot() if tracker is not None else None for tracker in trackers]
+        gathered = gather_object([snapshots]) if self.accelerator.num_processes > 1 else [snapshots]
+        total: Counter = Counter()
+        for role in range(len(parts)):
+            total.update(merge_counts([each[role] for each in gathered if each[role] is not None]))
         return dict(sorted(total.items()))

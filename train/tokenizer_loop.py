@@ -150,7 +150,7 @@ class TokenizerTraining:
         optimizer, scheduler = adamw_with_schedule(objective, config.learning_rate, config.weight_decay,
                                                    config.betas, config.steps, config.warmup_steps,
                                                    config.decay_fraction)
-        self.split = evaluation_split(config.data, config.eval_data.resolve(config.data), config.eval_images)
+        self.split = runtime.split = evaluation_split(config.data, config.eval_data.resolve(config.data))
         loader = loader_over(self.split.train, batch_size=config.batch_size, shuffle=True,
                              num_workers=config.num_workers, drop_last=True)
         self.objective, optimizer, scheduler, runtime.loader = accelerator.prepare(objective, optimizer, scheduler,

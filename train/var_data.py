@@ -96,13 +96,15 @@ def encode_dataset(
     mixing_seed: int | None = None,
 ) -> tuple[torch.Tensor, list[str], dict[str, list[str]]]:
     """Codes (n, L) int16, captions and (with `mixing_seed`) the mixing captions by kind of the first
-    `count` items of a dataset of source items (n <= count)."""
+    `count` items of a dataset of source items (n <= count: all of a smaller dataset, whose size is then
+    the progress bar's total)."""
     loader = loader_over(dataset, batch_size=batch_size, shuffle=False, num_workers=0, drop_last=False)
     codes, captions = [], []
     mixing: dict[str, list[str]] = {kind: [] for kind in MIXING_KINDS} if mixing_seed is not None else {}
-    bar = tqdm(total=count, desc="encoding images", disable=not progress, unit="img")
+    total = min(count, len(dataset)) if hasattr(dataset, "__len__") else count  # a stream: at most `count`
+    bar = tqdm(total=total, desc="encoding images", disable=not progress, unit="img")
     for batch in loader:
-        take = min(batch_size, count - len(captions))
+        take = min(len(batch["caption"]), count - len(captions))
         codes.append(flatten_codes(tokenizer.encode(batch["image"][:take])).to(torch.int16))
         captions.extend(batch["caption"][:take])
         if mixing_seed is not None:

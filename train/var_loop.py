@@ -144,7 +144,7 @@ class VarTraining:
         device = accelerator.device
         self.tokenizer = tokenizer = MultiScaleVQVAE.from_pretrained(config.tokenizer, map_location=device)
         check_tokenizer_size(config.data, tokenizer.config.image_size)
-        self.split = evaluation_split(config.data, config.eval_data.resolve(config.data), config.eval_images)
+        self.split = runtime.split = evaluation_split(config.data, config.eval_data.resolve(config.data))
         self.text_encoder: TextEncoder | None = None
         self.null_text: dict[str, torch.Tensor] = {}
         if config.condition == "class":
