@@ -198,6 +198,15 @@ def test_the_first_screen_says_one_precision_under_accelerate_launch(tmp_path, c
         in lines[0]
 
 
+def test_tensorboard_logs_go_to_output_dir_tensorboard_and_the_run_says_so(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    train_toy(toy(tmp_path / "run", steps=3, tracker="tensorboard"))
+    logs = tmp_path / "run" / "tensorboard"
+    assert list(logs.glob("events.out.tfevents.*")), sorted(tmp_path.rglob("*"))
+    assert not (tmp_path / "run" / "toy").exists()  # once output_dir/<training name>/
+    assert f"TensorBoard logs: {logs} (tensorboard --logdir {logs})" in capsys.readouterr().out.splitlines()
+
+
 def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively():
     from nextscale.train.run_config import resolve_precision
 

@@ -63,7 +63,8 @@ class RunConfig:
     eval_images: int = 512
     """Held-out images for the final evaluation."""
     tracker: Literal["auto", "tensorboard", "none"] = "auto"
-    """Accelerate tracker: TensorBoard when installed (auto), or none."""
+    """Accelerate tracker: TensorBoard when installed (auto), or none. Its logs go to
+    output_dir/tensorboard/ (`tensorboard --logdir output_dir/tensorboard`); every logged term is there."""
     max_nonfinite_steps: int = 20
     """Stop with an error after this many consecutive optimiser steps skipped for a non-finite loss or
     gradient (each skip is logged and counted in metrics.json)."""
@@ -92,6 +93,10 @@ class RunConfig:
             raise ValueError(f"--betas must lie in [0, 1), got {self.betas}")
         if self.collective_timeout == 0:
             raise ValueError("--collective-timeout must be positive (seconds)")
+
+
+TENSORBOARD_DIR = "tensorboard"
+"""The folder under output_dir that holds a run's TensorBoard logs (the run says so in its first lines)."""
 
 
 def resolve_precision(choice: str, device_type: str, native_bf16: bool) -> str:

@@ -46,7 +46,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from nextscale.data.badinput import merge_counts
-from nextscale.train.run_config import RunConfig, has_native_bf16, precision_note, resolve_precision
+from nextscale.train.run_config import (
+    TENSORBOARD_DIR,
+    RunConfig,
+    has_native_bf16,
+    precision_note,
+    resolve_precision,
+)
 from nextscale.train.state import Stateful, check_resume_argument, resume_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -289,11 +295,14 @@ class Runtime:
             write_json(self.output_dir / "train_config.json",
                        {**dataclasses.asdict(config), "mixed_precision_used": accelerator.mixed_precision})
         if self.tracker:
-            accelerator.init_trackers(training.name, config={"steps": config.steps, "batch_size": config.batch_size,
-                                                             "learning_rate": config.learning_rate})
+            accelerator.init_trackers(TENSORBOARD_DIR, config={"steps": config.steps, "batch_size": config.batch_size,
+                                                               "learning_rate": config.learning_rate})
         note = precision_note(config.mixed_precision, accelerator.mixed_precision, os.environ)
         if note:
             accelerator.print(note)
+        if self.tracker:
+            logs = self.output_dir / TENSORBOARD_DIR
+            accelerator.print(f"TensorBoard logs: {logs} (tensorboard --logdir {logs})")
         training.setup(self)
         resumed = resume_checkpoint(accelerator, self.output_dir, config.resume, self.registered,
                                     config.accept_lost_random_state)
