@@ -96,6 +96,25 @@ def test_tokenizer_resume_reproduces_the_loss_curve(trained_tokenizer, tmp_path)
     assert result.metrics["loss_curve"] == metrics["loss_curve"]
 
 
+def test_the_tokenizer_log_names_its_terms_and_why_the_loss_rises_in_warm_up(tmp_path, capsys):
+    """The first lines give the loss's terms, the step a late term joins at, and why the quantisation term
+    rises in warm-up; the logs carry the latent's and the codes' scales that explain it."""
+    from nextscale.tokenizer.losses.discriminator import AdversarialConfig
+
+    config = tokenizer_run(tmp_path / "run", steps=4, log_every=1, checkpoint_every=1000, sample_every=1000,
+                           eval_images=8, adversarial=AdversarialConfig(weight=0.2, start_step=2, channels=8,
+                                                                        num_layers=1))
+    result = train_tokenizer(config)
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "psnr=" in captured.err and "quantization=" in captured.err  # beside the loss on the progress bar
+    assert "loss = 1 l2 + 0.2 l1 + 1 quantization + 0.2 generator from step 3. The quantization term is the " \
+        "latent's squared distance to its codes, in the latent's own units" in out
+    assert "step 2: the adversarial term joins the loss from step 3 on" in out
+    logs = result.metrics["last_train_logs"]
+    assert logs["latent_rms"] > 0 and logs["codebook_rms"] > 0 and "psnr" in logs
+
+
 def test_init_from_an_exported_tokenizer(trained_tokenizer, tmp_path):
     output, metrics = trained_tokenizer
     result = train_tokenizer(tokenizer_run(tmp_path / "tuned", init_from=str(output / "model"), steps=5,

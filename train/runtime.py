@@ -425,7 +425,8 @@ class Runtime:
         loss = reduced.get("loss", float("nan"))
         self.history["loss_curve"].append([step + 1, loss if math.isfinite(loss) else None])
         self.history["learning_rate_curve"].append([step + 1, learning_rate])
-        progress.set_postfix(loss=f"{loss:.4f}")
+        shown = getattr(self.training, "progress_keys", ())  # terms worth seeing beside the loss
+        progress.set_postfix(loss=f"{loss:.4f}", **{key: f"{self.logs[key]:.4g}" for key in shown if key in self.logs})
         accelerator.log(finite_json(self.logs), step=step + 1)
 
     def training_logs(self, reduced: dict[str, float]) -> dict[str, float]:

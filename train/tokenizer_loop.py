@@ -128,6 +128,9 @@ class TokenizerTraining:
     """
 
     name = "tokenizer"
+    progress_keys = ("psnr", "quantization")
+    """Shown beside the loss on the progress bar: the reconstruction's PSNR, and the quantisation term, which
+    rises during warm-up while the reconstruction improves (`loss_terms_note`)."""
 
     def __init__(self, config: TokenizerTrainConfig) -> None:
         self.config = config
@@ -171,6 +174,7 @@ class TokenizerTraining:
         sample_loader = loader_over(self.split.evaluation or self.split.train, batch_size=8, shuffle=False,
                                     drop_last=False)
         self.sample_images = next(iter(sample_loader))["image"].to(accelerator.device)
+        accelerator.print(loss_terms_note(config))
 
     def micro_step(self, runtime: Runtime, batch: Any, step: int) -> dict[str, torch.Tensor]:
         config, accelerator = self.config, runtime.accelerator
@@ -183,6 +187,9 @@ class TokenizerTraining:
         losses = self.objective(images, pyramid)
         reconstruction = losses.pop("reconstruction")
         self.latent = losses.pop("latent")
+        # the scales of the latent and of the codes, whose mismatch makes the quantisation term rise in warm-up
+        losses["latent_rms"] = self.latent.float().pow(2).mean().sqrt()
+        losses["codebook_rms"] = self.model.quantizer.embedding.weight.detach().float().pow(2).mean().sqrt()
         if self.perceptual is not None and step >= config.perceptual.start_step:
             with accelerator.autocast():
                 losses["perceptual"] = self.perceptual(reconstruction, images)
@@ -201,6 +208,10 @@ class TokenizerTraining:
             if self.ema is not None:
                 self.ema.update(self.model)
         config = self.config
+        for term, start in late_terms(config):
+            if step + 1 == start:
+                runtime.accelerator.print(f"\nstep {start}: the {term} term joins the loss from step {start + 1} on "
+                                          "(the loss jumps there)")
         if runtime.accelerator.is_main_process and ((step + 1) % config.sample_every == 0 or step + 1 == config.steps):
             save_reconstructions(self.model, self.sample_images, runtime.output_dir / "samples" /
                                  f"step_{step + 1:06d}.png")
@@ -226,6 +237,33 @@ class TokenizerTraining:
         extra = ({"discriminator": runtime.accelerator.unwrap_model(self.adversary.discriminator)}
                  if self.adversary is not None else {})
         return TrainResult(model=self.final_model(), metrics=metrics, extra=extra)
+
+
+def late_terms(config: TokenizerTrainConfig) -> list[tuple[str, int]]:
+    """The loss terms that join after the first step: (name, --<name>.start-step) of each."""
+    terms = [("perceptual", config.perceptual.start_step if config.perceptual.enabled else 0),
+             ("adversarial", config.adversarial.start_step if config.adversarial.enabled else 0)]
+    return [(name, start) for name, start in terms if start > 0]
+
+
+def loss_terms_note(config: TokenizerTrainConfig) -> str:
+    """The first lines' account of the loss: its terms with their weights, the step each late term joins at,
+    and why the loss can rise during warm-up while the reconstruction improves."""
+    terms = [f"{config.l2_weight:g} l2", f"{config.l1_weight:g} l1", f"{config.quantization_weight:g} quantization"]
+    if config.alignment.enabled:
+        terms.append(f"{config.alignment.weight:g} alignment")
+    starts = dict(late_terms(config))
+    if config.perceptual.enabled:
+        terms.append(f"{config.perceptual.weight:g} perceptual" + (f" from step {starts['perceptual'] + 1}"
+                                                                   if "perceptual" in starts else ""))
+    if config.adversarial.enabled:
+        terms.append(f"{config.adversarial.weight:g} generator" + (f" from step {starts['adversarial'] + 1}"
+                                                                   if "adversarial" in starts else ""))
+    return ("loss = " + " + ".join(terms) + ". The quantization term is the latent's squared distance to its codes, "
+            "in the latent's own units: the codes start near zero and move by about the learning rate per step, the "
+            "encoder's latent grows faster, so the term (and the loss) rises during warm-up until the commitment "
+            "pulls the latent back (latent_rms, codebook_rms in the logs); psnr, shown beside the loss, follows the "
+            "reconstruction.")
 
 
 def train_tokenizer(config: TokenizerTrainConfig) -> TrainResult:
