@@ -623,7 +623,7 @@ def test_the_transformer_holds_out_data_it_never_trains_on_for_every_source(tmp_
     walks = []
     real_walk = os.walk
     monkeypatch.setattr(os, "walk", lambda *args, **kwargs: walks.append(args[0]) or real_walk(*args, **kwargs))
-    split = evaluation_split(folder_config(folder), None, eval_images=5)
+    split = evaluation_split(folder_config(folder), None)
     assert walks == [folder]  # the held-out part shares the training part's scan of the folder
     assert split.evaluation.dataset.files is split.train.dataset.files
     assert list(split.evaluation.indices) == [9, 19]
@@ -632,23 +632,23 @@ def test_the_transformer_holds_out_data_it_never_trains_on_for_every_source(tmp_
     # with random crops, the held-out items stay the same whatever pass the training has reached
     from nextscale.train.runtime import set_data_epoch
 
-    cropped = evaluation_split(folder_config(folder, random_crop=True, image_size=8), None, eval_images=5)
+    cropped = evaluation_split(folder_config(folder, random_crop=True, image_size=8), None)
     before = [cropped.evaluation[i]["image"] for i in range(2)]
     set_data_epoch(torch.utils.data.DataLoader(cropped.train), 3)
     assert cropped.train[0]["image"].shape == (3, 8, 8)
     assert all(torch.equal(cropped.evaluation[i]["image"], image) for i, image in enumerate(before))
-    given = evaluation_split(folder_config(folder), DataConfig(image_size=16), eval_images=5)
+    given = evaluation_split(folder_config(folder), DataConfig(image_size=16))
     assert len(given.train) == 20 and given.description.startswith("--eval-data (synthetic")
-    synthetic = evaluation_split(DataConfig(image_size=16, synthetic_length=8), None, eval_images=5)
+    synthetic = evaluation_split(DataConfig(image_size=16, synthetic_length=8), None)
     assert synthetic.evaluation.config.seed != synthetic.train.config.seed
     if pytest.importorskip("webdataset"):
         (tmp_path / "shards").mkdir()
         pattern = write_shards(tmp_path / "shards")
-        shards = evaluation_split(DataConfig(source="webdataset", path=pattern, image_size=16), None, 5)
+        shards = evaluation_split(DataConfig(source="webdataset", path=pattern, image_size=16), None)
         assert [Path(url).name for url in shards.train.urls] == ["shard-00000.tar"]
         assert [Path(url).name for url in shards.evaluation.urls] == ["shard-00001.tar"]
         single = str(tmp_path / "shards" / "shard-00000.tar")
-        alone = evaluation_split(DataConfig(source="webdataset", path=single, image_size=16), None, 5)
+        alone = evaluation_split(DataConfig(source="webdataset", path=single, image_size=16), None)
         assert alone.evaluation is None and "pass --eval-data.path DIR" in alone.description
 
 
@@ -731,3 +731,48 @@ def test_skip_counts_are_exact_with_any_number_of_workers(tmp_path, num_workers)
         stream = build_dataset(shards)
         assert len(list(loader_over(stream, 1, shuffle=False, num_workers=num_workers))) == 4
         assert dict(stream.tracker.counts) == {"not_an_image": 1}
+
+
+# ------------------------------------------------------------------------------------ one split rule
+
+
+def numbered_folder(root: Path, count: int, bad: tuple[int, ...] = ()) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        data = b"" if index in bad else encoded(noise_image(seed=index), "PNG")
+        (root / f"{index:02d}.png").write_bytes(data)
+    return root
+
+
+def test_held_out_and_training_parts_never_share_an_item_even_with_bad_files(tmp_path):
+    """A bad held-out file was replaced by the next readable one, which could be a training image (the last
+    held-out file wraps round to the first); a bad training file could likewise yield a held-out image."""
+    from nextscale.data.split import evaluation_split
+
+    folder = numbered_folder(tmp_path / "folder", 40, bad=(9, 18, 39))  # held out: 9, 19, 29, 39
+    split = evaluation_split(folder_config(folder, max_bad_fraction=1.0), None)
+    assert list(split.evaluation.indices) == [9, 19, 29, 39]
+
+    def names(part) -> list[str]:
+        return [part.dataset.files[part[i]["index"]] for i in range(len(part))]
+
+    held, trained = names(split.evaluation), names(split.train)
+    assert set(held) <= {"19.png", "29.png"} and not set(held) & set(trained)
+    assert set(trained) == {f"{i:02d}.png" for i in range(40)} - {"09.png", "18.png", "19.png", "29.png", "39.png"}
+    assert dict(split.train.dataset.tracker.counts) == {"empty": 1}
+    assert dict(split.evaluation.dataset.tracker.counts) == {"empty": 2}
+
+
+def test_one_split_rule_that_depends_on_the_data_alone(tmp_path):
+    """The tokenizer held out every 39th image and the transformer every 19th (their --eval-images differ):
+    the transformer's held-out images had been seen by the tokenizer."""
+    import inspect
+
+    from nextscale.data.split import HELD_OUT_ITEMS, evaluation_split
+
+    assert list(inspect.signature(evaluation_split).parameters) == ["data", "eval_data"]
+    folder = numbered_folder(tmp_path / "folder", 60)
+    first, second = evaluation_split(folder_config(folder), None), evaluation_split(folder_config(folder), None)
+    assert list(first.evaluation.indices) == list(second.evaluation.indices) == [9, 19, 29, 39, 49, 59]
+    assert first.record() == second.record() and first.record()["items"] == 6
+    assert HELD_OUT_ITEMS == 1024 and "every 10th of 60 items" in first.record()["source"]

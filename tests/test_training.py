@@ -347,3 +347,28 @@ def test_resume_mid_epoch_with_random_crops_and_workers_is_exact(tmp_path):
     resumed = train_tokenizer(tokenizer_run(resumed_dir, resume="latest", **settings))
     assert resumed.metrics["resumed_at"] == [10]  # 27 training images, 6 batches an epoch: mid-epoch
     assert resumed.metrics["loss_curve"] == full.metrics["loss_curve"]
+
+
+def test_both_trainings_hold_out_the_same_items_and_count_every_bad_input(tmp_path, tiny_bert_dir):
+    """One split rule for the pipeline (the tokenizer's --eval-images 8 and the transformer's 16 hold out the
+    same items), bad files of both parts counted exactly with two loader workers, recorded in metrics.json."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(40):  # held out: 9, 19, 29, 39
+        path = folder / f"{index:02d}.png"
+        if index in (9, 18, 39):
+            path.write_bytes(b"")
+        else:
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+    (folder / "metadata.jsonl").write_text('{"file_name": "00.png", "text": ["not", "a", "string"]}\n')
+    data = DataConfig(source="folder", path=str(folder), image_size=16, max_bad_fraction=0.5)
+    tokenizer = train_tokenizer(tokenizer_run(tmp_path / "tokenizer", data=data, steps=10, batch_size=4,
+                                              num_workers=2, eval_images=8, sample_every=100))
+    transformer = train_var(var_run(tmp_path / "var", tmp_path / "tokenizer" / "model", tiny_bert_dir, data=data,
+                                    steps=2, batch_size=4, cache_images=64, eval_images=16))
+    for result, run in ((tokenizer, "tokenizer"), (transformer, "var")):
+        saved = json.loads((tmp_path / run / "metrics.json").read_text())
+        assert saved["skipped_inputs"] == result.metrics["skipped_inputs"] == {"bad_metadata": 1, "empty": 3}, run
+        assert saved["held_out_split"] == tokenizer.metrics["held_out_split"], run
+    assert tokenizer.metrics["held_out_split"]["items"] == 4

@@ -8,6 +8,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -59,7 +60,7 @@ class ImageFolderDataset(Dataset):
     image (same stem); an image with neither gets "" (it trains the unconditional branch). Hidden files
     and folders are ignored, symlinked folders are not followed (symlinked files are, to regular files
     only: FIFOs, devices and sockets are skipped unread). A bad file's index yields the next readable
-    image after it.
+    image after it, within the part the dataset serves (`restrict_to`).
     """
 
     captioned = True
@@ -101,7 +102,9 @@ class ImageFolderDataset(Dataset):
         self._start_reading()
 
     def _start_reading(self) -> None:
-        """Fresh reading state: the pass over the data (which files were tried is the tracker's)."""
+        """Fresh reading state: the pass over the data (which files were tried is the tracker's), every
+        file a member."""
+        self._members: np.ndarray | None = None
         # The pass over the data, in shared memory so that persistent DataLoader workers see `set_epoch`:
         # a random crop is drawn from (data seed, pass, index) alone (`crop_seed`).
         self._epoch = torch.zeros((), dtype=torch.long).share_memory_()
@@ -114,6 +117,11 @@ class ImageFolderDataset(Dataset):
                                         items=len(self.files))
         other._start_reading()
         return other
+
+    def restrict_to(self, indices: list[int]) -> None:
+        """Serve only `indices` (this dataset's part of the folder: the training or the held-out part): a bad
+        file is replaced by the next readable file of the part, never by one of another part."""
+        self._members = np.unique(np.asarray(indices, dtype=np.int64))
 
     def set_epoch(self, epoch: int) -> None:
         """The pass over the data that the next items belong to (varies the random crops; the training
@@ -146,10 +154,12 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self.files):
             raise IndexError(f"index {index} out of range for {len(self.files)} images")
+        members = self._members if self._members is not None else np.arange(len(self.files))
         # A small folder is judged once its readers together have tried it (about an epoch).
-        self.tracker.min_attempts = min(self.config.bad_check_after, len(self.files))
-        for offset in range(len(self.files)):
-            current = (index + offset) % len(self.files)
+        self.tracker.min_attempts = min(self.config.bad_check_after, len(members))
+        start = int(np.searchsorted(members, index))
+        for offset in range(len(members)):
+            current = int(members[(start + offset) % len(members)])
             if self.tracker.is_bad(current):
                 continue
             try:
