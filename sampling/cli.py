@@ -109,16 +109,17 @@ DEFAULT_SETTINGS = {"cfg_scale": DEFAULTS.cfg_scale, "top_k": DEFAULTS.top_k, "t
 
 
 def settings_note(args: SampleArgs, recommended: dict | None, config: SamplingConfig) -> str | None:
-    """One line when the pipeline's recommended settings are used for options the command line left out."""
-    if not recommended:
-        return None
+    """One line saying where the settings the command line left out come from: the pipeline's recommended
+    settings (and their source), or the defaults when the pipeline records none; None when all are given."""
     taken = [name for name, value in (("--cfg", args.cfg), ("--top-k", args.top_k), ("--top-p", args.top_p))
              if value is None]
     if not taken:
         return None
     top_k = "off" if not config.top_k else str(config.top_k)
-    return (f"sampling with the pipeline's recommended settings ({recommended.get('source', 'its evaluation')}): "
-            f"cfg {config.cfg_scale:g}, top-k {top_k}, top-p {config.top_p:g}; {', '.join(taken)} override them")
+    used = f"cfg {config.cfg_scale:g}, top-k {top_k}, top-p {config.top_p:g}; {', '.join(taken)} override them"
+    if not recommended:
+        return f"sampling with the defaults (VAR's demo settings; the pipeline records no recommended settings): {used}"
+    return f"sampling with the pipeline's recommended settings ({recommended.get('source', 'its evaluation')}): {used}"
 
 
 MAX_SEED = 2**63 - 1

@@ -429,6 +429,10 @@ def test_recommended_sampling_settings_travel_with_the_pipeline(
 
     directory = Path(shutil.copytree(tiny_pipeline_dir, tmp_path / "pipeline"))
     assert load_pipeline(directory).recommended is None
+    main(SampleArgs(prompt=("a portrait",), checkpoint=str(directory), out=tmp_path / "plain", progress=False,
+                    device="cpu", top_k=5))  # no recommendation: the line says the defaults are used
+    assert ("sampling with the defaults (VAR's demo settings; the pipeline records no recommended settings): cfg 4, "
+            "top-k 5, top-p 0.95; --cfg, --top-p override them") in capsys.readouterr().out
     record_sampling(directory, 2.0, None, 1.0, "an evaluation")
     pipeline = load_pipeline(directory)
     assert pipeline.recommended == {"cfg_scale": 2.0, "top_k": None, "top_p": 1.0, "source": "an evaluation"}

@@ -17,6 +17,7 @@ from PIL import Image
 from nextscale.data import DataConfig
 from nextscale.images import save_grid
 from nextscale.sampling import generate
+from nextscale.sampling.cli import SampleArgs
 from nextscale.sampling.pipeline import load_pipeline
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.optim import parameter_groups, warmup_stable_decay
@@ -211,6 +212,11 @@ def test_var_training_loss_falls_and_exports_a_pipeline(trained_tokenizer, tiny_
     assert result.metrics["held_out_source"].startswith("the synthetic source's held-out split (seed ")
     pipeline = load_pipeline(tmp_path / "var" / "pipeline")
     assert pipeline.transformer.config.vocab_size == 64 and pipeline.text_encoder.width == 32
+    # the pipeline records the previews' settings as its recommendation: sample.py's defaults sample like them
+    assert {key: pipeline.recommended[key] for key in ("cfg_scale", "top_k", "top_p")} == {
+        "cfg_scale": 2.0, "top_k": None, "top_p": 1.0}
+    assert pipeline.recommended["source"].startswith("train_var.py, the settings of its previews (the defaults")
+    assert SampleArgs().sampling_config(pipeline.recommended) == config.preview.sampling
     # previews every 30 steps and at the end; the last one is what sampling the exported pipeline gives
     previews = sorted(path.name for path in (tmp_path / "var" / "previews").iterdir())
     assert previews == ["step_000030.png", "step_000060.png"]
@@ -304,6 +310,57 @@ def write_class_folder(root: Path, classes: dict[str, tuple[int, int, int]], per
             shade = tuple(max(0, c - 6 * index) for c in colour)
             Image.new("RGB", (16, 16), shade).save(root / name / f"{index}.png")
     return root
+
+
+def test_preview_prompts_are_the_runs_own_captions_unless_given():
+    """Default previews: distinct captions spread over the held-out items (training items when none are held
+    out), read without decoding images; --preview.prompts overrides; a caption-less folder previews ""."""
+    from torch.utils.data import Dataset, Subset
+
+    from nextscale.train.preview import preview_prompts
+
+    class Captions(Dataset):
+        def __init__(self, captions: list[str]) -> None:
+            self.captions = captions
+
+        def __len__(self) -> int:
+            return len(self.captions)
+
+        def caption(self, index: int) -> str:
+            return self.captions[index]
+
+        def __getitem__(self, index: int) -> dict:
+            raise AssertionError("previews read captions, not images")
+
+    data = Captions([f"caption {index % 7}" for index in range(40)])
+    held_out, train = Subset(data, list(range(9, 40, 10))), Subset(data, [i for i in range(40) if i % 10 != 9])
+    prompts, where = preview_prompts(PreviewConfig(num_prompts=3), held_out, train)
+    assert where == "captions of the held-out data" and prompts == ("caption 2", "caption 5", "caption 1")
+    prompts, where = preview_prompts(PreviewConfig(num_prompts=9), None, train)  # 7 distinct captions in all
+    assert where == "captions of the training data" and sorted(prompts) == [f"caption {i}" for i in range(7)]
+    assert preview_prompts(PreviewConfig(prompts=("a cat",)), held_out, train) == (("a cat",), "--preview.prompts")
+    assert preview_prompts(PreviewConfig(), Captions(["", ""]), train)[0] == ("",)
+
+
+def test_a_folder_run_previews_its_own_captions(trained_tokenizer, tiny_bert_dir, tmp_path, capsys):
+    output, _ = trained_tokenizer
+    folder = tmp_path / "images"
+    folder.mkdir()
+    words = ["a man with a beard", "a woman with red hair", "a portrait", "a woman with glasses", "blue hair",
+             "a man", "a woman with a beard"]
+    lines = []
+    for index in range(40):
+        Image.new("RGB", (16, 16), (index * 6, 90, 200 - index * 4)).save(folder / f"{index:02d}.png")
+        lines.append(json.dumps({"file_name": f"{index:02d}.png", "text": words[index % 7]}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    data = DataConfig(source="folder", path=str(folder), image_size=16)
+    train_var(var_run(tmp_path / "var", output / "model", tiny_bert_dir, data=data, steps=2, batch_size=4,
+                      cache_images=64, eval_images=8, preview=PreviewConfig(every=2, images_per_prompt=1)))
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("previews every"))
+    assert line.startswith("previews every 2 steps, 4 prompts (captions of the held-out data): "), line
+    shown = line.split("): ", 1)[1].split(" | ")
+    assert len(set(shown)) == 4 and all(prompt.strip("'") in words for prompt in shown), shown
+    assert (tmp_path / "var" / "previews" / "step_000002.png").is_file()
 
 
 def test_class_conditional_training_from_class_folders(trained_tokenizer, tmp_path):

@@ -16,7 +16,7 @@ from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.errors import run_cli
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.presets import check_tokenizer_size, var_defaults
-from nextscale.train.preview import PreviewConfig, write_preview
+from nextscale.train.preview import PreviewConfig, preview_prompts, recommended_sampling, write_preview
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult, close_process_group
 from nextscale.train.state import GeneratorState, load_initial_weights
@@ -93,7 +93,7 @@ class VarTrainConfig(RunConfig):
     cache: bool = True
     """Precompute codes and text embeddings of `cache_images` items once; False encodes every batch."""
     cache_images: int = 24_000
-    """How many training items to encode into the cache."""
+    """How many training items to encode into the cache (all of them when the data holds fewer)."""
     cache_dir: str | None = None
     """Cache location (default: output_dir/cache); reused when tokenizer, data and encoder match."""
     cond_drop: float = 0.1
@@ -107,7 +107,8 @@ class VarTrainConfig(RunConfig):
     learn to keep what the coarse codes decided. Needs the cache and a source whose items carry attributes
     (the synthetic portraits); the cache then holds a detail caption per item."""
     preview: PreviewConfig = field(default_factory=PreviewConfig)
-    """Sample grids from fixed prompts during training, with the project's sampler (previews/step_N.png)."""
+    """Sample grids during training with the project's sampler (previews/step_N.png), from captions of the run's
+    held-out data unless --preview.prompts names the prompts; the pipeline records their sampling settings."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -168,6 +169,7 @@ class VarTraining:
         runtime.source = self.split.train
         if self.split.evaluation is None:
             logger.warning("no held-out data (%s): the run reports no held-out metrics", self.split.description)
+        self.preview_prompts = self.choose_preview_prompts(runtime)
         self.cached = config.cache and self.text_encoder is not None  # class models encode on the fly
         if self.cached:
             cache_dir = Path(config.cache_dir or runtime.output_dir / "cache")
@@ -189,6 +191,17 @@ class VarTraining:
         runtime.add_part(self.objective, optimizer, scheduler)
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed * 1000 + accelerator.process_index)
         runtime.register("condition_dropout", GeneratorState(self.generator))
+
+    def choose_preview_prompts(self, runtime: Runtime) -> tuple[str, ...]:
+        """The previews' prompts (`preview_prompts`: the run's own captions by default), said in one line."""
+        preview = self.config.preview
+        if not preview.every or self.text_encoder is None:
+            return ()
+        prompts, where = preview_prompts(preview, self.split.evaluation, self.split.train)
+        runtime.accelerator.print(f"previews every {preview.every} steps, {len(prompts)} prompt"
+                                  f"{'s' if len(prompts) > 1 else ''} ({where}): "
+                                  + " | ".join(repr(prompt) for prompt in prompts))
+        return prompts
 
     def micro_step(self, runtime: Runtime, batch: Any, step: int) -> dict[str, torch.Tensor]:
         device, config = runtime.device, self.config
@@ -237,7 +250,8 @@ class VarTraining:
     def after_step(self, runtime: Runtime, step: int, skipped: bool) -> None:
         every = self.config.preview.every
         if runtime.accelerator.is_main_process and every and ((step + 1) % every == 0 or step + 1 == self.config.steps):
-            path = write_preview(self.config.preview, self.tokenizer, self.model, self.text_encoder,
+            path = write_preview(self.config.preview, self.preview_prompts, self.tokenizer, self.model,
+                                 self.text_encoder,
                                  runtime.output_dir / "previews" / f"step_{step + 1:06d}.png")
             runtime.accelerator.print(f"preview: {path}")
 
@@ -246,10 +260,11 @@ class VarTraining:
         self.model.eval()
         self.model.save_pretrained(output_dir / "model")
         if self.text_encoder is None:
-            write_pipeline(output_dir / "pipeline", self.tokenizer, self.model, None, None)
+            write_pipeline(output_dir / "pipeline", self.tokenizer, self.model, None, None,
+                           sampling=recommended_sampling(config.preview))
         else:
             write_pipeline(output_dir / "pipeline", self.tokenizer, self.model, config.text_encoder,
-                           self.text_encoder.max_length)
+                           self.text_encoder.max_length, sampling=recommended_sampling(config.preview))
         metrics: dict = {"held_out_source": self.split.description, "parameters": self.model.num_parameters()}
         if self.split.evaluation is not None:
             metrics.update(evaluate_held_out(self.model, self.tokenizer, self.text_encoder, self.split.evaluation,
