@@ -241,3 +241,44 @@ def test_the_launch_device_is_known_before_accelerate_is_set_up(monkeypatch):
     monkeypatch.delenv("ACCELERATE_USE_CPU")
     expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     assert launch_device().type == expected
+
+
+def test_a_fresh_run_into_the_folder_of_another_run_refuses_unless_told(tmp_path, capsys):
+    """A new run into a finished run's folder overwrote its model/ and metrics.json silently, and kept its
+    checkpoints, so that a later --resume latest continued the old run under the new export."""
+    from nextscale.train.run_folder import RunFolderInUse
+
+    run = tmp_path / "run"
+    train_toy(toy(run, steps=4))
+    finished = (run / "metrics.json").read_bytes()
+    with pytest.raises(RunFolderInUse, match=r"holds a finished run \(metrics.json\).*--resume latest.*--output-dir"
+                                             r".*--overwrite"):
+        train_toy(toy(run, steps=4, seed=1))
+    assert (run / "metrics.json").read_bytes() == finished
+    (run / "metrics.json").unlink()  # an interrupted run: its checkpoints alone
+    with pytest.raises(RunFolderInUse, match=r"checkpoints \(step 2\)"):
+        train_toy(toy(run, steps=4, seed=1))
+    train_toy(toy(run, steps=4, resume="latest"))  # continuing it is what --resume latest is for
+    train_toy(toy(tmp_path / "once", steps=2, checkpoint_every=10))  # a finished run without checkpoints
+    with pytest.raises(RunFolderInUse, match="no checkpoint to continue"):
+        train_toy(toy(tmp_path / "once", steps=2, resume="latest"))
+    # --overwrite replaces the run: its checkpoints go too, so --resume latest continues the new one
+    replaced = train_toy(toy(run, steps=3, seed=1, overwrite=True))
+    assert [step for step, _ in list_checkpoints(run)] == [2]
+    assert strict_json(run / "metrics.json")["weight"] == replaced.metrics["weight"]
+    # a folder holding anything else (a cache, a note) is no run: a fresh run goes ahead and keeps it
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    train_toy(toy(tmp_path / "other", steps=2))
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+    # from the command line: one line, exit code 2
+    from toy_training import ToyConfig
+
+    from nextscale.train.errors import run_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(ToyConfig, train_toy, ["--output-dir", str(run), "--steps", "2", "--tracker", "none"])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--overwrite" in lines[0]

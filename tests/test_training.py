@@ -4,6 +4,7 @@ Two synchronised processes and kill -9 resumes: tests/test_resume.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -228,10 +229,10 @@ def test_var_training_loss_falls_and_exports_a_pipeline(trained_tokenizer, tiny_
     save_grid(sampled, expected, columns=preview.images_per_prompt)
     assert np.array_equal(np.asarray(Image.open(expected)),
                           np.asarray(Image.open(tmp_path / "var" / "previews" / "step_000060.png")))
-    # a second run reuses the cache (same fingerprint) instead of re-encoding
+    # a second run (--overwrite: it replaces the first) reuses the cache (same fingerprint) instead of re-encoding
     cache = tmp_path / "var" / "cache" / "codes.safetensors"
     stamp = cache.stat().st_mtime_ns
-    second = train_var(config)
+    second = train_var(dataclasses.replace(config, overwrite=True))
     assert cache.stat().st_mtime_ns == stamp
     # --init-from continues the exported model with a fresh schedule
     exported, cache_dir = str(tmp_path / "var" / "model"), str(tmp_path / "var" / "cache")

@@ -71,6 +71,9 @@ class RunConfig:
     collective_timeout: float = 300.0
     """Seconds a process waits for the others at a collective (gradient all-reduce, barrier) before the
     run stops with an error, e.g. when a peer froze or died (PyTorch's default is 30 minutes)."""
+    overwrite: bool = False
+    """Replace the run already in --output-dir: its checkpoints, export, samples and metrics.json are removed
+    first (other files there are kept). Without it, a fresh run into the folder of another run is refused."""
     accept_lost_random_state: bool = False
     """Resume even when a checkpoint's random-number state cannot be restored (loud warning; the run then
     no longer reproduces an uninterrupted one). Without it that is an error."""
@@ -91,6 +94,8 @@ class RunConfig:
             raise ValueError("--warmup-steps and --num-workers must be >= 0")
         if not all(0.0 <= beta < 1.0 for beta in self.betas):
             raise ValueError(f"--betas must lie in [0, 1), got {self.betas}")
+        if self.overwrite and self.resume:
+            raise ValueError("--overwrite replaces the run in --output-dir and --resume continues it: pass one")
         if self.collective_timeout == 0:
             raise ValueError("--collective-timeout must be positive (seconds)")
 

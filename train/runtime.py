@@ -53,6 +53,7 @@ from nextscale.train.run_config import (
     precision_note,
     resolve_precision,
 )
+from nextscale.train.run_folder import check_run_folder, clear_run_folder
 from nextscale.train.state import Stateful, check_resume_argument, resume_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -289,6 +290,12 @@ class Runtime:
     def run(self) -> TrainResult:
         config, accelerator, training = self.config, self.accelerator, self.training
         check_resume_argument(config.resume)
+        check_run_folder(self.output_dir, config.resume, config.overwrite)
+        if config.overwrite:
+            if accelerator.is_main_process:
+                for path in clear_run_folder(self.output_dir):
+                    accelerator.print(f"--overwrite: removed {path}")
+            accelerator.wait_for_everyone()
         set_seed(config.seed)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
