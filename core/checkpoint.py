@@ -206,21 +206,61 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
         ) from err
 
 
+def _entries(root: Path) -> dict[Path, bool]:
+    """Every path under `root` (relative) -> whether it is a folder (symlinks are not followed)."""
+    found = {}
+    for folder, folders, files in os.walk(root):
+        base = Path(folder).relative_to(root)
+        for name in folders:
+            found[base / name] = not (Path(folder) / name).is_symlink()
+        for name in files:
+            found[base / name] = False
+    return found
+
+
+def _merge_into(written: Path, target: Path) -> None:
+    """Move what `written` holds into the folder `target`, replacing only its namesakes (file by file)."""
+    for source in sorted(written.iterdir()):
+        destination = target / source.name
+        if source.is_dir() and destination.is_dir() and not destination.is_symlink():
+            _merge_into(source, destination)
+        else:
+            os.replace(source, destination)
+
+
 def atomic_write_dir(target: Path, write: typing.Callable[[Path], None]) -> None:
-    """Call `write(tmp_dir)`, then swap `tmp_dir` into `target` (old contents kept until the swap)."""
+    """Call `write(tmp_dir)`, then put what it wrote at `target`, never deleting what it did not write.
+
+    A new `target`, or one that holds nothing but entries `write` writes too (an earlier export), is
+    swapped whole: its old contents are kept until the swap. A `target` folder that holds anything else
+    (a user's notes, a model card) keeps it: each written file replaces its namesake inside it. A `target`
+    that is a file, or whose entry of a written name is of the other kind (a folder where a file is
+    written), is refused with a ValueError, and nothing is changed.
+    """
     target = Path(target)
+    if (target.exists() or target.is_symlink()) and not target.is_dir():
+        raise ValueError(f"{target} is a file, not a folder: name a folder to write into (a new one is made)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private (0700); a model directory is meant to be shared
     try:
         write(tmp)
-        if target.exists():
+        if not target.exists():
+            os.replace(tmp, target)
+            return
+        ours, theirs = _entries(tmp), _entries(target)
+        clashes = [path for path, is_dir in ours.items() if path in theirs and theirs[path] != is_dir]
+        if clashes:
+            raise ValueError(f"{target / clashes[0]} is in the way of what is written there (a "
+                             f"{'folder' if theirs[clashes[0]] else 'file'} of that name): move it, or choose "
+                             "another folder")
+        if set(theirs) <= set(ours) and not target.is_symlink():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, target)
+            _merge_into(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
