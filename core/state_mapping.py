@@ -1,10 +1,12 @@
-"""Reading another project's state dict into ours: every key accounted for, every shape checked.
+"""Reading another project's state dict into ours: every key accounted for, every shape, dtype and value checked.
 
 A converter takes the foreign tensors one by one from a `ForeignState` (`take`), declares the keys it
 drops on purpose with a reason (`ignore`), and calls `finish`, which refuses any key nobody took: a
 checkpoint with a part we do not model must fail loudly, never load with that part silently missing.
-`check_state` then compares the converted dict with the target model's own state dict (which may live
-on the meta device, so the largest models are checked without allocating them).
+A floating-point tensor taken must hold no NaN. `check_state` then compares the converted dict with the
+target model's own state dict (which may live on the meta device, so the largest models are checked
+without allocating them): names, shapes, the kind of dtype (an integer tensor where a float weight
+belongs is refused) and finiteness.
 
 Shared by the tokenizer's and the transformer's converters (a foundation: it loads no model).
 """
@@ -17,7 +19,16 @@ import torch
 
 
 class ConversionError(ValueError):
-    """A foreign state dict does not fit: unmapped keys, missing keys or wrong shapes (the message lists them)."""
+    """A foreign state dict does not fit: unmapped, missing, mis-shaped, mis-typed or non-finite tensors (the
+    message lists them)."""
+
+
+def _non_finite(tensor: torch.Tensor, nan_only: bool = False) -> int:
+    """How many values of a floating-point tensor are NaN or infinite (`nan_only`: NaN), 0 for other dtypes
+    and meta tensors."""
+    if not tensor.is_floating_point() or tensor.device.type == "meta":
+        return 0
+    return int(torch.isnan(tensor).sum() if nan_only else (~torch.isfinite(tensor)).sum())
 
 
 def _listing(keys: list[str], limit: int = 8) -> str:
@@ -51,11 +62,16 @@ class ForeignState:
         return index
 
     def take(self, key: str) -> torch.Tensor:
-        """The tensor under `key`, marked as used."""
+        """The tensor under `key`, marked as used; a floating-point one must hold no NaN."""
         if key not in self.state:
             raise ConversionError(f"{self.source} has no {key!r}: it is not the checkpoint this converter reads")
         self.used.add(key)
-        return self.state[key]
+        tensor = self.state[key]
+        nan = _non_finite(tensor, nan_only=True)  # infinities may be meant (a mask's -inf); check_state sees them
+        if nan:
+            raise ConversionError(f"{self.source}: {key} is not finite ({nan} NaN values of {tensor.numel()}): the "
+                                  "checkpoint is damaged; use an intact copy")
+        return tensor
 
     def ignore(self, key: str, reason: str) -> None:
         """Drop `key` on purpose (e.g. a training statistic or a buffer we recompute); `reason` is recorded."""
@@ -83,7 +99,18 @@ def check_state(converted: Mapping[str, torch.Tensor], target: Mapping[str, torc
         for key in target
         if key in converted and tuple(converted[key].shape) != tuple(target[key].shape)
     ]
+    kinds = [
+        f"{key} is {converted[key].dtype} where the model holds {target[key].dtype} (floating point: "
+        f"{target[key].is_floating_point()})"
+        for key in target
+        if key in converted and converted[key].is_floating_point() != target[key].is_floating_point()
+    ]
+    non_finite = [key for key in target if key in converted and _non_finite(converted[key])]
     problems = []
+    if kinds:
+        problems.append(f"wrong dtypes {_listing(kinds)}")
+    if non_finite:
+        problems.append(f"not finite (NaN or infinite values) {_listing(non_finite)}")
     if missing:
         problems.append(f"missing {_listing(missing)}")
     if unexpected:
