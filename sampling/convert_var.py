@@ -6,24 +6,23 @@
 Reads the released `.pth` files with `torch.load(weights_only=True)` (plain tensors only, no code runs)
 or the same state dicts saved as `.safetensors`; maps every key (`nextscale.tokenizer.var_weights`,
 `nextscale.transformer.var_weights`), refuses any key it does not map, checks every shape against our
-models built on the meta device (so even VAR-d30 is checked without allocating it twice), and writes
-the pipeline directory atomically. It lives in `sampling` because it writes a sampling pipeline, which
+models built on the meta device (so even VAR-d30 is checked without allocating it twice), refuses
+non-finite weights and integer tensors where float weights belong, and writes the pipeline directory
+atomically, never deleting what it did not write. It lives in `sampling` because it writes a sampling pipeline, which
 needs both the tokenizer and the transformer; the transformer package never loads the autoencoder.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
-from safetensors.torch import load_file
 
-from nextscale.checkpoint import atomic_write_dir, write_model_dir
+from nextscale.checkpoint import atomic_write_dir, read_safetensors, write_model_dir
+from nextscale.errors import run_cli
 from nextscale.sampling.pipeline import check_compatible, write_pipeline_spec
 from nextscale.state_mapping import ConversionError, ForeignState, check_state
 from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
@@ -43,7 +42,8 @@ class ConvertArgs:
     var: Path
     """The transformer state dict: var_d16.pth, var_d20.pth, var_d24.pth or var_d30.pth (or .safetensors)."""
     out: Path
-    """The pipeline directory to write (tokenizer/, transformer/, pipeline.json); replaced if it exists."""
+    """The pipeline folder to write (tokenizer/, transformer/, pipeline.json): an existing folder keeps what
+    the converter does not write there; a file is refused."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype of the written weights (the official files are float32)."""
 
@@ -63,7 +63,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConversionError(f"{path} does not exist or is not a file")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return read_safetensors(path)
+        except (ValueError, KeyError, TypeError) as error:  # a header or data that is not a whole file
+            raise ConversionError(f"{path} is not a whole .safetensors file ({error}): it is damaged or "
+                                  "truncated; use an intact copy") from None
     if path.suffix not in (".pth", ".pt", ".bin"):
         raise ConversionError(f"{path}: expected a .pth or .safetensors state dict")
     try:
@@ -117,13 +121,12 @@ def write_converted(converted: ConvertedVar, out: Path, dtype: torch.dtype | Non
 
 
 def main(args: ConvertArgs) -> Path:
-    """Read, convert, check and write; every problem becomes one `error: ...` line (exit 2)."""
+    """Read, convert, check and write (ConversionError, or OSError naming --out when it cannot be written)."""
+    converted = convert_var(read_state_dict(args.vae), read_state_dict(args.var), str(args.vae), str(args.var))
     try:
-        converted = convert_var(read_state_dict(args.vae), read_state_dict(args.var), str(args.vae), str(args.var))
-    except ConversionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    write_converted(converted, args.out, DTYPES[args.dtype])
+        write_converted(converted, args.out, DTYPES[args.dtype])
+    except OSError as error:
+        raise OSError(f"--out {args.out} cannot be written ({error})") from error
     config = converted.transformer_config
     print(f"wrote {args.out}/: VAR depth {config.depth}, width {config.width}, {config.num_classes} classes, "
           f"{config.vocab_size} codes at scales {config.scale_sizes}")
@@ -131,8 +134,8 @@ def main(args: ConvertArgs) -> Path:
 
 
 def cli() -> None:
-    """The `nextscale-convert-var` console script."""
-    main(tyro.cli(ConvertArgs))
+    """The `nextscale-convert-var` console script: every problem is one `error: ...` line (exit 2)."""
+    run_cli(ConvertArgs, main)
 
 
 if __name__ == "__main__":
