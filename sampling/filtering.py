@@ -71,11 +71,23 @@ class Candidates:
     """(..., m) fp32, >= 0: unnormalised probabilities; 0 for codes the filters remove."""
 
 
+class NonFiniteLogits(ValueError):
+    """The transformer's logits hold NaN (the sampler adds the likely cause: `nan_cause`)."""
+
+
+def nan_cause(dtype: torch.dtype) -> str:
+    """What most likely made NaN logits in a transformer computing in `dtype`, and what to do."""
+    if dtype == torch.float16:
+        return "a float16 overflow? try --dtype float32"
+    return (f"in {str(dtype).removeprefix('torch.')} that is no overflow: the model's weights are not finite (a "
+            "damaged checkpoint, or one trained or converted wrongly); check it, or export it again")
+
+
 def check_best_logits(best: torch.Tensor) -> None:
     """Refuse NaN logits and tokens with no finite logit, from each token's largest logit (...,).
     `max`, `topk` and `sort` all rank NaN above every number, so a NaN anywhere in a row shows here."""
     if torch.isnan(best).any():
-        raise ValueError("the transformer produced NaN logits (a float16 overflow? try --dtype float32)")
+        raise NonFiniteLogits("the transformer produced NaN logits")
     if not bool((best > float("-inf")).all()):
         raise ValueError("a token's logits are all -inf: there is no code to sample")
 

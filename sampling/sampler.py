@@ -27,6 +27,7 @@ identically, so they must give the same codes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 
 from nextscale.sampling.condition import Condition, build_condition
 from nextscale.sampling.constraints import ScaleConstraints
-from nextscale.sampling.filtering import sample_codes
+from nextscale.sampling.filtering import NonFiniteLogits, nan_cause, sample_codes
 from nextscale.sampling.guidance import (
     GUIDANCE_SCHEDULES,
     GuidanceSchedule,
@@ -76,6 +77,9 @@ class SamplingConfig:
         return unconditional_rows_needed(self.strengths(num_scales))[0]
 
     def __post_init__(self) -> None:
+        for name in ("cfg_scale", "top_p", "temperature"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0 (0 disables guidance), got {self.cfg_scale}")
         if self.guidance_schedule not in GUIDANCE_SCHEDULES:
@@ -325,7 +329,11 @@ def sample_scales(
         if rows > batch:
             logits = guided_logits(logits[:batch], logits[batch:], strengths[scale])
         size = scale_sizes[scale]
-        code = sample_codes(logits, generators, config.top_k, config.top_p, config.temperature).view(batch, size, size)
+        try:
+            code = sample_codes(logits, generators, config.top_k, config.top_p, config.temperature)
+        except NonFiniteLogits as error:
+            raise NonFiniteLogits(f"{error} at scale {scale + 1}: {nan_cause(dtype)}") from None
+        code = code.view(batch, size, size)
         if constraints is not None:
             code = constraints.apply(scale, code, tokenizer.quantizer, accumulated)
         codes.append(code)
