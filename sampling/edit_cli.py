@@ -110,7 +110,10 @@ def check_edit_args(edit_args: EditArgs, zoom_args: ZoomArgs, num_scales: int | 
     if edit_args.image is not None and edit_args.mask is None and edit_args.outpaint is None \
             and not edit_args.keep_scales:
         raise usage_error("--image needs --mask (inpaint), --outpaint L T R B or --keep-scales k (variations)")
-    if edit_args.keep_scales < 0 or (num_scales is not None and edit_args.keep_scales > num_scales):
+    if edit_args.keep_scales < 0:
+        raise usage_error(f"--keep-scales must be >= 0 (how many of the model's first scales to keep), got "
+                          f"{edit_args.keep_scales}")
+    if num_scales is not None and edit_args.keep_scales > num_scales:
         raise usage_error(f"--keep-scales must be in [0, {num_scales}] (the model's scales), got "
                           f"{edit_args.keep_scales}")
     if edit_args.detail_prompt is not None and edit_args.scale_prompt:
