@@ -94,10 +94,24 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _read_step(path: Path) -> int | None:
+    return _step_or_problem(path)[0]
+
+
+def _step_or_problem(path: Path) -> tuple[int | None, str]:
+    """(the step `path/trainer_state.json` records, "") or (None, why it cannot be read)."""
     try:
-        return int(json.loads((path / STATE_FILE).read_text())["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return int(json.loads((path / STATE_FILE).read_text())["step"]), ""
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return None, f"{type(error).__name__}: {error}".splitlines()[0][:200]
+
+
+def damaged_checkpoints(output_dir: str | os.PathLike) -> list[tuple[Path, str]]:
+    """Checkpoint folders under output_dir/checkpoints whose trainer_state.json does not load, with why
+    (`list_checkpoints` leaves them out: they cannot be resumed from)."""
+    root = Path(output_dir) / "checkpoints"
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    found = [(path, _step_or_problem(path)) for path in folders]
+    return [(path, problem) for path, (step, problem) in found if step is None]
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -229,6 +243,8 @@ def resume_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, r
     if not resume:
         return {"step": 0}
     if resume == "latest":
+        for path, problem in damaged_checkpoints(output_dir):
+            logger.warning("cannot resume from %s: its %s does not load (%s); skipped", path, STATE_FILE, problem)
         candidates = [path for _, path in reversed(list_checkpoints(output_dir))]
         if not candidates:
             accelerator.print(f"--resume latest: no checkpoint under {output_dir}/checkpoints, starting fresh")
@@ -265,6 +281,16 @@ ADDED_PARTS: dict[str, str] = {"layout_context": "detail_marker"}
 without the option into one with it keeps the added parameters' initialisation."""
 
 
+def pipeline_part(name_or_path: str, model_class: str) -> str:
+    """A pipeline directory (holding pipeline.json) -> its tokenizer or transformer part; anything else as is."""
+    spec_file = Path(name_or_path) / "pipeline.json"
+    if not spec_file.is_file():
+        return name_or_path
+    spec = json.loads(spec_file.read_text())
+    part = spec.get("tokenizer" if model_class == "MultiScaleVQVAE" else "transformer")
+    return str(Path(name_or_path) / part) if isinstance(part, str) else name_or_path
+
+
 def load_initial_weights(model: nn.Module, name_or_path: str) -> None:
     """`--init-from`: copy an exported model's weights into `model`, whose architecture must be the same.
 
@@ -272,7 +298,7 @@ def load_initial_weights(model: nn.Module, name_or_path: str) -> None:
     An option in `ADDED_PARTS` may be on here and off there: its parameters keep their initialisation
     (e.g. the transformer's `layout_context`, whose detail marker starts at zero).
     """
-    source = type(model).from_pretrained(name_or_path)
+    source = type(model).from_pretrained(pipeline_part(name_or_path, type(model).__name__))
     ours, theirs = dataclasses.asdict(model.config), dataclasses.asdict(source.config)
     added = {k for k in ADDED_PARTS if ours.get(k) is True and theirs.get(k) is False}
     differ = [f"{k}: {theirs.get(k)} there, {ours[k]} here"
