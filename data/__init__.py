@@ -29,9 +29,12 @@ __all__ = [
     "collate",
     "crop_seed",
     "decode_image",
+    "describe_data",
+    "first_batch",
     "held_out",
     "loader_over",
     "make_dataloader",
+    "no_items",
     "source_names",
 ]
 
@@ -68,6 +71,32 @@ def collate(batch: Sequence[dict]) -> dict:
         else:
             collated[key] = values
     return collated
+
+
+def describe_data(dataset: Dataset) -> str:
+    """A dataset of source items as an error names it: its source and path, and what its last pass met (a
+    WebDataset's readable samples per shard, the bad inputs skipped)."""
+    inner = getattr(dataset, "dataset", dataset)  # under a Subset
+    config = getattr(inner, "config", None)
+    where = (f"--data.source {config.source}" + (f" {config.path}" if config.path else "")
+             if isinstance(config, DataConfig) else type(inner).__name__)
+    describe, tracker = getattr(inner, "describe_pass", None), getattr(inner, "tracker", None)
+    detail = describe() if describe is not None else tracker.summary() if tracker is not None else ""
+    return where + (f" ({detail})" if detail else "")
+
+
+def no_items(dataset: Dataset) -> ValueError:
+    """The error of data that gave no readable item at all, naming it and what to do."""
+    return ValueError(f"{describe_data(dataset)} gave no readable image: add images to it, fix the ones named above, "
+                      "or point --data.path at another folder or shards")
+
+
+def first_batch(loader: DataLoader) -> dict:
+    """The first batch of `loader`, or `no_items` when its data gives none (an empty tar, a folder of bad files)."""
+    batch = next(iter(loader), None)
+    if batch is None:
+        raise no_items(loader.dataset)
+    return batch
 
 
 def make_dataloader(config: DataConfig, batch_size: int, shuffle: bool = True, num_workers: int = 0,

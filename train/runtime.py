@@ -45,6 +45,7 @@ from accelerate.utils import (
 from torch import nn
 from tqdm.auto import tqdm
 
+from nextscale.data import describe_data
 from nextscale.data.badinput import merge_counts
 from nextscale.train.run_config import (
     TENSORBOARD_DIR,
@@ -172,13 +173,15 @@ def resolve_tracker(choice: str) -> str | None:
     return "tensorboard"
 
 
-def endless_batches(accelerator: Accelerator, loader, micro_steps_done: int = 0) -> Iterator:
+def endless_batches(accelerator: Accelerator, loader, micro_steps_done: int = 0, batch_size: int | None = None,
+                    source: Any = None) -> Iterator:
     """Batches of a prepared DataLoader forever, reshuffled every epoch (`set_epoch`).
 
     A resumed run passes how many batches it already consumed: whole epochs are skipped by number,
     the rest with `skip_first_batches`, so it continues with the batch it would have seen next. A pass
     that gives no batch at all is an error naming the data (an empty or too short source would
-    otherwise loop forever or fail deep inside Accelerate).
+    otherwise loop forever or fail deep inside Accelerate): `source`, the dataset of source items behind
+    the loader (default: the loader's own), and `batch_size`, the run's (a prepared loader may not know it).
     """
     try:
         per_epoch = len(loader)
@@ -205,10 +208,10 @@ def endless_batches(accelerator: Accelerator, loader, micro_steps_done: int = 0)
             yield batch
             batch = next(iterator, None)
         if not produced and not skip:
-            describe = getattr(getattr(loader, "dataset", None), "describe_pass", None)
-            detail = f": {describe()}" if describe is not None else ""
-            raise ValueError(f"the training data gave no batch of {loader.batch_size} in a whole pass"
-                             f"{detail}. Add data or lower --batch-size.")
+            data = source if source is not None else getattr(loader, "dataset", None)
+            detail = f": {describe_data(data)}" if data is not None else ""
+            raise ValueError(f"the training data gave no batch of {batch_size or loader.batch_size} in a whole "
+                             f"pass{detail}. Add data or lower --batch-size.")
         skip = 0
 
 
@@ -325,7 +328,8 @@ class Runtime:
             self.history["resumed_at"].append(start)
         consecutive = int(resumed.get("consecutive_skips", 0))
 
-        batches = endless_batches(accelerator, self.loader, start * config.gradient_accumulation)
+        batches = endless_batches(accelerator, self.loader, start * config.gradient_accumulation, config.batch_size,
+                                  self.source)
         progress = tqdm(range(start, config.steps), initial=start, total=config.steps,
                         disable=not accelerator.is_main_process, desc=training.name, dynamic_ncols=True)
         started, items_seen = time.perf_counter(), 0

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from nextscale.data import DataConfig, HeldOutConfig, loader_over
+from nextscale.data import DataConfig, HeldOutConfig, first_batch, loader_over
 from nextscale.data.split import EvaluationSplit, evaluation_split
 from nextscale.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
 from nextscale.images import save_grid
@@ -173,7 +173,7 @@ class TokenizerTraining:
         runtime.register("dead_code_restarts", GeneratorState(self.restarts))
         sample_loader = loader_over(self.split.evaluation or self.split.train, batch_size=8, shuffle=False,
                                     drop_last=False)
-        self.sample_images = next(iter(sample_loader))["image"].to(accelerator.device)
+        self.sample_images = first_batch(sample_loader)["image"].to(accelerator.device)
         accelerator.print(loss_terms_note(config))
 
     def micro_step(self, runtime: Runtime, batch: Any, step: int) -> dict[str, torch.Tensor]:

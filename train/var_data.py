@@ -35,7 +35,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from nextscale.checkpoint import WEIGHTS_NAME, resolve_model_dir
-from nextscale.data import DataConfig, loader_over
+from nextscale.data import DataConfig, loader_over, no_items
 from nextscale.portraits.captions import detail_caption, layout_caption
 from nextscale.scales import flatten_codes
 from nextscale.tokenizer import MultiScaleVQVAE
@@ -114,6 +114,8 @@ def encode_dataset(
         if len(captions) >= count:
             break
     bar.close()
+    if not codes:
+        raise no_items(dataset)
     return torch.cat(codes), captions, mixing
 
 
