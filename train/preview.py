@@ -116,7 +116,7 @@ def recommended_sampling(config: PreviewConfig) -> dict:
     return {"cfg_scale": float(sampling.cfg_scale), "top_k": sampling.top_k, "top_p": float(sampling.top_p),
             "source": "train_var.py, the settings of its previews" + (
                 " (the defaults the project's adherence evaluations chose for its own small models; not measured "
-                "on this run's data: an adherence evaluation with --record measures and replaces them)" if default
+                "on this run's data)" if default
                 else " (--preview.sampling.*)")}
 
 
