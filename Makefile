@@ -9,7 +9,7 @@ PROMPT ?= a man with a beard and glasses on a blue background
 
 UI_PORT ?= 7860
 
-.PHONY: install demo ui test train-demo lint wheel-check bench
+.PHONY: install demo ui test train-demo lint wheel-check bench docs-images
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,8 @@ wheel-check: install
 bench: install
 	$(BIN)/pip install -q matplotlib
 	$(BIN)/python -m bench --clock cpu
+
+# The pictures of README.md and docs/ (progression, editing, per-scale prompts, zoom), drawn again by the
+# bundled model with fixed prompts and seeds (tools/docs_images.py; --out DIR writes them elsewhere).
+docs-images: $(VENV)/.installed
+	$(BIN)/python tools/docs_images.py --out docs
