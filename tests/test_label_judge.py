@@ -4,6 +4,7 @@ folder whose metadata.jsonl has a label column, 16 px, a few steps."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from nextscale.eval.label_adherence import LabelAdherenceConfig, format_report
 from nextscale.eval.label_adherence import main as label_adherence
 from nextscale.eval.label_judge import LabelJudge, LabelJudgeTrainConfig, train_label_judge
 from nextscale.eval.labels import class_prompts, labelled_split
+from nextscale.sampling.pipeline import load_pipeline
 
 COLOURS = {"blue": (30, 40, 220), "green": (30, 200, 50), "red": (220, 30, 40)}
 
@@ -49,13 +51,24 @@ def test_a_judge_trained_on_a_class_folder_scores_samples_against_held_out_image
     report = label_adherence(LabelAdherenceConfig(pipeline=str(tiny_pipeline_dir), judge=str(tmp_path / "judge"),
                                                   images_per_class=4, out=tmp_path / "adherence"))
     assert report["prompts"] == {name: [name] for name in sorted(COLOURS)}
-    assert report["real"]["accuracy"] == 1.0 and 0.0 <= report["samples"]["accuracy"] <= 1.0
-    assert report["gap"] == pytest.approx(report["real"]["mean_per_class"] - report["samples"]["mean_per_class"])
-    assert set(report["frechet_distance"]) == {"reconstructed", "samples"}
+    (row,) = report["sweep"]
+    assert report["real"]["accuracy"] == 1.0 and 0.0 <= row["accuracy"] <= 1.0 and row["cfg_scale"] == 4.0
+    assert report["gap"] == pytest.approx(report["real"]["mean_per_class"] - row["mean_per_class"])
+    assert row["frechet_distance"] >= 0 and report["reconstructed"]["frechet_distance"] >= 0
     assert report["settings"].startswith("sampling with the defaults")  # the tiny pipeline records none
     printed = capsys.readouterr().out
     assert format_report(report) in printed and "samples are " in printed
     assert json.loads((tmp_path / "adherence" / "label_adherence.json").read_text())["gap"] == report["gap"]
+    # a sweep over guidance scales, the chosen one recorded in (a copy of) the pipeline for sample.py
+    pipeline = Path(shutil.copytree(tiny_pipeline_dir, tmp_path / "pipeline"))
+    swept = label_adherence(LabelAdherenceConfig(pipeline=str(pipeline), judge=str(tmp_path / "judge" / "model"),
+                                                 images_per_class=2, cfg_scales=(0.0, 2.0), top_k=0, record=True,
+                                                 out=tmp_path / "sweep"))
+    assert [row["cfg_scale"] for row in swept["sweep"]] == [0.0, 2.0]
+    recorded = load_pipeline(pipeline).recommended
+    assert recorded["cfg_scale"] == swept["best_cfg_scale"] and recorded["top_k"] == 0
+    assert recorded["source"].startswith("label adherence on ")
+    assert "samples cfg 0" in capsys.readouterr().out
     with pytest.raises(ValueError, match="labelled images"):
         LabelJudgeTrainConfig(output_dir=str(tmp_path / "x"))  # the synthetic default has no labels
 
