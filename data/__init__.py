@@ -109,9 +109,14 @@ def loader_over(dataset: Dataset, batch_size: int, shuffle: bool = True, num_wor
                 drop_last: bool = True, generator: torch.Generator | None = None) -> DataLoader:
     """A standard DataLoader over a dataset of source items (e.g. a `Subset` of one source).
 
-    Workers are persistent so that bad-input counts and WebDataset pass counters survive epochs.
+    Workers are persistent so that bad-input counts and WebDataset pass counters survive epochs. A loader
+    that reads in order (no `shuffle`) and is given no `generator` draws its workers' base seed from one of
+    its own: reading data for a cache, a preview or an evaluation never moves torch's global generator, so
+    what a training draws from it (dropout) is the same whether or not such reading happened.
     """
     iterable = isinstance(dataset, IterableDataset)
+    if generator is None and not shuffle:
+        generator = torch.Generator().manual_seed(0)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from nextscale.train.optim import warmup_stable_decay
 from nextscale.train.runtime import KILL_HOOK
@@ -89,3 +90,28 @@ def test_kill_9_anywhere_then_resume_latest_is_bit_exact(processes, tmp_path, ti
         tokenizer_lr, transformer_lr = ranks[0]["learning_rates"]
         assert tokenizer_lr[4] == [5, pytest.approx(2e-3 * warmup_stable_decay(4, 8, 5, 0.2))]
         assert transformer_lr[4] == [5, pytest.approx(3e-3 * warmup_stable_decay(4, 8, 5, 0.25))]
+
+
+def test_a_run_that_finds_the_latent_cache_trains_as_one_that_builds_it(tmp_path, tiny_bert_dir):
+    """With dropout, a run that found an existing cache differed from one that built it (and so a resumed run,
+    which finds the cache, from the uninterrupted one); equal with dropout 0."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from test_training import tokenizer_run, var_run
+
+    from nextscale.data import DataConfig
+    from nextscale.train.tokenizer_loop import train_tokenizer
+    from nextscale.train.var_loop import train_var
+    from nextscale.transformer import TransformerConfig
+
+    train_tokenizer(tokenizer_run(tmp_path / "tokenizer", steps=2, batch_size=4, eval_images=8, sample_every=100))
+    settings = dict(steps=3, batch_size=4, cache_images=32, eval_images=8, cond_drop=0.5,
+                    data=DataConfig(image_size=16, synthetic_length=64),
+                    model=TransformerConfig.preset("tiny", dropout=0.1))
+    tokenizer = tmp_path / "tokenizer" / "model"
+    train_var(var_run(tmp_path / "built", tokenizer, tiny_bert_dir, **settings))
+    shutil.copytree(tmp_path / "built" / "cache", tmp_path / "found" / "cache")
+    train_var(var_run(tmp_path / "found", tokenizer, tiny_bert_dir, **settings))
+    built, found = (load_file(str(tmp_path / run / "model" / "model.safetensors")) for run in ("built", "found"))
+    assert all(torch.equal(built[key], found[key]) for key in built)
