@@ -22,7 +22,7 @@ from nextscale.sampling.sampler import SamplingConfig, generate
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.tokenizer.quantizer import MultiScaleQuantizer
 from nextscale.transformer import NextScaleTransformer, TextEncoder, TransformerConfig
-from nextscale.transformer.flops import sampling_flops
+from nextscale.transformer.flops import guided_sampling_flops
 
 PARTS = ("transformer", "filter+draw", "tokenizer", "text")
 # (owner, attribute name, part): methods wrapped on their class, functions in every sampling module
@@ -117,8 +117,8 @@ def sampling_section(
         pipelines = {name: random_pipeline(shape, device, dtype) for name, dtype in dtypes.items()}
         full = replace(shape, depth=full_depth)
         for batch in batches:
-            flops = sum(s.total for s in sampling_flops(shape, TEXT_LENGTH, 2 * batch))
-            full_flops = sum(s.total for s in sampling_flops(full, TEXT_LENGTH, 2 * batch))
+            flops = guided_sampling_flops(shape, TEXT_LENGTH, batch)
+            full_flops = guided_sampling_flops(full, TEXT_LENGTH, batch)
             measured = measure_generate(pipelines, batch, config, repeats, device)
             for dtype_name, result in measured.items():
                 parts = result["parts"]

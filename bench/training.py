@@ -14,7 +14,7 @@ from bench.common import TEXT_LENGTH, TEXT_WIDTH, median_seconds, synchronize
 from nextscale.scales import block_causal_mask, scale_index
 from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
 from nextscale.transformer import NextScaleTransformer, TransformerConfig, attention, naive_attention
-from nextscale.transformer.flops import forward_flops
+from nextscale.transformer.flops import training_flops
 
 
 def autocast(device: torch.device, bf16: bool) -> Any:
@@ -83,7 +83,7 @@ def training_section(
         steps[f"transformer {name}"] = partial(transformer_step, model, optimizer, inputs, codes, device, bf16)
         steps[f"tokenizer {name}"] = partial(tokenizer_step, tokenizer, tokenizer_optimizer, images, device, bf16)
     seconds = median_seconds(steps, repeats)
-    transformer_flops = 3 * forward_flops(shape, TEXT_LENGTH, batch).total
+    transformer_flops = training_flops(shape, TEXT_LENGTH, batch)
     tokenizer_flops = counted_flops(steps["tokenizer float32"])
     result: dict[str, Any] = {"batch": batch, "tokens": length, "seconds": seconds}
     for name in ("float32", "bfloat16"):

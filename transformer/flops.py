@@ -107,3 +107,15 @@ def forward_flops(config: TransformerConfig, text_length: int, rows: int = 1) ->
     scores under the block-causal mask, so every key counts)."""
     length = config.num_tokens
     return pass_flops(config, config.num_scales - 1, length, length, text_length, rows, prompt=True)
+
+
+def training_flops(config: TransformerConfig, text_length: int, rows: int = 1) -> float:
+    """Matmul FLOPs of one training step over `rows` sequences: the teacher-forced forward and a backward
+    of twice its cost (the gradients of the inputs and of the weights), 3x the forward."""
+    return 3 * forward_flops(config, text_length, rows).total
+
+
+def guided_sampling_flops(config: TransformerConfig, text_length: int, images: int = 1) -> float:
+    """Matmul FLOPs of sampling `images` images with the KV cache and classifier-free guidance on every
+    scale (two rows per image: the prompt and the empty prompt, or the label and the null class)."""
+    return sum(part.total for part in sampling_flops(config, text_length, 2 * images))
