@@ -24,9 +24,24 @@ DEBUG_ENV = "NEXTSCALE_DEBUG"
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError, UnicodeError)
 
 
+_WORKER = re.compile(r"\ACaught (\w+) in (.+?)\.\nOriginal Traceback \(most recent call last\):\n(.*)\Z", re.DOTALL)
+
+
+def original_message(message: str) -> str:
+    """The message of the error itself when `message` is the wrapper a DataLoader worker's error arrives in
+    ("Caught TooManyBadFiles in DataLoader worker process 0. Original Traceback ..."), else `message`."""
+    wrapped = _WORKER.match(str(message))
+    if wrapped is None:
+        return str(message)
+    name, traceback = wrapped.group(1), wrapped.group(3)
+    last = list(re.finditer(rf"(?m)^(?:[\w.]+\.)?{re.escape(name)}(?:: |$)", traceback))
+    return traceback[last[-1].end():].strip() or name if last else name
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print `error: message` (on one line) to stderr and exit with `code`."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    """Print `error: message` (on one line; an error from a DataLoader worker without the worker's traceback)
+    to stderr and exit with `code`."""
+    print(f"error: {' '.join(original_message(message).split())}", file=sys.stderr)
     raise SystemExit(code)
 
 

@@ -96,3 +96,37 @@ def test_training_data_that_gives_nothing_is_named(tmp_path, tiny_bert_dir):
         with pytest.raises(ValueError, match=r"no batch of 4 in a whole pass.*lower --batch-size"):
             train_var(var_run(tmp_path / f"var-{cache}", tokenizer, tiny_bert_dir, data=short, eval_data=held_out,
                               steps=2, batch_size=4, cache=cache))
+
+
+def test_an_error_in_a_loader_worker_is_one_line_with_its_own_message(tmp_path, capsys):
+    """Too many bad files with --num-workers 2: the worker's whole traceback was squashed into the error line."""
+    from dataclasses import dataclass
+
+    from nextscale.data import DataConfig, make_dataloader
+    from nextscale.train.errors import run_cli
+
+    for index in range(4):
+        (tmp_path / f"{index}.png").write_bytes(b"")
+
+    @dataclass(frozen=True)
+    class Read:
+        workers: int = 2
+
+    def read(args: Read) -> None:
+        loader = make_dataloader(DataConfig(source="folder", path=str(tmp_path), image_size=16), batch_size=1,
+                                 shuffle=False, num_workers=args.workers)
+        batches = iter(loader)
+        try:
+            for _ in batches:
+                pass
+        finally:  # left to the cyclic GC, the failed iterator's workers would stall the next test
+            getattr(batches, "_shutdown_workers", lambda: None)()
+
+    for workers in (0, 2):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(Read, read, ["--workers", str(workers)])
+        assert exit_info.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(("error: no readable image under", "error: 4 of 4 inputs")), lines
+        assert "Traceback" not in lines[0] and "Caught" not in lines[0] and 'File "' not in lines[0], lines
