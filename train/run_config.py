@@ -77,6 +77,10 @@ class RunConfig:
     accept_lost_random_state: bool = False
     """Resume even when a checkpoint's random-number state cannot be restored (loud warning; the run then
     no longer reproduces an uninterrupted one). Without it that is an error."""
+    activation_checkpointing: bool = False
+    """Keep only the input of each transformer block (tokenizer: each ResNet and attention block) for the
+    backward pass and run the block again there: much less activation memory for one more forward pass of
+    the blocks, the same loss (train/checkpointing.py; docs/experiments/activation-checkpointing.md)."""
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch_size": self.batch_size,

@@ -23,6 +23,7 @@ from nextscale.tokenizer.losses.alignment import (
 )
 from nextscale.tokenizer.losses.discriminator import AdversarialConfig
 from nextscale.tokenizer.losses.perceptual import PerceptualConfig, PerceptualLoss
+from nextscale.train.checkpointing import checkpoint_tokenizer
 from nextscale.train.errors import run_cli
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.presets import is_demo_data, tokenizer_defaults
@@ -142,6 +143,8 @@ class TokenizerTraining:
         self.model = model = MultiScaleVQVAE(config.model)
         if config.init_from:
             load_initial_weights(model, config.init_from)
+        if config.activation_checkpointing:
+            checkpoint_tokenizer(model)
         self.teacher = head = None
         if config.alignment.enabled:
             self.teacher = FrozenVisionTeacher(config.alignment.teacher, config.alignment.teacher_resolution)

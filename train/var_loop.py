@@ -13,6 +13,7 @@ from nextscale.data import DataConfig, HeldOutConfig, loader_over
 from nextscale.data.split import evaluation_split
 from nextscale.sampling.pipeline import write_pipeline
 from nextscale.tokenizer import MultiScaleVQVAE
+from nextscale.train.checkpointing import checkpoint_transformer
 from nextscale.train.errors import run_cli
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.presets import check_tokenizer_size, var_defaults
@@ -164,6 +165,8 @@ class VarTraining:
         self.model = NextScaleTransformer(self.model_config)
         if config.init_from:
             load_initial_weights(self.model, config.init_from)
+        if config.activation_checkpointing:
+            checkpoint_transformer(self.model)
         accelerator.print(f"transformer: {self.model.num_parameters() / 1e6:.1f}M parameters, "
                           f"{self.model_config.num_tokens} tokens per image")
         runtime.source = self.split.train
