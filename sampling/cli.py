@@ -67,6 +67,11 @@ class SampleArgs:
     """Where to run; auto = cuda when available."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weights and activations dtype (the sampling arithmetic stays float32)."""
+    adapter: str | None = None
+    """A LoRA adapter directory (train_var.py --lora.rank N writes output_dir/adapter) to put on the pipeline's
+    transformer; it must have been trained on this pipeline's transformer."""
+    adapter_scale: float = 1.0
+    """Strength of --adapter: 0 samples the base model, 1 the adapter as trained."""
     compile: bool = False
     """torch.compile the transformer's blocks: minutes of compilation first, then faster scales; pays
     only for many images (README "Performance")."""
@@ -186,7 +191,8 @@ def read_prompts(args: SampleArgs) -> list[str] | list[int]:
 def open_pipeline(args: SampleArgs) -> Pipeline:
     """load_pipeline with its errors (missing checkpoint, parts that do not fit) as one ValueError."""
     try:
-        return load_pipeline(args.checkpoint, resolve_device(args.device), DTYPES[args.dtype])
+        return load_pipeline(args.checkpoint, resolve_device(args.device), DTYPES[args.dtype], adapter=args.adapter,
+                             adapter_scale=args.adapter_scale)
     except (FileNotFoundError, ValueError) as error:
         raise ValueError(f"cannot load the checkpoint: {error}") from error
 

@@ -61,6 +61,19 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
 
+    def load_adapter(self, directory: str | os.PathLike, scale: float = 1.0) -> dict:
+        """Put a LoRA adapter (`train_var.py --lora.rank N`'s output_dir/adapter) on this pipeline's transformer
+        at `scale`; refused with a one-line ValueError when it was trained on another base. Returns its config."""
+        from nextscale.sampling.adapters import load_adapter
+
+        return load_adapter(self.transformer, directory, scale)
+
+    def set_adapter_scale(self, scale: float) -> None:
+        """Scale the loaded adapter's update (0: the base model, 1: as trained)."""
+        from nextscale.sampling.adapters import set_adapter_scale
+
+        set_adapter_scale(self.transformer, scale)
+
 
 def write_pipeline_spec(directory: Path, text_encoder: str | None, text_max_length: int | None,
                         sampling: dict | None = None) -> None:
@@ -204,8 +217,11 @@ def load_pipeline(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    adapter: str | os.PathLike | None = None,
+    adapter_scale: float = 1.0,
 ) -> Pipeline:
-    """Load a pipeline directory (None: the bundled demo model) onto `device` in `dtype`."""
+    """Load a pipeline directory (None: the bundled demo model) onto `device` in `dtype`, with the LoRA adapter
+    at `adapter` (a directory written by `train_var.py --lora.rank N`) on its transformer at `adapter_scale`."""
     directory = Path(name_or_path) if name_or_path is not None else DEMO_PIPELINE
     if name_or_path is None and not (directory / PIPELINE_FILE).is_file():
         raise FileNotFoundError(
@@ -227,4 +243,8 @@ def load_pipeline(
         text_encoder = TextEncoder.from_pretrained(spec["text_encoder"], max_length=spec.get("text_max_length"),
                                                    device=device)
     check_compatible(tokenizer, transformer, None if text_encoder is None else text_encoder.width)
+    if adapter is not None:
+        from nextscale.sampling.adapters import load_adapter
+
+        load_adapter(transformer, adapter, adapter_scale)  # before the cast: the base is checked as stored
     return Pipeline(tokenizer.to(dtype), transformer.to(dtype), text_encoder, directory, spec.get("sampling"))

@@ -15,6 +15,7 @@ from nextscale.sampling.pipeline import write_pipeline
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.checkpointing import checkpoint_transformer
 from nextscale.train.errors import run_cli
+from nextscale.train.lora import LoraOptions, attach_training_adapter, check_lora_run
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.presets import check_tokenizer_size, var_defaults
 from nextscale.train.preview import PreviewConfig, preview_prompts, recommended_sampling, write_preview
@@ -110,10 +111,14 @@ class VarTrainConfig(RunConfig):
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     """Sample grids during training with the project's sampler (previews/step_N.png), from captions of the run's
     held-out data unless --preview.prompts names the prompts; the pipeline records their sampling settings."""
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    """--lora.rank N: train a LoRA adapter on the frozen --init-from model instead of the whole transformer; the
+    run exports output_dir/adapter (`sample.py --adapter`) instead of a model and a pipeline."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.eval_data.resolve(self.data)  # a held-out source without its path fails here, not after training
+        check_lora_run(self.lora, self.init_from)
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"--cond-drop is a probability in [0, 1), got {self.cond_drop}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -165,6 +170,8 @@ class VarTraining:
         self.model = NextScaleTransformer(self.model_config)
         if config.init_from:
             load_initial_weights(self.model, config.init_from)
+        self.adapter = attach_training_adapter(self.model, config.lora, config.init_from) if config.lora.enabled \
+            else None
         if config.activation_checkpointing:
             checkpoint_transformer(self.model)
         accelerator.print(f"transformer: {self.model.num_parameters() / 1e6:.1f}M parameters, "
@@ -261,6 +268,23 @@ class VarTraining:
     def finish(self, runtime: Runtime) -> dict:
         config, output_dir = self.config, runtime.output_dir
         self.model.eval()
+        metrics: dict = {"held_out_source": self.split.description, "parameters": self.model.num_parameters()}
+        if self.adapter is not None:
+            metrics.update(self.adapter.export(self.model, output_dir,
+                                               {"sampling": recommended_sampling(config.preview)}))
+        else:
+            self.export(output_dir)
+        if self.split.evaluation is not None:
+            metrics.update(evaluate_held_out(self.model, self.tokenizer, self.text_encoder, self.split.evaluation,
+                                             config.eval_images))
+            runtime.accelerator.print(format_var_metrics(metrics, self.model_config.num_scales))
+        exported = output_dir / ("adapter" if self.adapter is not None else "pipeline")
+        runtime.accelerator.print(f"exported {exported}; metrics in {output_dir / 'metrics.json'}")
+        return metrics
+
+    def export(self, output_dir: Path) -> None:
+        """Save the whole model and its sampling pipeline."""
+        config = self.config
         self.model.save_pretrained(output_dir / "model")
         if self.text_encoder is None:
             write_pipeline(output_dir / "pipeline", self.tokenizer, self.model, None, None,
@@ -268,13 +292,6 @@ class VarTraining:
         else:
             write_pipeline(output_dir / "pipeline", self.tokenizer, self.model, config.text_encoder,
                            self.text_encoder.max_length, sampling=recommended_sampling(config.preview))
-        metrics: dict = {"held_out_source": self.split.description, "parameters": self.model.num_parameters()}
-        if self.split.evaluation is not None:
-            metrics.update(evaluate_held_out(self.model, self.tokenizer, self.text_encoder, self.split.evaluation,
-                                             config.eval_images))
-            runtime.accelerator.print(format_var_metrics(metrics, self.model_config.num_scales))
-        runtime.accelerator.print(f"exported {output_dir / 'pipeline'}; metrics in {output_dir / 'metrics.json'}")
-        return metrics
 
     def result(self, runtime: Runtime, metrics: dict) -> TrainResult:
         return TrainResult(model=self.model, metrics=metrics)

@@ -41,6 +41,30 @@ def checkpoint_key(name: str | None) -> str | None:
     return str(path.resolve()) if path.exists() else text
 
 
+ADAPTER_MARK = " + adapter "
+"""How a model name carries a LoRA adapter: "PIPELINE + adapter DIR @ SCALE" (`with_adapter`)."""
+
+
+def with_adapter(name: str | None, adapter: str | None, scale: float = 1.0) -> str | None:
+    """The name of pipeline `name` with the LoRA adapter at `adapter` on it at `scale` (no adapter: `name`)."""
+    if not (adapter or "").strip():
+        return name
+    path = Path(adapter.strip()).expanduser()
+    return f"{(name or '').strip() or DEMO_NAME}{ADAPTER_MARK}{path.resolve() if path.exists() else path} @ {scale:g}"
+
+
+def split_adapter(name: str | None) -> tuple[str | None, str | None, float]:
+    """`with_adapter`'s inverse: (pipeline name, adapter directory or None, scale)."""
+    if not name or ADAPTER_MARK not in name:
+        return name, None, 1.0
+    base, _, rest = name.partition(ADAPTER_MARK)
+    adapter, _, scale = rest.rpartition(" @ ")
+    try:
+        return base, adapter or rest, float(scale) if adapter else 1.0
+    except ValueError:
+        raise ModelError(f"adapter scale must be a number, got {scale!r}") from None
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
 
@@ -54,10 +78,14 @@ class LoadedModel:
     pipeline: Pipeline
     dtype: str
     slots: threading.BoundedSemaphore
+    adapter: str | None = None
+    """The LoRA adapter directory on its transformer, if any."""
+    adapter_scale: float = 1.0
 
     @property
     def name(self) -> str:
-        return DEMO_NAME if self.checkpoint is None else self.checkpoint
+        base = DEMO_NAME if self.checkpoint is None else self.checkpoint
+        return with_adapter(base, self.adapter, self.adapter_scale) or base
 
     @property
     def image_size(self) -> int:
@@ -109,6 +137,7 @@ class LoadedModel:
             "tokenizer": f"{count_parameters(tokenizer) / 1e6:.2f} M parameters",
             "device": str(self.pipeline.device),
             "dtype": self.dtype,
+            **({"adapter": f"{self.adapter} at scale {self.adapter_scale:g}"} if self.adapter else {}),
         }
 
 
@@ -125,16 +154,20 @@ class ModelRegistry:
 
     def get(self, name: str | None) -> LoadedModel:
         """The model of `name` (None, '' or 'demo': the bundled demo; a pipeline directory; a hub id)."""
-        key = checkpoint_key(name)
+        base, adapter, scale = split_adapter(name)
+        checkpoint = checkpoint_key(base)
+        key = checkpoint if adapter is None else f"{checkpoint}{ADAPTER_MARK}{adapter} @ {scale:g}"
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
             try:
-                pipeline = load_pipeline(key, self.device, DTYPES[self.dtype])
+                pipeline = load_pipeline(checkpoint, self.device, DTYPES[self.dtype], adapter=adapter,
+                                         adapter_scale=scale)
             except (FileNotFoundError, ValueError, OSError) as error:
                 raise ModelError(f"cannot load {name or DEMO_NAME!r}: {error}") from error
-            model = LoadedModel(key, pipeline, self.dtype, threading.BoundedSemaphore(self.concurrency))
+            model = LoadedModel(checkpoint, pipeline, self.dtype, threading.BoundedSemaphore(self.concurrency),
+                                adapter, scale)
             self._models[key] = model
             while len(self._models) > self.capacity:  # a request still sampling on it keeps its reference
                 self._models.popitem(last=False)
