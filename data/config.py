@@ -23,6 +23,12 @@ class DataConfig:
     zoom_levels: tuple[int, ...] = (1,)
     """Synthetic: zoom levels (1, 2, 4) of the portraits, one drawn per item from (seed, index) uniformly over
     this tuple (repeat a level to weight it); 2 and 4 show the centre half and quarter of the 1x view."""
+    concepts: tuple[str, ...] = ()
+    """Synthetic: concepts the ordinary portraits lack, added as extra attributes (`hat`: a red, blue or green
+    hat, named in the caption); each draws from its own random stream, so the rest of every item is unchanged."""
+    concept_items: int | None = None
+    """Synthetic, with --data.concepts: items 0 .. N-1 carry the concepts and the others are ordinary
+    portraits; None: each item carries each concept with probability 1/2."""
     seed: int = 0
     """Synthetic data seed (0 train, 1 held-out evaluation) and seed of WebDataset shuffling."""
     max_bad_fraction: float = 0.01
@@ -45,6 +51,8 @@ class DataConfig:
 
         if get_source(self.source).needs_path and not self.path:
             raise ValueError(f"source={self.source!r} needs a path (an image folder or a shard pattern)")
+        if (self.concepts or self.concept_items is not None) and self.source != "synthetic":
+            raise ValueError(f"concepts apply to the synthetic source only, not {self.source!r}")
         if self.zoom_levels != (1,) and self.source != "synthetic":
             raise ValueError(f"zoom_levels applies to the synthetic source only, not {self.source!r}")
         if self.image_size < 1:

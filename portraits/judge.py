@@ -21,6 +21,7 @@ portraits seen at every zoom level, each attribute scored only where it is visib
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from nextscale.checkpoint import PretrainedMixin
 from nextscale.images import from_uint8, to_uint8
 from nextscale.portraits.attributes import ATTRIBUTES, visible_attributes
+from nextscale.portraits.concepts import CONCEPTS
 from nextscale.portraits.source import SyntheticConfig, SyntheticPortraits
 from nextscale.tokenizer import MultiScaleVQVAE
 
@@ -188,17 +190,28 @@ def augment(images: torch.Tensor, config: AugmentationConfig, generator: torch.G
 
 
 def _images_and_attributes(items: list[dict]) -> tuple[list[torch.Tensor], list[dict[str, str]]]:
-    """Images and the attributes visible at each item's zoom level (the others are not scored)."""
+    """Images and the attributes visible at each item's zoom level (the others are not scored; a concept
+    such as the hat is scored at the 1x view only)."""
     return [item["image"] for item in items], [
-        {name: value for name, value in item["attributes"].items() if name in visible_attributes(item["zoom"])}
+        {name: value for name, value in item["attributes"].items()
+         if name in visible_attributes(item["zoom"]) or (name in CONCEPTS and item["zoom"] == 1)}
         for item in items]
 
 
+def with_concept_heads(config: JudgeConfig, concepts: tuple[str, ...]) -> JudgeConfig:
+    """`config` with one more head per concept (`nextscale.portraits.concepts`) not already read."""
+    extra = [name for name in concepts if name not in config.attribute_names]
+    return dataclasses.replace(config, attribute_names=(*config.attribute_names, *extra),
+                               attribute_values=(*config.attribute_values, *(CONCEPTS[name] for name in extra)))
+
+
 def render_portraits(seed: int, count: int, size: int, judge_config: JudgeConfig, num_workers: int = 0,
-                     zoom_levels: tuple[int, ...] = (1,)) -> tuple[torch.Tensor, torch.Tensor]:
+                     zoom_levels: tuple[int, ...] = (1,), concepts: tuple[str, ...] = ()
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthetic portraits `0 .. count - 1` of `seed`, each at a level drawn from `zoom_levels`: images
     (n, 3, H, W) uint8, labels (n, A) long, -1 where the attribute is not visible at the item's level."""
-    dataset = SyntheticPortraits(SyntheticConfig(size=size, seed=seed, length=count, zoom_levels=zoom_levels))
+    dataset = SyntheticPortraits(SyntheticConfig(size=size, seed=seed, length=count, zoom_levels=zoom_levels,
+                                                 concepts=concepts))
     loader = DataLoader(dataset, batch_size=256, num_workers=num_workers, collate_fn=_images_and_attributes)
     images, labels = [], []
     for batch_images, batch_attributes in tqdm(loader, desc=f"rendering seed {seed}", unit="batch", leave=False):

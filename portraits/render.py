@@ -335,15 +335,30 @@ def _paint_top(canvas: _Canvas, p: _Person) -> None:
     canvas.box(cx - eye_dx + rim_x, cx + eye_dx - rim_x, eye_y - 0.022, eye_y - 0.002, p.frame)
 
 
+_HAT = {"red": (204, 36, 44), "blue": (36, 64, 200), "green": (40, 150, 64)}
+_HAT_BAND = _rgb(24, 22, 26)
+
+
+def _paint_hat(canvas: _Canvas, p: _Person, colour: str) -> None:
+    """A brimmed hat over the top hair (concept `hat`; no rng draw: the person's geometry decides it)."""
+    cx, cy, rx, ry = p.cx, p.cy, p.rx, p.ry
+    fill = _rgb(*_HAT[colour])
+    brim_y = cy - ry * 0.7
+    canvas.box(cx - rx * 0.82, cx + rx * 0.82, cy - ry * 1.42, brim_y, fill)
+    canvas.box(cx - rx * 0.82, cx + rx * 0.82, brim_y - ry * 0.16, brim_y - ry * 0.05, _HAT_BAND)
+    canvas.ellipse(cx, brim_y, rx * 1.38, ry * 0.11, fill * 0.85)
+
+
 def render_portrait(attributes: Mapping[str, str], size: int, rng: np.random.Generator,
-                    zoom: int = 1) -> np.ndarray:
+                    zoom: int = 1, concepts: Mapping[str, str] | None = None) -> np.ndarray:
     """Draw one portrait with the given (complete) attributes, seen at `zoom` (1, 2 or 4): uint8 (size, size, 3).
 
     The portrait is a pure function of (attributes, rng state), whatever the zoom: the same rng state
     gives the same person at every level, and each level is the centre half of the one before, rendered
     at full resolution (`view_window`). Layers back to front: background and head shadow, long hair,
     clothes, neck, ears, face, beard, mouth, nose, eyes, brows, top hair, glasses, then one smooth
-    lighting gradient over everything.
+    lighting gradient over everything. `concepts` (`nextscale.portraits.concepts`) adds layers above the
+    glasses (a hat) without drawing from `rng`, so a portrait without them is unchanged.
     """
     if zoom not in ZOOM_LEVELS:
         raise ValueError(f"zoom must be one of {ZOOM_LEVELS}, got {zoom}")
@@ -351,6 +366,8 @@ def render_portrait(attributes: Mapping[str, str], size: int, rng: np.random.Gen
     person = _draw_person(attributes, rng)
     for layer in (_paint_behind, _paint_face, _paint_mouth_and_nose, _paint_eyes, _paint_top):
         layer(canvas, person)
+    if concepts and concepts.get("hat", "no") != "no":
+        _paint_hat(canvas, person, concepts["hat"])
     lighting = 255 * (1 + person.light_x * (canvas.x - 0.5) + person.light_y * (canvas.y - 0.5))
     canvas.rgb *= lighting[..., None]
     canvas.rgb += 0.5  # round, not truncate, below

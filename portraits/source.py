@@ -16,6 +16,7 @@ from nextscale.data.config import DataConfig
 from nextscale.data.sources import Source, register_source
 from nextscale.portraits.attributes import ZOOM_LEVELS, sample_attributes
 from nextscale.portraits.captions import sample_caption
+from nextscale.portraits.concepts import check_concepts, item_concepts, with_concepts
 from nextscale.portraits.render import render_portrait
 
 HELD_OUT_SEED_OFFSET = 1_000_003
@@ -34,8 +35,13 @@ class SyntheticConfig:
     zoom_levels: tuple[int, ...] = (1,)
     """Zoom levels (1, 2, 4) an item may be seen at, one drawn uniformly per item from this tuple (repeat a
     level to weight it)."""
+    concepts: tuple[str, ...] = ()
+    """New concepts to add (`nextscale.portraits.concepts`, e.g. ("hat",)); none: the ordinary world."""
+    concept_items: int | None = None
+    """With concepts: items 0 .. N-1 carry them and the others not; None: each item with probability 1/2."""
 
     def __post_init__(self) -> None:
+        check_concepts(self.concepts)
         if not self.zoom_levels or any(level not in ZOOM_LEVELS for level in self.zoom_levels):
             raise ValueError(f"zoom_levels must be a non-empty tuple of {ZOOM_LEVELS}, got {self.zoom_levels}")
 
@@ -64,15 +70,22 @@ class SyntheticPortraits(Dataset):
         zoom = self.config.zoom_level(index)
         rng = np.random.default_rng([self.config.seed, index])
         attributes = sample_attributes(rng)
-        pixels = render_portrait(attributes, self.config.size, rng, zoom)  # (H, W, 3) uint8
+        concepts, wording = {}, None
+        if self.config.concepts:
+            concepts, wording = item_concepts(self.config.concepts, self.config.seed, index, self.config.concept_items)
+        pixels = render_portrait(attributes, self.config.size, rng, zoom, concepts)  # (H, W, 3) uint8
         image = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
-        return {"image": image, "caption": sample_caption(attributes, rng, zoom), "attributes": attributes,
-                "index": index, "zoom": zoom}
+        caption = sample_caption(attributes, rng, zoom)
+        if concepts and zoom == 1:  # closer views crop the hat: not named there
+            caption = with_concepts(caption, concepts, wording)
+        return {"image": image, "caption": caption, "attributes": {**attributes, **concepts}, "index": index,
+                "zoom": zoom}
 
 
 def _build(config: DataConfig, shuffle: bool) -> SyntheticPortraits:
     return SyntheticPortraits(SyntheticConfig(size=config.image_size, seed=config.seed, length=config.synthetic_length,
-                                              zoom_levels=config.zoom_levels))
+                                              zoom_levels=config.zoom_levels, concepts=config.concepts,
+                                              concept_items=config.concept_items))
 
 
 def _held_out(config: DataConfig) -> DataConfig:

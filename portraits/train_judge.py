@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from nextscale.images import from_uint8
 from nextscale.portraits.attributes import ATTRIBUTES, ZOOM_LEVELS, visible_attributes
+from nextscale.portraits.concepts import CONCEPTS, check_concepts
 from nextscale.portraits.judge import (
     AttributeJudge,
     AugmentationConfig,
@@ -31,6 +32,7 @@ from nextscale.portraits.judge import (
     reconstruct,
     render_portraits,
     validate,
+    with_concept_heads,
 )
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.errors import run_cli
@@ -92,6 +94,9 @@ class JudgeTrainConfig(RunConfig):
     zoom_levels: tuple[int, ...] = (1,)
     """Zoom levels (1, 2, 4) of the training renders, drawn per portrait; every attribute is trained and
     validated only at the levels where it is visible (`visible_attributes`)."""
+    concepts: tuple[str, ...] = ()
+    """New concepts to read too (`nextscale.portraits.concepts`, e.g. hat): one more head each, trained and
+    validated on renders where each portrait carries each concept with probability 1/2."""
     init_from: str | None = None
     """Start from the weights of a saved judge (e.g. checkpoints/demo/judge) of the same architecture."""
 
@@ -105,7 +110,8 @@ class JudgeTrainConfig(RunConfig):
             raise ValueError("need batch_size >= 2 (batch norm)")
         if self.train_pool < self.batch_size:
             raise ValueError(f"--train-pool {self.train_pool} is smaller than --batch-size {self.batch_size}")
-        if any(ATTRIBUTES.get(name) != values for name, values in
+        check_concepts(self.concepts)
+        if any({**ATTRIBUTES, **CONCEPTS}.get(name) != values for name, values in
                zip(self.model.attribute_names, self.model.attribute_values)):
             raise ValueError("the judge trains on the synthetic portraits: its attributes must come from ATTRIBUTES")
 
@@ -133,10 +139,11 @@ class JudgeTraining:
             if self.tokenizer.config.image_size != size:
                 raise ValueError(f"the tokenizer works at {self.tokenizer.config.image_size} px, the judge at {size} "
                                  "px: set --model.image-size to match")
-        self.images, self.labels = render_portraits(config.train_seed, config.train_pool, size, config.model,
-                                                    config.num_workers, config.zoom_levels)
-        self.validation = {level: render_portraits(config.validation_seed, config.eval_images, size, config.model,
-                                                   config.num_workers, (level,))
+        model_config = with_concept_heads(config.model, config.concepts)
+        self.images, self.labels = render_portraits(config.train_seed, config.train_pool, size, model_config,
+                                                    config.num_workers, config.zoom_levels, config.concepts)
+        self.validation = {level: render_portraits(config.validation_seed, config.eval_images, size, model_config,
+                                                   config.num_workers, (level,), config.concepts)
                            for level in sorted(set(config.zoom_levels))}
         self.reconstructions = self.images[:0]
         self.reconstructed_per_batch = 0
@@ -145,10 +152,10 @@ class JudgeTraining:
                                                                                  config.train_pool)])
             self.reconstructed_per_batch = round(config.batch_size * config.reconstruction_fraction)
         self.render_seconds = time.perf_counter() - start
-        self.judge = AttributeJudge(config.model)
+        self.judge = AttributeJudge(model_config)
         if config.init_from is not None:
             initial = AttributeJudge.from_pretrained(config.init_from)
-            if initial.config != config.model:
+            if initial.config != model_config:
                 raise ValueError(f"{config.init_from} is a judge of another architecture: {initial.config}")
             self.judge.load_state_dict(initial.state_dict())
         optimizer, scheduler = adamw_with_schedule(self.judge, config.learning_rate, config.weight_decay,
@@ -177,7 +184,7 @@ class JudgeTraining:
         inputs = augment(from_uint8(images), config.augmentation, self.generator).to(runtime.device)
         logits = self.module(inputs)
         labels = labels.to(runtime.device)
-        names = config.model.attribute_names
+        names = self.judge.config.attribute_names
         loss = attribute_loss(logits, labels, names)
         runtime.accelerator.backward(loss)
         return {"loss": loss.detach()}
@@ -189,7 +196,8 @@ class JudgeTraining:
         config = self.config
         train_seconds = time.perf_counter() - self.started
         start = time.perf_counter()
-        levels = {level: validate(self.judge, images, labels, self.tokenizer, visible_attributes(level))
+        levels = {level: validate(self.judge, images, labels, self.tokenizer,
+                                  (*visible_attributes(level), *(config.concepts if level == 1 else ())))
                   for level, (images, labels) in self.validation.items()}
         metrics = dict(levels[min(levels)])  # the lowest level's metrics at the top, as without zoom
         if len(levels) > 1:

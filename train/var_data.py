@@ -58,7 +58,10 @@ def cache_fingerprint(tokenizer_path: str, data: DataConfig, text_encoder: str, 
     with open(weights, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    payload = {"tokenizer": digest.hexdigest(), "data": dataclasses.asdict(data), "text_encoder": text_encoder,
+    fields = dataclasses.asdict(data)
+    if not data.concepts and data.concept_items is None:  # so caches of the ordinary world keep their fingerprint
+        fields = {k: v for k, v in fields.items() if k not in ("concepts", "concept_items")}
+    payload = {"tokenizer": digest.hexdigest(), "data": fields, "text_encoder": text_encoder,
                "max_length": max_length, "count": count, "subset": subset, "format": CACHE_FORMAT}
     if mixing:  # absent otherwise, so caches without mixing captions keep their fingerprint
         payload["mixing_captions"] = list(MIXING_KINDS)
