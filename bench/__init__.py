@@ -1,1 +1,1 @@
-"""nextscale's performance suite (`python -m bench`): see bench/run.py and README "Performance"."""
+"""nextscale's performance suite (`python -m bench`): see bench/run.py and docs/performance.md."""

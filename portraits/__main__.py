@@ -1,4 +1,4 @@
-"""Look at the synthetic world: `python -m nextscale.data --out grid.png --num 64` saves a grid of
+"""Look at the synthetic world: `python -m nextscale.portraits --out grid.png --num 64` saves a grid of
 portraits and prints their captions; `--zoom 1 2 4` shows each portrait at those zoom levels, one row
 per portrait (each level is the centre half of the one before it)."""
 

@@ -284,7 +284,7 @@ def evaluate(config: EditEvaluationConfig) -> dict:
 
 
 def markdown_report(report: dict) -> str:
-    """The measurements in the report as README-ready markdown."""
+    """The measurements in the report as markdown (for its experiment page)."""
     lines = ["| measurement | edits | result |", "|---|---|---|"]
     inpaint = report.get("inpainting")
     if inpaint is not None:

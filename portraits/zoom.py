@@ -168,7 +168,7 @@ def evaluate_zoom(pipeline: Pipeline, judge: AttributeJudge, config: ZoomEvaluat
 
 
 def zoom_markdown(rows: Sequence[dict]) -> str:
-    """The zoom measurements as a README-ready table."""
+    """The zoom measurements as a markdown table (for its experiment page)."""
     lines = ["| zoom | levels | agreement before blend (dB) | the world's own child vs a decoded parent (dB) | "
              "tokenizer round trip of the crops (dB) | after blend (dB) | seam ratio after blend | unblended parent | "
              "naive paste | adherence per level (mean) |",

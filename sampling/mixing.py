@@ -6,7 +6,7 @@ B's details. Each distinct prompt is encoded once (`scale_conditions`). On the c
 after the switch attend to the earlier scales' keys and values as they were computed under A, so the
 codes of the scales before the switch are exactly those of prompt A alone with the same seed. A
 transformer with `layout_context` shows the scales after the switch prompt A beside B (B marked as the
-detail prompt), which keeps more of A's layout (README "Layout context, measured").
+detail prompt), which keeps more of A's layout (docs/experiments/layout-context.md).
 """
 
 from __future__ import annotations

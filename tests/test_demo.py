@@ -14,7 +14,7 @@ from nextscale.sampling.pipeline import DEMO_PIPELINE, load_pipeline
 from nextscale.sampling.sampler import SamplingConfig, generate
 
 ROOT = Path(__file__).resolve().parent.parent
-# Attributes the demo model draws reliably (see README, Results); each prompt asks for two.
+# Attributes the demo model draws reliably (docs/experiments/adherence-bundled-demo.md); each prompt asks for two.
 PROMPTS = {
     "a man with a beard on a blue background": {"beard": "yes", "background": "blue"},
     "a woman with red hair on a green background": {"hair_color": "red", "background": "green"},

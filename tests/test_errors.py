@@ -1,4 +1,4 @@
-"""User mistakes end with one line, `error: ...`, exit code 2 and no traceback (README, Reliability)."""
+"""User mistakes end with one line, `error: ...`, exit code 2 and no traceback (docs/reliability.md)."""
 
 from __future__ import annotations
 

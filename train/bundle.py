@@ -34,7 +34,7 @@ class BundleArgs:
     var_run: Path = Path("runs/var")
     """Output directory of train_var.py (holds pipeline/ and metrics.json)."""
     judge: Path = Path("runs/judge")
-    """Output directory of `python -m nextscale.portraits.judge` (holds model/ and metrics.json)."""
+    """Output directory of `python -m nextscale.portraits.train_judge` (holds model/ and metrics.json)."""
     out: Path = Path("checkpoints/demo")
     """The bundle to write (replaced atomically)."""
     teacher: Path | None = None
@@ -48,7 +48,7 @@ def bundle(args: BundleArgs) -> Path:
     judge_model = args.judge / "model"
     if not judge_model.is_dir():
         raise FileNotFoundError(f"{judge_model} is not a directory: give --judge the output directory of "
-                                "python -m nextscale.portraits.judge")
+                                "python -m nextscale.portraits.train_judge")
     metrics = {"tokenizer": read_json_object(args.tokenizer_run / "metrics.json"),
                "transformer": read_json_object(args.var_run / "metrics.json"),
                "judge": read_json_object(args.judge / "metrics.json")}

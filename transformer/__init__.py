@@ -1,4 +1,4 @@
-"""Next-scale transformer, attention, text conditioning and per-scale prompts (see DESIGN.md, "Transformer")."""
+"""Next-scale transformer, attention, text conditioning and per-scale prompts (docs/design.md)."""
 
 from nextscale.transformer.attention import KVCache, attention, key_padding_mask, naive_attention
 from nextscale.transformer.config import PRESETS, TransformerConfig

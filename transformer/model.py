@@ -146,7 +146,7 @@ class NextScaleTransformer(nn.Module, PretrainedMixin):
     def compile_blocks(self) -> NextScaleTransformer:
         """`torch.compile` every block (shape-dynamic, so the scales' growing token and key counts share
         one graph); returns self. The first call pays the compilation (minutes on a CPU): it pays for
-        long sampling runs, not for a few images (README "Performance" has the measurement)."""
+        long sampling runs, not for a few images (docs/experiments/performance-suite-cpu.md)."""
         for block in self.blocks:
             block.compile(dynamic=True)
         return self

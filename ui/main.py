@@ -5,8 +5,8 @@ nextscale-ui --checkpoint runs/var/pipeline --port 8000 --concurrency 2
 
 The first model loads in a background thread once the page is served: the page is up sooner, and a
 request that comes before the model is ready waits for it. Loading it while the web framework was
-imported, or while the page was built, was slower (both are mostly Python, holding the GIL; README,
-"The web UI", has the measurements).
+imported, or while the page was built, was slower (both are mostly Python, holding the GIL;
+docs/experiments/web-ui-load.md has the measurements).
 """
 
 from __future__ import annotations
