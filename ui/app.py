@@ -3,8 +3,11 @@ script is `nextscale.ui.main`)."""
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 from collections.abc import Callable
+from typing import Any, NoReturn
 
 from nextscale.ui.config import UIConfig
 
@@ -34,10 +37,48 @@ INTRO = (
 )
 
 
+logger = logging.getLogger("nextscale.ui")
+
+
+class Page(gr.Blocks):
+    """The page's Blocks. A request whose inputs Gradio cannot take before any handler runs (too few of them,
+    a value of the wrong kind, a file path the server refuses as an upload) gets a message that says what
+    is wrong (Gradio sent `{"error": null}` and logged its traceback); the server logs it in one line."""
+
+    async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        names = [str(getattr(block, "label", None) or type(block).__name__.lower()) for block in block_fn.inputs]
+        if len(inputs) < len(names):
+            self.refuse(block_fn, f"{block_fn.name} takes {len(names)} inputs ({', '.join(names)}); the request "
+                                  f"gave {len(inputs)}")
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except Exception as error:  # Gradio's own checks of the request: the request's fault
+            self.refuse(block_fn, refusal(error, names))
+
+    @staticmethod
+    def refuse(block_fn: Any, message: str) -> NoReturn:
+        logger.warning("refused a request to %s: %s", block_fn.name, message)
+        raise gr.Error(html.escape(message, quote=False), print_exception=False)  # the page shows it as HTML
+
+
+def refusal(error: Exception, names: list[str]) -> str:
+    """One line saying which input of a request Gradio refused and why (its own message is several lines)."""
+    text = str(error)
+    index = re.search(r"input component at index (\d+)", text)
+    expected = re.search(r"^Expected .*$", text, re.MULTILINE)
+    if index is not None and int(index.group(1)) < len(names):
+        reason = expected.group(0) if expected is not None else text.splitlines()[-1]
+        reason = reason[:1].lower() + reason[1:]
+        return f"input {int(index.group(1)) + 1} ({names[int(index.group(1))]}) is refused: {reason}"
+    return f"the request is refused: {text.splitlines()[0] if text else type(error).__name__}"
+
+
 def build_app(services: Services) -> gr.Blocks:
     """The page, wired to `services`; `launch` it (see `serve`) or mount it."""
     config = services.config
-    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=CACHE_CLEANUP) as blocks:
+    with Page(title=TITLE, analytics_enabled=False, delete_cache=CACHE_CLEANUP) as blocks:
         gr.Markdown(INTRO)
         model_name = gr.State(config.checkpoint)
         recent = recent_gallery()
@@ -83,7 +124,7 @@ def serve(config: UIConfig, registry: ModelRegistry | None = None, block: bool =
         css=CSS,
         footer_links=[],
     )
-    logging.getLogger("nextscale.ui").info("serving on %s", url)
+    logger.info("serving on %s", url)
     if on_serving is not None:
         on_serving()
     if block:
