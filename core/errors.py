@@ -14,7 +14,7 @@ import io
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import tyro
@@ -49,10 +49,41 @@ _BOX = re.compile(r"[\u2500-\u257f\u2580-\u259f]+")
 _TYRO_TITLES = ("Value error", "Parsing error", "Required options", "Unrecognized options")
 
 
-def parse(config_class: type[T], argv: list[str], default: T | None = None) -> T:
+HELP_FLAGS = ("-h", "--help")
+VERBOSE_HELP_FLAGS = ("-H", "--help-verbose")
+
+
+def print_help(config_class: type, argv: list[str], default: Any, extra_help: Sequence[tuple[str, str]]) -> bool:
+    """For a config class with `HELP_FIRST` (`nextscale.cli_help`): print its short help for -h/--help, or
+    tyro's full listing for -H/--help-verbose, and return True; False when neither is asked for or the
+    class has no short help (tyro prints its own)."""
+    if getattr(config_class, "HELP_FIRST", None) is None:
+        return False
+    if any(arg in HELP_FLAGS for arg in argv):
+        from nextscale.cli_help import format_help
+
+        instance = default if default is not None else config_class()
+        sys.stdout.write(format_help(config_class, instance, os.path.basename(sys.argv[0]), extra_help))
+        return True
+    if any(arg in VERBOSE_HELP_FLAGS for arg in argv):
+        try:
+            tyro.cli(config_class, args=["--help"], default=default)
+        except SystemExit:
+            pass
+        for invocation, text in extra_help:
+            print(f"{invocation}\n    {text}")
+        return True
+    return False
+
+
+def parse(config_class: type[T], argv: list[str], default: T | None = None,
+          extra_help: Sequence[tuple[str, str]] = ()) -> T:
     """tyro.cli, with its framed multi-line error boxes (bad values, a config's own checks) condensed into
-    one `error: ...` line (exit 2); --help and successful parses are untouched. `default` replaces the
-    class's defaults (e.g. a preset chosen by one option)."""
+    one `error: ...` line (exit 2); successful parses are untouched. `default` replaces the class's defaults
+    (e.g. a preset chosen by one option). --help is tyro's, or for a class with `HELP_FIRST` the short help
+    of `nextscale.cli_help` (options `extra_help` listed first) and -H tyro's."""
+    if print_help(config_class, argv, default, extra_help):
+        raise SystemExit(0)
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured):
@@ -75,18 +106,20 @@ def run_cli(config_class: type[T], main: Callable[[T], Any], argv: list[str] | N
             user_errors: tuple[type[BaseException], ...] = (),
             failures: tuple[type[BaseException], ...] = (),
             explain: Callable[[BaseException], str | None] | None = None,
-            defaults: Callable[[list[str]], T | None] | None = None) -> Any:
+            defaults: Callable[[list[str]], T | None] | None = None,
+            extra_help: Sequence[tuple[str, str]] = ()) -> Any:
     """Parse `config_class` from the command line (tyro) and call `main` with it; mistakes become one line.
 
     `user_errors` add to `USER_ERRORS` (exit 2); `failures` exit 1; `explain(error)` may turn any other
     exception into a one-line message (exit 1), or return None to keep its traceback. `defaults(argv)` may
-    return the instance whose values are the defaults of this command line (None: the class's own).
+    return the instance whose values are the defaults of this command line (None: the class's own);
+    `extra_help` lists options read outside the parser at the top of --help.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [arg for arg in argv if arg != "--debug"]
     try:
-        return main(parse(config_class, argv, defaults(argv) if defaults is not None else None))
+        return main(parse(config_class, argv, defaults(argv) if defaults is not None else None, extra_help))
     except (*USER_ERRORS, *user_errors) as error:
         if debug:
             raise
