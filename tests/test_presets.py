@@ -111,3 +111,88 @@ def test_the_transformer_training_takes_the_image_size_from_its_tokenizer(capsys
     assert var_defaults(["--tokenizer", str(tmp_path / "missing")]) is None  # reported when it loads
     with pytest.raises(ValueError, match="the tokenizer works at 16 px but --data.image-size is 64: drop"):
         check_tokenizer_size(DataConfig(), 16)
+
+
+def var_args(argv: list[str]) -> VarTrainConfig:
+    from nextscale.train.presets import parser_arguments
+
+    return parse(VarTrainConfig, parser_arguments(argv), var_defaults(argv))
+
+
+def tokenizer_command(argv: list[str]) -> TokenizerTrainConfig:
+    """`tokenizer_args` as the script parses: --preset and --config read by the resolver alone."""
+    from nextscale.train.presets import parser_arguments
+
+    return parse(TokenizerTrainConfig, parser_arguments(argv), tokenizer_defaults(argv))
+
+
+def test_one_depth_gives_vars_width_and_heads_unless_they_are_given():
+    """--model.depth D: width 64 * D and D heads of 64 (VAR's rule), each unless given; the presets var-dN say
+    all of VAR's shape; a depth equal to the one it replaces changes nothing (the demo stays the demo)."""
+    from nextscale.transformer import TransformerConfig
+
+    def shape(argv: list[str]) -> tuple[int, int, int]:
+        model = var_args(argv).model
+        return model.depth, model.width, model.num_heads
+
+    assert shape(["--model.depth", "16"]) == (16, 1024, 16)
+    assert shape(["--model.depth=20", "--model.width", "512"]) == (20, 512, 8)  # heads of 64
+    assert shape(["--model.depth", "16", "--model.num-heads", "8"]) == (16, 1024, 8)
+    assert shape(["--model.depth", "6"]) == shape([]) == (6, 256, 4) and var_defaults(["--model.depth", "6"]) is None
+    var_d20 = TransformerConfig.var(20)
+    model = var_args(["--preset", "var-d20"]).model
+    assert (model.depth, model.width, model.num_heads, model.drop_path, model.qk_norm, model.key_bias) == (
+        var_d20.depth, var_d20.width, var_d20.num_heads, var_d20.drop_path, var_d20.qk_norm, var_d20.key_bias)
+    assert shape(["--preset", "var-d16", "--model.depth", "24"]) == (24, 1536, 24)
+    assert TransformerConfig(depth=16).width == TransformerConfig().width  # the rule is the command line's alone
+    tokenizer = tokenizer_command(["--preset", "var-d16"])
+    model = tokenizer.model
+    assert (model.image_size, model.vocab_size, model.encoder_channels) == (256, 4096, 160)
+    assert tokenizer.alignment.teacher == "none"  # not the demo's data: the demo teacher is off
+
+
+def test_preset_then_recipe_then_the_command_line(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("tokenizer:\n  steps: 5\n  learning-rate: 3e-4\n  model.vocab_size: 512\n"
+                      "  data: {source: folder, path: /images}\nvar:\n  model: {depth: 8}\nnotes: ignored\n")
+    argv = ["--preset", "var-d16", "--config", str(recipe), "--model.latent-dim", "16"]
+    config = tokenizer_command(argv)
+    assert (config.steps, config.learning_rate, config.model.vocab_size) == (5, 3e-4, 512)  # the recipe's
+    assert (config.model.encoder_channels, config.model.latent_dim) == (160, 16)  # the preset's, the command line's
+    assert config.data.path == "/images" and config.alignment.teacher == "none"
+    assert var_args(["--config", str(recipe)]).model.width == 512  # depth 8 in the recipe: VAR's width
+    for text, message in [("tokenizer:\n  stepz: 5\n", "tokenizer.stepz is not an option (did you mean tokenizer."),
+                          ("tokenizer:\n  steps: many\n", 'steps is "many", expected an integer'),
+                          ("tokenizer:\n  model: 3\n", "model holds options"),
+                          ("var:\n  steps: 5\n", "has no tokenizer: section"),
+                          ("tokenizers: {}\n", "unknown top-level keys ['tokenizers']"),
+                          ("tokenizer: [\n", "is not valid YAML")]:
+        recipe.write_text(text)
+        assert message in error_line(capsys, TokenizerTrainConfig, ["--config", str(recipe)], tokenizer_defaults)
+    assert "unknown; choose from demo, var-d16" in error_line(capsys, TokenizerTrainConfig, ["--preset", "d16"],
+                                                              tokenizer_defaults)
+    assert "no such recipe file" in error_line(capsys, TokenizerTrainConfig, ["--config", str(tmp_path / "none")],
+                                                tokenizer_defaults)
+
+
+def test_resume_takes_the_runs_saved_config_as_its_bottom_layer(tmp_path):
+    """--resume with an output directory that holds train_config.json: its values are the defaults (under
+    the preset, the recipe and the command line), keys it has that the config no longer has are dropped."""
+    import dataclasses
+    import json
+
+    from nextscale.transformer import TransformerConfig
+
+    saved = TokenizerTrainConfig(output_dir=str(tmp_path), image_size=32, model=TokenizerConfig.for_image_size(
+        32, vocab_size=128), data=DataConfig(image_size=32, synthetic_length=99), steps=40)
+    old = {**dataclasses.asdict(saved), "mixed_precision_used": "no", "a_removed_option": 1}
+    old["model"]["null_code"] = False  # a removed tokenizer option, at its old default
+    (tmp_path / "train_config.json").write_text(json.dumps(old))
+    resumed = tokenizer_args(["--resume", "latest", "--output-dir", str(tmp_path), "--steps", "80"])
+    assert dataclasses.replace(resumed, steps=40, resume=None) == saved and resumed.steps == 80
+    assert tokenizer_args(["--output-dir", str(tmp_path)]).model == TokenizerConfig()  # a fresh run: not read
+    var = VarTrainConfig(output_dir=str(tmp_path / "var"), model=TransformerConfig(depth=2, width=256, num_heads=4))
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "train_config.json").write_text(json.dumps(dataclasses.asdict(var)))
+    argv = ["--resume", "latest", "--output-dir", str(tmp_path / "var"), "--model.depth", "2"]
+    assert var_args(argv).model == var.model  # the run's own width, not the one --model.depth 2 implies

@@ -27,11 +27,22 @@ def collective_timeout(error: BaseException) -> str | None:
 
 def run_cli(config_class: type[T], main: Callable[[T], Any], argv: list[str] | None = None,
             defaults: Callable[[list[str]], T | None] | None = None) -> Any:
-    """Parse a training config from the command line and run it, turning mistakes into one line;
-    `defaults(argv)` may pick the defaults (a size preset)."""
+    """Parse a training config from the command line and run it, turning mistakes into one line.
+
+    The defaults come from `defaults(argv)`, by default the resolver of the training
+    (`nextscale.train.presets.resolve`: --preset, --config, the sizes the command line gives); the options
+    the resolver reads itself (--preset, --config) are not passed on to the parser."""
+    import sys
+
     from nextscale.data.badinput import TooManyBadFiles
+    from nextscale.train import presets
     from nextscale.train.runtime import NonFiniteTraining
     from nextscale.train.state import CheckpointError
 
-    return run_any_cli(config_class, main, argv, user_errors=(TooManyBadFiles, CheckpointError),
-                       failures=(NonFiniteTraining,), explain=collective_timeout, defaults=defaults)
+    given = list(sys.argv[1:] if argv is None else argv)
+    resolver = defaults if defaults is not None else presets.resolver_of(config_class)
+    resolved = None if resolver is None else (lambda _: resolver([a for a in given if a != "--debug"]))
+    extra_help = presets.help_entries() if presets.resolver_of(config_class) is not None else ()
+    return run_any_cli(config_class, main, presets.parser_arguments(given),
+                       user_errors=(TooManyBadFiles, CheckpointError), failures=(NonFiniteTraining,),
+                       explain=collective_timeout, defaults=resolved, extra_help=extra_help)

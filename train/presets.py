@@ -1,33 +1,65 @@
-"""Sizes given once: the tokenizer training's `--image-size` picks a size preset, the transformer training
-takes the image size from its tokenizer.
+"""The one place where a training's defaults are decided, before its command line is parsed.
 
-Both work by choosing the defaults of the command line before it is parsed, so that every other option
-(e.g. `--model.channel-mult`) still overrides the preset and is checked against the right size.
+`resolve(config_class, argv)` builds the defaults of `train_tokenizer.py` and `train_var.py` from layers,
+each on top of the one before:
+
+    the class's own defaults (the offline demo preset)
+    < the run's saved train_config.json     (with --resume, when output_dir has one)
+    < --preset NAME                          (`PRESETS`: named sizes, e.g. var-d16)
+    < --config FILE                          (a recipe: YAML with a `tokenizer:` and a `var:` section)
+    < the sizes the command line gives       (--image-size N, --model.depth D and what they imply)
+
+and tyro parses every option of the command line on top of the result (its `default=` instance), so
+`--help` shows a preset's or a recipe's values as the defaults. The implicit rules live here alone:
+
+- `--image-size N` (or `image_size:` in a recipe) sets the data and model sizes and picks the tokenizer's
+  size preset (`TokenizerConfig.for_image_size`); `--model.*` options override it;
+- the demo preset's alignment (the bundled teacher, which knows only the synthetic portraits at 64 px)
+  is off for any other data or size unless a teacher is named (`default_alignment`);
+- `train_var.py` takes the image size from its tokenizer's config.json (over a preset's or recipe's);
+- `--model.depth D` (or `depth:` in a recipe) that changes the transformer's depth sets its width to
+  64 * D and its heads to D, heads of 64 (VAR's rule), unless the same layer gives the width (the heads
+  stay of 64) or the heads.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
+import re
+import types
+import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nextscale.data import DataConfig
-from nextscale.tokenizer import TokenizerConfig
+from nextscale.sampling.pipeline import DEMO_PIPELINE
+from nextscale.tokenizer.config import size_preset
+from nextscale.tokenizer.losses.alignment import AlignmentConfig
 
 if TYPE_CHECKING:
     from nextscale.train.tokenizer_loop import TokenizerTrainConfig
     from nextscale.train.var_loop import VarTrainConfig
 
+T = TypeVar("T")
 
-def option_value(argv: list[str], name: str) -> str | None:
-    """The last value given to `name` (`--name VALUE` or `--name=VALUE`), or None."""
-    value = None
-    for index, arg in enumerate(argv):
-        if arg == name and index + 1 < len(argv):
-            value = argv[index + 1]
-        elif arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-    return value
+DEMO_TEACHER = DEMO_PIPELINE / "teacher"
+"""The demo preset's alignment teacher, bundled: the tiny DINOv2 that `nextscale.portraits.teacher` trains on
+the synthetic portraits (never the judge)."""
+
+RESOLVER_OPTIONS = ("--preset", "--config")
+"""The options the resolver reads itself; the parser never sees them."""
+
+SAVED_CONFIG = "train_config.json"
+"""What every run writes into its output directory (`Runtime.run`): the config it trained with."""
+
+
+def demo_alignment() -> AlignmentConfig:
+    """The demo preset's alignment: the last scale, weight 0.1, the bundled teacher at 64 px
+    (docs/experiments/alignment-weight-0.1.md)."""
+    return AlignmentConfig(teacher=str(DEMO_TEACHER), weight=0.1, scales="last", teacher_resolution=64)
 
 
 def is_demo_data(source: str, image_size: int | None) -> bool:
@@ -36,23 +68,303 @@ def is_demo_data(source: str, image_size: int | None) -> bool:
     return source == DataConfig.source and image_size in (None, DataConfig.image_size)
 
 
-def tokenizer_defaults(argv: list[str]) -> TokenizerTrainConfig | None:
-    """The tokenizer training's defaults when the run is not the demo preset: with `--image-size N`, at N px
-    (data, model and its size preset); with `--image-size N` or another `--data.source`, no alignment (the
-    demo's teacher knows only the synthetic portraits at 64 px) unless `--alignment.teacher` is given."""
-    from nextscale.tokenizer.losses.alignment import AlignmentConfig
-    from nextscale.train.tokenizer_loop import TokenizerTrainConfig
+def default_alignment(source: str, image_size: int | None) -> AlignmentConfig:
+    """The alignment a tokenizer training gets when none is named: the demo preset's for the demo's data,
+    off (with DINOv2's settings, for a teacher named later) for any other source or size."""
+    return demo_alignment() if is_demo_data(source, image_size) else AlignmentConfig(teacher="none")
 
-    value = option_value(argv, "--image-size")
-    if value is not None and not value.isdigit():
-        return None  # not a number: the parser reports it
-    size = None if value is None else int(value)
-    source = option_value(argv, "--data.source") or DataConfig.source
-    if is_demo_data(source, size):
-        return None  # the demo preset
-    sized = {} if size is None else dict(image_size=size, model=TokenizerConfig.for_image_size(size),
-                                         data=DataConfig(image_size=size))
-    return TokenizerTrainConfig(alignment=AlignmentConfig(teacher="none"), **sized)
+
+# VAR's VQVAE (vae_ch160v4096z32, `nextscale.tokenizer.var_weights`): 16x downsampling, 4096 codes of width 32.
+VAR_TOKENIZER: dict[str, Any] = dict(
+    latent_dim=32, vocab_size=4096, encoder_channels=160, decoder_channels=160, encoder_res_blocks=2,
+    decoder_res_blocks=3, mid_attention=True, mid_res_blocks=2, level_attention=True, quant_convs=True,
+    downsample_padding="asymmetric", lookup="l2", num_phi=4, phi_mix=0.5, norm_groups=32,
+)
+
+
+def var_preset(depth: int, image_size: int = 256) -> dict[str, dict[str, Any]]:
+    """VAR-d`depth` (Tian et al. 2024): its VQVAE's shape at `image_size` px for the tokenizer training, and
+    `TransformerConfig.var(depth)`'s shape (width 64 * depth, depth heads, drop path 0.1 * depth / 24,
+    l2-normalised queries and keys without a key bias) for the transformer training."""
+    transformer = dict(depth=depth, width=64 * depth, num_heads=depth, drop_path=0.1 * depth / 24, qk_norm=True,
+                       key_bias=False)
+    return {"tokenizer": {"image_size": image_size, "model": dict(VAR_TOKENIZER)}, "var": {"model": transformer}}
+
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "demo": {"tokenizer": {}, "var": {}},
+    "var-d16": var_preset(16),
+    "var-d20": var_preset(20),
+    "var-d24": var_preset(24),
+    "var-d30": var_preset(30),
+    "var-d36": var_preset(36, image_size=512),
+}
+"""Named sizes for both trainings (--preset NAME): `demo` is the classes' own defaults (the offline demo); the
+`var-dN` presets are VAR's model sizes (its d36 at 512 px; VAR's shared AdaLN for d36 has no option here)."""
+
+RECIPE_KEYS = ("tokenizer", "var", "notes")
+"""The top-level keys of a recipe: one section per training, and notes the loader ignores."""
+
+
+def option_value(argv: Sequence[str], name: str) -> str | None:
+    """The last value given to `name` (`--name VALUE` or `--name=VALUE`, `-` or `_` between words), or None."""
+    spellings = {name, "--" + name[2:].replace("-", "_")}
+    value = None
+    for index, arg in enumerate(argv):
+        flag, equals, rest = arg.partition("=")
+        if flag in spellings:
+            if equals:
+                value = rest
+            elif index + 1 < len(argv):
+                value = argv[index + 1]
+    return value
+
+
+def parser_arguments(argv: Sequence[str]) -> list[str]:
+    """`argv` without the options the resolver reads itself (`RESOLVER_OPTIONS` and their values)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        flag, equals, _ = arg.partition("=")
+        if flag in RESOLVER_OPTIONS:
+            skip = not equals
+            continue
+        kept.append(arg)
+    return kept
+
+
+def integer_option(argv: Sequence[str], name: str) -> int | None:
+    """`option_value` as an int; None when absent or not a number (the parser reports that one)."""
+    value = option_value(argv, name)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layers: nested dicts of option values, keyed by the dataclass fields' names
+
+
+def merge(below: dict, above: dict) -> dict:
+    """`above` on top of `below`, section by section (nested dicts merge; anything else is replaced)."""
+    merged = dict(below)
+    for key, value in above.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def nested(values: dict, where: str) -> dict:
+    """Keys as the dataclass fields spell them: `learning-rate` is `learning_rate`, `model.depth: 16` is
+    `model: {depth: 16}`."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping of options, got {type(values).__name__}")
+    result: dict = {}
+    for key, value in values.items():
+        if not isinstance(key, str):
+            raise ValueError(f"{where}: {key!r} is not an option name")
+        path = key.replace("-", "_").split(".")
+        if isinstance(value, dict):
+            value = nested(value, f"{where}.{key}")
+        for part in reversed(path[1:]):
+            value = {part: value}
+        result = merge(result, {path[0]: value})
+    return result
+
+
+def _dataclass_type(hint: Any) -> type | None:
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is tuple:
+        return "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def coerce(value: Any, hint: Any, name: str) -> Any:
+    """`value` (from YAML or JSON) as the field of type `hint` holds it: lists become tuples, ints floats
+    where a float is declared; ValueError naming the option otherwise."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(value, arg, name)
+            except ValueError:
+                continue
+    elif origin is typing.Literal:
+        if value in args:
+            return value
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(coerce(item, args[0], name) for item in value)
+            if len(args) == len(value):
+                return tuple(coerce(item, arg, name) for item, arg in zip(value, args))
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif hint is Path:
+        if isinstance(value, str):
+            return Path(value)
+    else:
+        return value
+    raise ValueError(f"{name} is {json.dumps(value, default=str)}, expected {_describe(hint)}")
+
+
+def checked(cls: type, values: dict, where: str, prefix: str = "") -> dict:
+    """`values` with every key an option of `cls` (ValueError naming the closest one otherwise) and every
+    value of its field's type."""
+    hints = typing.get_type_hints(cls)
+    names = [field.name for field in dataclasses.fields(cls) if field.init]
+    result = {}
+    for key, value in values.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ValueError(f"{where}: {prefix}{key} is not an option{hint}")
+        inner = _dataclass_type(hints[key])
+        if inner is not None:
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: {prefix}{key} holds options ({prefix}{key}.NAME), not a value")
+            result[key] = checked(inner, value, where, f"{prefix}{key}.")
+        else:
+            result[key] = coerce(value, hints[key], f"{where}: {prefix}{key}")
+    return result
+
+
+def build(cls: type[T], base: T, values: dict) -> T:
+    """`base` with `values` on top; every dataclass is built once, from its final values (so its checks see
+    no half-changed config)."""
+    hints = typing.get_type_hints(cls)
+    changes = {}
+    for key, value in values.items():
+        inner = _dataclass_type(hints[key])
+        changes[key] = build(inner, getattr(base, key), value) if inner is not None else value
+    return dataclasses.replace(base, **changes) if changes else base  # type: ignore[type-var]
+
+
+def section_of(config_class: type) -> str:
+    """The recipe section a training reads (`RECIPE_SECTION` of its config class)."""
+    section = getattr(config_class, "RECIPE_SECTION", None)
+    if section is None:
+        raise TypeError(f"{config_class.__name__} has no RECIPE_SECTION: it is not a training the resolver knows")
+    return section
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Recipes
+
+
+class _RecipeLoader:
+    """YAML's safe loader reading floats as YAML 1.2 does (`3e-4` is a number, not the string YAML 1.1 makes
+    of it)."""
+
+    @staticmethod
+    def make() -> type:
+        import yaml
+
+        class Loader(yaml.SafeLoader):
+            pass
+
+        Loader.add_implicit_resolver(
+            "tag:yaml.org,2002:float",
+            re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?(?:[eE][-+]?\d+)$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"),
+            list("-+0123456789."),
+        )
+        return Loader
+
+
+def load_recipe(path: str | Path) -> dict[str, dict]:
+    """The sections of a recipe file (YAML): `tokenizer:` and `var:` (nested options as the dataclass fields
+    name them), `notes:` ignored; ValueError naming the file for anything else."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such recipe file (see recipes/ for the bundled ones)")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader.make())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"--config {path} is not valid YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} must hold a mapping with the sections {', '.join(RECIPE_KEYS[:2])}")
+    unknown = sorted(set(data) - set(RECIPE_KEYS))
+    if unknown:
+        raise ValueError(f"--config {path}: unknown top-level keys {unknown}; a recipe has the sections "
+                         f"{', '.join(RECIPE_KEYS)} (notes are ignored)")
+    return {key: nested(data.get(key) or {}, f"--config {path}: {key}") for key in RECIPE_KEYS[:2]}
+
+
+def saved_config(path: Path, config_class: type) -> dict:
+    """The values of a run's train_config.json, as far as `config_class` still has them: keys it no longer
+    has are dropped (the tokenizer's removed options only while they hold their old default,
+    `TokenizerConfig.REMOVED_OPTIONS`)."""
+    from nextscale.checkpoint import drop_removed_options, read_json_object
+
+    def known(cls: type, values: dict, prefix: str) -> dict:
+        values = drop_removed_options(cls, values)
+        hints = typing.get_type_hints(cls)
+        names = {field.name for field in dataclasses.fields(cls) if field.init}
+        result = {}
+        for key, value in values.items():
+            if key in names:
+                inner = _dataclass_type(hints[key])
+                result[key] = known(inner, value, f"{prefix}{key}.") if inner and isinstance(value, dict) else value
+        return result
+
+    try:
+        return known(config_class, read_json_object(path), "")
+    except ValueError as error:
+        raise ValueError(f"--resume: {path}: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The implicit rules
+
+
+def expand_tokenizer_layer(layer: dict) -> dict:
+    """A layer's `image_size` as the sizes it sets (data, model, the size preset's channel_mult and
+    scale_sizes), under the layer's own explicit values."""
+    size = layer.get("image_size")
+    if size is None:
+        return layer
+    sized = {"model": {"image_size": size, **size_preset(size).fields()}, "data": {"image_size": size}}
+    return merge(sized, layer)
+
+
+def expand_var_layer(layer: dict, depth_below: int) -> dict:
+    """A layer's transformer depth that changes the depth below it as VAR's shape: width 64 * depth and heads
+    of 64 (depth heads), under the layer's own explicit width and heads (a given width keeps heads of 64)."""
+    model = layer.get("model", {})
+    depth = model.get("depth")
+    if depth is None or depth == depth_below:
+        return layer
+    width = model.get("width", 64 * depth)
+    return merge({"model": {"width": width, "num_heads": max(1, width // 64)}}, layer)
 
 
 def tokenizer_image_size(tokenizer: str) -> int | None:
@@ -64,14 +376,102 @@ def tokenizer_image_size(tokenizer: str) -> int | None:
         return None
 
 
-def var_defaults(argv: list[str]) -> VarTrainConfig | None:
-    """The transformer training's defaults with the data at its tokenizer's image size."""
+def command_line_layer(section: str, argv: Sequence[str]) -> dict:
+    """The options of the command line that imply others: the tokenizer's --image-size, the transformer's
+    --model.depth (with the --model.width and --model.num-heads given beside it). tyro parses them again on
+    top, as given."""
+    if section == "tokenizer":
+        size = integer_option(argv, "--image-size")
+        return {} if size is None else {"image_size": size}
+    model = {key: value for key, value in (("depth", integer_option(argv, "--model.depth")),
+                                           ("width", integer_option(argv, "--model.width")),
+                                           ("num_heads", integer_option(argv, "--model.num-heads")))
+             if value is not None}
+    return {"model": model} if model else {}
+
+
+def alignment_layer(merged: dict, argv: Sequence[str]) -> dict:
+    """The tokenizer's alignment for its data (`default_alignment`), placed under every other layer."""
+    data = merged.get("data", {})
+    source = option_value(argv, "--data.source") or data.get("source", DataConfig.source)
+    size = integer_option(argv, "--image-size") or integer_option(argv, "--data.image-size") or data.get("image_size")
+    return {"alignment": dataclasses.asdict(default_alignment(source, size))}
+
+
+def tokenizer_size_layer(merged: dict, argv: Sequence[str], config_class: type) -> dict:
+    """The transformer's image size from its tokenizer's config.json, placed over the preset, the recipe and
+    a saved config (the tokenizer decides; a --data.image-size given beside it is checked against it)."""
+    tokenizer = option_value(argv, "--tokenizer") or merged.get("tokenizer", config_class.tokenizer)
+    size = tokenizer_image_size(tokenizer)
+    return {"data": {"image_size": size}} if size is not None else {}
+
+
+def resolve(config_class: type[T], argv: Sequence[str]) -> T | None:
+    """The defaults of a training's command line (`config_class`: `TokenizerTrainConfig` or `VarTrainConfig`),
+    from the layers of this module's docstring; None when they are the class's own."""
+    section = section_of(config_class)
+    base = config_class()
+    layers: list[tuple[str, str, dict]] = []  # (where the values come from, their names' prefix there, values)
+    resume = option_value(argv, "--resume")
+    preset, recipe = option_value(argv, "--preset"), option_value(argv, "--config")
+    for option, value in (("--preset", preset), ("--config", recipe)):
+        if value is None and any(arg.partition("=")[0] == option for arg in argv):
+            raise ValueError(f"{option} needs a value")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"--preset {preset}: unknown; choose from {', '.join(PRESETS)}")
+        layers.append((f"--preset {preset}", "", PRESETS[preset][section]))
+    if recipe is not None:
+        sections = load_recipe(recipe)
+        if not sections[section]:
+            raise ValueError(f"--config {recipe} has no {section}: section (the options of this training)")
+        layers.append((f"--config {recipe}", f"{section}.", sections[section]))
+    layers.append(("the command line", "", command_line_layer(section, argv)))
+    checked_layers = [(where, checked(config_class, values, where, prefix)) for where, prefix, values in layers]
+    if resume is not None:
+        output_dir = option_value(argv, "--output-dir")
+        if output_dir is None:
+            output_dir = next((values["output_dir"] for _, values in reversed(checked_layers)
+                               if "output_dir" in values), base.output_dir)  # type: ignore[attr-defined]
+        saved = Path(output_dir) / SAVED_CONFIG
+        if saved.is_file():
+            checked_layers.insert(0, (str(saved), checked(config_class, saved_config(saved, config_class),
+                                                          str(saved))))
+    merged: dict = {}
+    for _, values in checked_layers:
+        if section == "tokenizer":
+            values = expand_tokenizer_layer(values)
+        else:
+            below = merged.get("model", {}).get("depth", base.model.depth)  # type: ignore[attr-defined]
+            values = expand_var_layer(values, below)
+        merged = merge(merged, values)
+    if section == "tokenizer":
+        merged = merge(alignment_layer(merged, argv), merged)
+    else:
+        merged = merge(merged, tokenizer_size_layer(merged, argv, config_class))
+    resolved = build(config_class, base, merged)
+    return None if resolved == base else resolved
+
+
+def tokenizer_defaults(argv: Sequence[str]) -> TokenizerTrainConfig | None:
+    """`resolve` for the tokenizer training (`train_tokenizer.py`)."""
+    from nextscale.train.tokenizer_loop import TokenizerTrainConfig
+
+    return resolve(TokenizerTrainConfig, argv)
+
+
+def var_defaults(argv: Sequence[str]) -> VarTrainConfig | None:
+    """`resolve` for the transformer training (`train_var.py`)."""
     from nextscale.train.var_loop import VarTrainConfig
 
-    size = tokenizer_image_size(option_value(argv, "--tokenizer") or VarTrainConfig.tokenizer)
-    if size is None or size == DataConfig.image_size:
+    return resolve(VarTrainConfig, argv)
+
+
+def resolver_of(config_class: type) -> Any:
+    """`resolve` bound to `config_class` when it is a training the resolver knows, else None."""
+    if getattr(config_class, "RECIPE_SECTION", None) is None:
         return None
-    return VarTrainConfig(data=DataConfig(image_size=size))
+    return lambda argv: resolve(config_class, argv)
 
 
 def check_tokenizer_size(data: DataConfig, tokenizer_size: int, option: str = "--data.image-size") -> None:
@@ -79,3 +479,15 @@ def check_tokenizer_size(data: DataConfig, tokenizer_size: int, option: str = "-
     if data.image_size != tokenizer_size:
         raise ValueError(f"the tokenizer works at {tokenizer_size} px but {option} is {data.image_size}: drop "
                          f"{option} (train_var.py takes the size from --tokenizer)")
+
+
+def help_entries() -> list[tuple[str, str]]:
+    """The resolver's own options as the training's --help lists them first."""
+    return [
+        ("--preset {" + ",".join(PRESETS) + "}",
+         "Named sizes: demo (the offline demo, the default) or VAR's (the tokenizer: its VQVAE; the transformer: "
+         "width 64 * N, N heads). Its values are the defaults below."),
+        ("--config FILE",
+         "A recipe (YAML, recipes/*.yaml): its section for this training gives the defaults, over --preset; "
+         "the options given here override it."),
+    ]

@@ -59,7 +59,7 @@ class RunConfig:
     architecture must be the one this run builds."""
     resume: str | None = None
     """"latest" (the newest checkpoint that loads; damaged ones are skipped with a warning) or a checkpoint
-    directory."""
+    directory. The run's saved output_dir/train_config.json gives the defaults (the training scripts)."""
     eval_images: int = 512
     """Held-out images for the final evaluation."""
     tracker: Literal["auto", "tensorboard", "none"] = "auto"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -13,7 +14,6 @@ from nextscale.data import DataConfig, HeldOutConfig, first_batch, loader_over
 from nextscale.data.split import EvaluationSplit, evaluation_split
 from nextscale.eval.tokenizer import evaluate_tokenizer, format_tokenizer_metrics
 from nextscale.images import save_grid
-from nextscale.sampling.pipeline import DEMO_PIPELINE
 from nextscale.tokenizer import MultiScaleVQVAE, TokenizerConfig
 from nextscale.tokenizer.losses.alignment import (
     AlignmentConfig,
@@ -26,7 +26,7 @@ from nextscale.tokenizer.losses.perceptual import PerceptualConfig, PerceptualLo
 from nextscale.train.checkpointing import checkpoint_tokenizer
 from nextscale.train.errors import run_cli
 from nextscale.train.optim import adamw_with_schedule
-from nextscale.train.presets import is_demo_data, tokenizer_defaults
+from nextscale.train.presets import DEMO_TEACHER, default_alignment, demo_alignment, is_demo_data
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult, close_process_group
 from nextscale.train.state import GeneratorState, TensorState, load_initial_weights
@@ -39,28 +39,43 @@ from nextscale.train.tokenizer_objective import (
     restart_dead_codes,
 )
 
-DEMO_TEACHER = DEMO_PIPELINE / "teacher"
-"""The demo preset's alignment teacher, bundled: the tiny DINOv2 that `nextscale.portraits.teacher` trains on
-the synthetic portraits (never the judge)."""
+
+def alignment_follows_data(cls: type) -> type:
+    """Give `cls.__init__` the resolver's alignment default (`nextscale.train.presets.default_alignment`) when
+    no alignment is passed: the demo preset's for the demo's data, off for any other, so a config built in
+    Python gets what the command line does. Nothing is changed after the instance is built."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if "alignment" not in kwargs and not args:
+            data = kwargs.get("data", DataConfig())
+            kwargs["alignment"] = default_alignment(data.source, data.image_size)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
 
 
-def demo_alignment() -> AlignmentConfig:
-    """The demo preset's alignment: the last scale, weight 0.1, the bundled teacher at 64 px (README, Results:
-    "A lighter weight")."""
-    return AlignmentConfig(teacher=str(DEMO_TEACHER), weight=0.1, scales="last", teacher_resolution=64)
-
-
+@alignment_follows_data
 @dataclass(frozen=True)
 class TokenizerTrainConfig(RunConfig):
-    """Train the tokenizer. With no arguments: the offline demo preset (synthetic 64 px portraits, the last
-    scale aligned with the bundled teacher at weight 0.1).
-
-    Runbook (2-core CPU): `accelerate launch train_tokenizer.py` trains 1200 steps of 32 images and writes
-    `runs/tokenizer/{model,metrics.json,samples}`. Measured: in fp32 on two threads of an AVX2-only CPU,
-    1.9-2.8 s/step (61 minutes), 27.96 dB held-out PSNR, every code used. Without alignment
-    (`--alignment.teacher none`), in bf16 on a CPU with AVX512-BF16, one thread: 1.6-1.8 s/step (about
-    35 minutes), 28.4 dB, 99.9% codebook usage, PSNR rising with every scale (16.5 dB after the 1x1 scale).
+    """Train the multi-scale VQ tokenizer. With no options: the offline demo preset (synthetic 64 px portraits,
+    the last scale aligned with the bundled teacher at weight 0.1), 1200 steps of 32 images into
+    runs/tokenizer/{model,metrics.json,samples}; what it reaches and how long it takes:
+    docs/experiments/tokenizer-demo-preset.md.
     """
+
+    RECIPE_SECTION: ClassVar[str] = "tokenizer"
+    """The section of a recipe (--config FILE) this training reads (`nextscale.train.presets`)."""
+    HELP_FIRST: ClassVar[tuple[str, ...]] = (
+        "image_size", "data.source", "data.path", "output_dir", "steps", "batch_size", "learning_rate",
+        "alignment.teacher", "perceptual.model", "adversarial.weight", "eval_data.path", "init_from", "resume",
+        "mixed_precision",
+    )
+    """The options --help lists first, in this order (`nextscale.cli_help`)."""
+    HELP_COLLAPSED: ClassVar[tuple[str, ...]] = ("data", "eval_data", "alignment", "perceptual", "adversarial")
+    """The option groups --help lists by name and default only (-H describes each)."""
 
     output_dir: str = "runs/tokenizer"
     """Where checkpoints, sample grids, the exported model (`model/`) and `metrics.json` go."""
@@ -105,12 +120,7 @@ class TokenizerTrainConfig(RunConfig):
         if self.data.image_size != self.model.image_size:
             raise ValueError(f"--data.image-size {self.data.image_size} differs from --model.image-size "
                              f"{self.model.image_size}: pass --image-size N alone instead of both")
-        demo_data = is_demo_data(self.data.source, self.data.image_size)
-        if self.alignment == demo_alignment() and not demo_data:
-            # the demo's teacher knows only its portraits at 64 px: the preset's alignment is off elsewhere (the
-            # command line's defaults say the same, `tokenizer_defaults`)
-            object.__setattr__(self, "alignment", AlignmentConfig(teacher="none"))
-        if self.alignment.teacher == str(DEMO_TEACHER) and not demo_data:
+        if self.alignment.teacher == str(DEMO_TEACHER) and not is_demo_data(self.data.source, self.data.image_size):
             raise ValueError(f"the demo's alignment teacher knows only the synthetic portraits at "
                              f"{DataConfig.image_size} px, not --data.source {self.data.source} at "
                              f"{self.data.image_size} px: pass --alignment.teacher none, or a teacher for your "
@@ -299,7 +309,7 @@ def evaluate_held_out(model: MultiScaleVQVAE, split: EvaluationSplit, eval_image
 def cli() -> None:
     """The `nextscale-train-tokenizer` console script (also `accelerate launch train_tokenizer.py`)."""
     try:
-        run_cli(TokenizerTrainConfig, train_tokenizer, defaults=tokenizer_defaults)
+        run_cli(TokenizerTrainConfig, train_tokenizer)
     finally:
         close_process_group()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -17,7 +17,7 @@ from nextscale.train.checkpointing import checkpoint_transformer
 from nextscale.train.errors import run_cli
 from nextscale.train.lora import LoraOptions, attach_training_adapter, check_lora_run
 from nextscale.train.optim import adamw_with_schedule
-from nextscale.train.presets import check_tokenizer_size, var_defaults
+from nextscale.train.presets import check_tokenizer_size
 from nextscale.train.preview import PreviewConfig, preview_prompts, recommended_sampling, write_preview
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult, close_process_group
@@ -46,17 +46,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VarTrainConfig(RunConfig):
-    """Train the next-scale transformer. With no arguments: the offline demo preset.
-
-    Runbook (2-core CPU, bf16 autocast): first `accelerate launch train_tokenizer.py`, then
-    `accelerate launch train_var.py` encodes 24,000 synthetic portraits and their captions once (about
-    6 minutes), trains 600 steps of 64 (2.8-3.3 s/step alone on the CPU, about 42 minutes with another
-    job on it) and writes `runs/var/{model,pipeline,previews,metrics.json}`; `python sample.py
-    --checkpoint runs/var/pipeline --prompt "..."` samples from it. Measured: held-out loss 3.93, mean
-    single-attribute adherence 0.985 at cfg 4 (README, Results). The loss was still falling: 600 more
-    steps from that model (`--init-from`, the bundled demo) reached held-out loss 3.20 and adherence 1.00
-    at cfg 2.
+    """Train the next-scale transformer on a trained tokenizer's codes. With no options: the offline demo
+    preset: after `train_tokenizer.py`, it encodes 24,000 synthetic portraits and their captions once, trains
+    600 steps of 64 and writes runs/var/{model,pipeline,previews,metrics.json}; `python sample.py --checkpoint
+    runs/var/pipeline --prompt "..."` samples from it. What it reaches and how long it takes:
+    docs/experiments/transformer-demo-preset.md.
     """
+
+    RECIPE_SECTION: ClassVar[str] = "var"
+    """The section of a recipe (--config FILE) this training reads (`nextscale.train.presets`)."""
+    HELP_FIRST: ClassVar[tuple[str, ...]] = (
+        "tokenizer", "data.source", "data.path", "condition", "text_encoder", "output_dir", "steps", "batch_size",
+        "learning_rate", "model.depth", "model.width", "model.num_heads", "eval_data.path", "init_from", "resume",
+        "mixed_precision",
+    )
+    """The options --help lists first, in this order (`nextscale.cli_help`)."""
+    HELP_COLLAPSED: ClassVar[tuple[str, ...]] = ("data", "eval_data", "preview", "preview.sampling")
+    """The option groups --help lists by name and default only (-H describes each)."""
 
     output_dir: str = "runs/var"
     """Where checkpoints, previews, the exported model and the sampling pipeline go."""
@@ -305,7 +311,7 @@ def train_var(config: VarTrainConfig) -> TrainResult:
 def cli() -> None:
     """The `nextscale-train-var` console script (also `accelerate launch train_var.py`)."""
     try:
-        run_cli(VarTrainConfig, train_var, defaults=var_defaults)
+        run_cli(VarTrainConfig, train_var)
     finally:
         close_process_group()
 
