@@ -100,6 +100,10 @@ def format_table(results: dict[str, Any]) -> str:
                 f"{row['compiled_transformer_seconds']:.3f} s); pays after "
                 + (f"{even:.0f} calls" if even is not None else "never")
             )
+    if "checkpointing" in results:
+        from bench.checkpointing import checkpointing_lines
+
+        lines += checkpointing_lines(results["checkpointing"])
     lines.append(f"peak RSS of the suite: {results['peak_rss_mb']:.0f} MB; "
                  f"{results['machine'].get('seconds', 0) / 60:.1f} minutes")
     return "\n".join(lines)

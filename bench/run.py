@@ -27,6 +27,7 @@ import torch
 import tyro
 
 from bench.baselines import baselines_section
+from bench.checkpointing import checkpointing_section
 from bench.common import (
     TEXT_WIDTH,
     VAR_SCALES,
@@ -45,8 +46,10 @@ from bench.sampling import sampling_section
 from bench.training import attention_section, training_section
 from nextscale.transformer import NextScaleTransformer, TransformerConfig
 
-Section = Literal["peak", "sampling", "baselines", "resolution", "training", "attention", "memory", "compile"]
-# compile is not in the default run: its compilation alone takes minutes on a CPU
+Section = Literal["peak", "sampling", "baselines", "resolution", "training", "attention", "memory", "compile",
+                  "checkpointing"]
+# compile is not in the default run: its compilation alone takes minutes on a CPU; nor is checkpointing,
+# whose op-by-op memory count of four demo training steps at batch 64 takes minutes too
 SECTIONS: tuple[Section, ...] = ("peak", "sampling", "baselines", "resolution", "training", "attention", "memory")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -63,7 +66,9 @@ class SuiteConfig:
     """Where to run."""
     sections: tuple[Section, ...] = SECTIONS
     """Which parts to run (the peak always runs: it is the denominator of utilisation); `compile` (not
-    in the default) measures torch.compile of the blocks on the demo shape."""
+    in the default) measures torch.compile of the blocks on the demo shape, `checkpointing` (not in the
+    default either) the peak memory and time of a demo training step at --checkpointing-batch with and
+    without activation checkpointing."""
     batches: tuple[int, ...] = (1, 8, 16)
     """Images per call for the demo shape."""
     d16_batches: tuple[int, ...] = (1, 8)
@@ -79,6 +84,8 @@ class SuiteConfig:
     """Matrix sides of the GEMM peak (None: 2048, 4096, 8192 on CUDA; 512, 1024, 2048 on a CPU)."""
     train_batch: int = 16
     """Batch of the training-step measurements."""
+    checkpointing_batch: int = 64
+    """Batch of the activation-checkpointing comparison (the demo training's)."""
     flex: bool = True
     """Try FlexAttention (compiled) in the attention comparison where this torch supports it."""
     memory_calls: int = 20
@@ -176,6 +183,9 @@ def main(config: SuiteConfig) -> dict[str, Any]:
             "growth": memory_growth(random_pipeline(all_shapes["demo"][0], device, torch.float32),
                                     config.memory_calls, 4, device),
         }
+    if section("checkpointing"):
+        results["checkpointing"] = checkpointing_section(all_shapes["demo"][0], config.checkpointing_batch,
+                                                         config.repeats, device)
     if section("compile"):
         results["compile"] = compile_section(all_shapes["demo"][0], (1, 8), config.repeats, device)
     results["machine"]["load_average_end"] = load_average()

@@ -68,11 +68,14 @@ class TensorMemory(TorchDispatchMode):
 
 @dataclass(frozen=True)
 class Measured:
-    """Peak tensor bytes of one training step, and what was resident before it began."""
+    """Peak bytes of one training step, and what was resident when it began."""
 
     peak: int
+    """Tensor storage counted by `TensorMemory` (0 when not tracked)."""
     static: int
-    """Weights, optimiser states and the frozen tokenizer alive between steps."""
+    """Weights, optimiser states, the frozen tokenizer and the previous step's logits, at the step's start."""
+    allocated: int = 0
+    """CUDA only: `torch.cuda.max_memory_allocated` over the step (what the caching allocator handed out)."""
 
 
 def probe_tokenizer(shape: TransformerConfig) -> MultiScaleVQVAE:
@@ -98,37 +101,65 @@ def step_inputs(shape: TransformerConfig, text_length: int, batch: int, generato
     return codes, text
 
 
-def measure_step(shape: TransformerConfig, text_length: int, batch: int, precision: str = "no",
-                 checkpointing: bool = False, steps: int = 2) -> Measured:
-    """Peak tensor memory of the last of `steps` training steps of `shape` at micro-batch `batch` on the CPU,
-    in fp32 (`precision` "no") or under bf16 autocast ("bf16")."""
-    from nextscale.train.checkpointing import checkpoint_transformer
-    from nextscale.train.optim import adamw_with_schedule
-    from nextscale.train.var_objective import VarObjective
+class TrainingStep:
+    """The transformer training's step as the runtime runs it, on random codes and conditions: the objective
+    with its frozen tokenizer, backward, gradient clipping, AdamW over the training's parameter groups,
+    zero_grad, and the logits kept for the logged metrics until the next step."""
 
-    torch.manual_seed(0)
-    generator = torch.Generator().manual_seed(0)
-    model = NextScaleTransformer(shape).train()
-    if checkpointing:
-        checkpoint_transformer(model)
-    objective = VarObjective(model, probe_tokenizer(shape), 0.0)
-    optimizer, _ = adamw_with_schedule(model, 1e-4, 0.05, (0.9, 0.95), 100, 0, 0.2)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-    kept = None
+    def __init__(self, shape: TransformerConfig, text_length: int, batch: int, precision: str = "no",
+                 checkpointing: bool = False, device: str = "cpu") -> None:
+        from nextscale.train.checkpointing import checkpoint_transformer
+        from nextscale.train.optim import adamw_with_schedule
+        from nextscale.train.var_objective import VarObjective
+
+        torch.manual_seed(0)
+        self.shape, self.text_length, self.batch, self.device = shape, text_length, batch, torch.device(device)
+        self.generator = torch.Generator().manual_seed(0)
+        with self.device:  # built where it trains (a GPU initialises VAR-d16 in moments)
+            self.model = NextScaleTransformer(shape).train()
+            tokenizer = probe_tokenizer(shape)
+        if checkpointing:
+            checkpoint_transformer(self.model)
+        self.objective = VarObjective(self.model, tokenizer, 0.0)
+        self.optimizer, _ = adamw_with_schedule(self.model, 1e-4, 0.05, (0.9, 0.95), 100, 0, 0.2)
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.kept: torch.Tensor | None = None
+
+    def inputs(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        codes, condition = step_inputs(self.shape, self.text_length, self.batch, self.generator)
+        return codes.to(self.device), {key: value.to(self.device) for key, value in condition.items()}
+
+    def __call__(self, inputs: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None) -> None:
+        codes, condition = self.inputs() if inputs is None else inputs
+        autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext())
+        with autocast:
+            loss, logits = self.objective(codes, condition)
+        loss.backward()
+        self.kept = logits.detach()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def measure_step(shape: TransformerConfig, text_length: int, batch: int, precision: str = "no",
+                 checkpointing: bool = False, steps: int = 2, device: str = "cpu", track: bool = True) -> Measured:
+    """Peak memory of the last of `steps` training steps of `shape` at micro-batch `batch`, in fp32
+    (`precision` "no") or under bf16 autocast ("bf16"): tensor storage counted by `TensorMemory` (`track`),
+    and on CUDA the allocator's peak too."""
+    step = TrainingStep(shape, text_length, batch, precision, checkpointing, device)
+    cuda = step.device.type == "cuda"
     memory = TensorMemory()
-    with memory:
-        memory.track([list(objective.parameters()), list(objective.buffers())])
+    with memory if track else nullcontext():
+        memory.track([list(step.objective.parameters()), list(step.objective.buffers())])
         for _ in range(steps):
-            codes, condition = step_inputs(shape, text_length, batch, generator)
+            inputs = step.inputs()
             memory.reset_peak()
             static = memory.live
-            with autocast:
-                loss, logits = objective(codes, condition)
-            loss.backward()
-            kept = logits.detach()  # what the training keeps for its per-scale metrics
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            del loss, logits
-    del kept
-    return Measured(peak=memory.peak, static=static)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(step.device)
+            step(inputs)
+            del inputs
+    allocated = torch.cuda.max_memory_allocated(step.device) if cuda else 0
+    return Measured(peak=memory.peak if track else 0, static=static if track else 0, allocated=allocated)

@@ -108,3 +108,12 @@ def test_both_trainings_run_checkpointed_with_the_plain_losses(tmp_path, tiny_be
     for plain, checkpointed in zip(curves[False], curves[True]):
         assert [step for step, _ in checkpointed] == [1, 2, 3, 4]
         assert [loss for _, loss in checkpointed] == pytest.approx([loss for _, loss in plain], rel=1e-5)
+
+
+def test_the_bench_section_measures_both_ways_side_by_side():
+    from bench.checkpointing import checkpointing_lines, checkpointing_section
+
+    entry = checkpointing_section(TransformerConfig.preset("tiny", depth=3), 4, 1, torch.device("cpu"), ("no",))
+    assert entry["fp32"]["memory_saved"] > 0.2
+    assert entry["fp32"]["plain"]["seconds"] > 0 and entry["fp32"]["checkpointed"]["seconds"] > 0
+    assert "fp32: peak" in "\n".join(checkpointing_lines(entry))
