@@ -17,55 +17,47 @@ micro-batch, and exports its model at the end.
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
-import logging
 import math
 import os
-import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import (
-    DataLoaderConfiguration,
-    GradientAccumulationPlugin,
-    InitProcessGroupKwargs,
-    gather_object,
-    parse_flag_from_env,
-    set_seed,
-)
+from accelerate.utils import gather_object, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from nextscale.data import describe_data
 from nextscale.data.badinput import merge_counts
-from nextscale.train.run_config import (
-    TENSORBOARD_DIR,
-    RunConfig,
-    has_native_bf16,
-    precision_note,
-    resolve_precision,
+from nextscale.train.batches import endless_batches, set_data_epoch
+from nextscale.train.nonfinite import (
+    NonFiniteTraining,
+    check_weights,
+    count_skip,
+    finite_json,
+    update_parts,
+    write_json,
 )
+from nextscale.train.processes import (
+    KILL_HOOK,
+    close_process_group,
+    finish_trackers,
+    kill_hook,
+    launch_device,
+    make_accelerator,
+    resolve_tracker,
+)
+from nextscale.train.run_config import TENSORBOARD_DIR, RunConfig, precision_note
 from nextscale.train.run_folder import check_run_folder, clear_run_folder
 from nextscale.train.state import Stateful, check_resume_argument, resume_checkpoint, save_checkpoint
 
-logger = logging.getLogger(__name__)
-
-KILL_HOOK = "NEXTSCALE_TEST_KILL_AT"
-"""Test hook: `<training>:<point>:<step>` SIGKILLs the main process at `point` of `step`, where point is
-`step` (after the update), `checkpoint` (files written, not yet renamed) or `rotation` (old ones deleted)."""
-
-
-class NonFiniteTraining(RuntimeError):
-    """Too many consecutive steps had a non-finite loss or gradient."""
+__all__ = ["KILL_HOOK", "NonFiniteTraining", "OptimisedPart", "Runtime", "TrainResult", "Training",
+           "close_process_group", "endless_batches", "finite_json", "launch_device", "set_data_epoch"]
+"""Besides the runtime itself, what trainings and tests import from here (defined beside it: the processes
+in `processes`, the batches in `batches`, the non-finite handling in `nonfinite`)."""
 
 
 @dataclass
@@ -110,148 +102,6 @@ class Training(Protocol):
         """Every process: the trained modules."""
 
 
-def make_accelerator(config: RunConfig, tracker: str | None) -> Accelerator:
-    """An Accelerator for one run: its own precision, seedable shuffling, a bounded collective wait.
-
-    Accelerate keeps its state in process-wide singletons; they are reset (the process group is kept)
-    so that one process can run several trainings whatever their precision. Schedules are defined per
-    optimiser step and stepped by the runtime (Accelerate's default steps a prepared scheduler once per
-    process). Accumulation never syncs early at an epoch end: every optimiser step has exactly
-    `gradient_accumulation` micro-batches, which a resumed run reproduces.
-    """
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
-    device = launch_device()
-    return Accelerator(
-        mixed_precision=resolve_precision(config.mixed_precision, device.type, has_native_bf16(device)),
-        gradient_accumulation_plugin=GradientAccumulationPlugin(
-            num_steps=config.gradient_accumulation, sync_with_dataloader=False),
-        step_scheduler_with_optimizer=False,
-        log_with=tracker,
-        project_dir=config.output_dir,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=config.collective_timeout))],
-    )
-
-
-def launch_device() -> torch.device:
-    """The kind of device the Accelerator will train on, known before it is built (building Accelerate's
-    process state early would lose the launcher's CPU processes): the CPU when `accelerate launch --cpu`
-    or `ACCELERATE_USE_CPU` asks for it or no GPU is there, else CUDA or Apple's MPS."""
-    if parse_flag_from_env("ACCELERATE_USE_CPU"):
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def close_process_group() -> None:
-    """End the distributed process group when a training command ends (the trainings themselves keep it,
-    since one process may run several). Left to interpreter shutdown, a gloo group can abort the process
-    ("terminate called without an active exception") after the run has finished."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-def finish_trackers(accelerator: Accelerator) -> None:
-    """Close the trackers, keeping the process group (one process may run several trainings)."""
-    for tracker in accelerator.trackers:
-        tracker.finish()
-
-
-def resolve_tracker(choice: str) -> str | None:
-    if choice == "none":
-        return None
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        if choice == "tensorboard":
-            raise ImportError("--tracker tensorboard needs `pip install tensorboard`") from None
-        return None
-    return "tensorboard"
-
-
-def endless_batches(accelerator: Accelerator, loader, micro_steps_done: int = 0, batch_size: int | None = None,
-                    source: Any = None) -> Iterator:
-    """Batches of a prepared DataLoader forever, reshuffled every epoch (`set_epoch`).
-
-    A resumed run passes how many batches it already consumed: whole epochs are skipped by number,
-    the rest with `skip_first_batches`, so it continues with the batch it would have seen next. A pass
-    that gives no batch at all is an error naming the data (an empty or too short source would
-    otherwise loop forever or fail deep inside Accelerate): `source`, the dataset of source items behind
-    the loader (default: the loader's own), and `batch_size`, the run's (a prepared loader may not know it).
-    """
-    try:
-        per_epoch = len(loader)
-    except TypeError:  # iterable datasets (WebDataset) have no length: no exact mid-epoch resume
-        per_epoch = 0
-    first_epoch, skip = divmod(micro_steps_done, per_epoch) if per_epoch else (0, 0)
-    for epoch in itertools.count(first_epoch):
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        set_data_epoch(loader, epoch)
-        produced = 0
-        iterator = iter(accelerator.skip_first_batches(loader, skip) if skip else loader)
-        # Starting an epoch draws a worker seed from torch's global generator; a resumed run starts one
-        # mid-epoch, so the draw is kept off the global sequence (dropout, restarts) in every run.
-        try:
-            with torch.random.fork_rng(devices=[]):
-                batch = next(iterator, None)
-        except ValueError as error:  # Accelerate's dispatcher of iterable data, on a pass without a batch
-            if "does not contain any data" not in str(error):
-                raise
-            batch = None
-        while batch is not None:
-            produced += 1
-            yield batch
-            batch = next(iterator, None)
-        if not produced and not skip:
-            data = source if source is not None else getattr(loader, "dataset", None)
-            detail = f": {describe_data(data)}" if data is not None else ""
-            raise ValueError(f"the training data gave no batch of {batch_size or loader.batch_size} in a whole "
-                             f"pass{detail}. Add data or lower --batch-size.")
-        skip = 0
-
-
-def set_data_epoch(loader: Any, epoch: int) -> None:
-    """Tell the datasets under `loader` (through wrappers such as `Subset`, which hold theirs as
-    `.dataset`) which pass begins, e.g. for random crops drawn per pass and item."""
-    dataset = getattr(loader, "dataset", None)
-    while dataset is not None:
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
-        dataset = getattr(dataset, "dataset", None)
-
-
-def finite_json(value: Any) -> Any:
-    """`value` with every non-finite float replaced by None, so that json.dumps stays strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(item) for item in value]
-    return value
-
-
-def write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(finite_json(value), indent=2, allow_nan=False) + "\n")
-
-
-def all_finite(module: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
-
-
-def _kill_hook(training: str, point: str, step: int) -> Callable[[], None] | None:
-    """The SIGKILL of the `KILL_HOOK` test hook when it names this place, else None."""
-    wanted = os.environ.get(KILL_HOOK)
-    if wanted != f"{training}:{point}:{step}":
-        return None
-    return lambda: os.kill(os.getpid(), signal.SIGKILL)
-
-
 class Runtime:
     """One run of one training: the accelerator, the optimised parts, the registered state, the history."""
 
@@ -291,6 +141,16 @@ class Runtime:
         self.registered[name] = state
 
     def run(self) -> TrainResult:
+        """Set up, train (from the checkpoint `--resume` names, if any), export and write metrics.json."""
+        start, consecutive = self._begin()
+        started = time.perf_counter()
+        self._train(start, consecutive, started)
+        metrics = self._end(started)
+        finish_trackers(self.accelerator)
+        return self.training.result(self, metrics)
+
+    def _begin(self) -> tuple[int, int]:
+        """Everything before the first step; returns (the step to start at, the skips in a row so far)."""
         config, accelerator, training = self.config, self.accelerator, self.training
         check_resume_argument(config.resume)
         check_run_folder(self.output_dir, config.resume, config.overwrite)
@@ -314,6 +174,11 @@ class Runtime:
             logs = self.output_dir / TENSORBOARD_DIR
             accelerator.print(f"TensorBoard logs: {logs} (tensorboard --logdir {logs})")
         training.setup(self)
+        return self._resume()
+
+    def _resume(self) -> tuple[int, int]:
+        """Load the checkpoint `--resume` names (nothing without it) and the history it carries."""
+        config, accelerator = self.config, self.accelerator
         resumed = resume_checkpoint(accelerator, self.output_dir, config.resume, self.registered,
                                     config.accept_lost_random_state)
         start = int(resumed["step"])
@@ -326,13 +191,16 @@ class Runtime:
             self.history[key] = list(resumed.get(key, []))
         if start:
             self.history["resumed_at"].append(start)
-        consecutive = int(resumed.get("consecutive_skips", 0))
+        return start, int(resumed.get("consecutive_skips", 0))
 
+    def _train(self, start: int, consecutive: int, started: float) -> None:
+        """The steps from `start` to the last: micro-batches, the update (or its joint skip), logs, checkpoints."""
+        config, accelerator, training = self.config, self.accelerator, self.training
         batches = endless_batches(accelerator, self.loader, start * config.gradient_accumulation, config.batch_size,
                                   self.source)
         progress = tqdm(range(start, config.steps), initial=start, total=config.steps,
                         disable=not accelerator.is_main_process, desc=training.name, dynamic_ncols=True)
-        started, items_seen = time.perf_counter(), 0
+        items_seen = 0
         for step in progress:
             for part in self.parts:
                 part.module.train()
@@ -344,34 +212,26 @@ class Runtime:
                     losses = training.micro_step(self, batch, step)
                 finite = finite and all(bool(torch.isfinite(v).all()) for v in losses.values())
                 items_seen += config.batch_size * accelerator.num_processes
-            skipped = self._update(active, finite)
-            consecutive = consecutive + 1 if skipped else 0
-            if skipped:
-                self.history["skipped_steps"].append(step + 1)
-                accelerator.print(f"step {step + 1}: non-finite loss or gradient, update skipped "
-                                  f"({consecutive} in a row)")
-                if consecutive >= config.max_nonfinite_steps:
-                    raise NonFiniteTraining(
-                        f"{consecutive} consecutive steps (up to step {step + 1}) had a non-finite loss or gradient; "
-                        "stopped without saving them. Lower --learning-rate, check the data, or resume from the "
-                        "last checkpoint (it holds finite weights)."
-                    )
+            skipped = update_parts(accelerator, active, finite, config.grad_clip)
+            consecutive = (count_skip(self.history, consecutive, step, config.max_nonfinite_steps, accelerator.print)
+                           if skipped else 0)
             training.after_step(self, step, skipped)
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
                 self._log(step, losses, items_seen / (time.perf_counter() - started), progress)
-            hook = _kill_hook(training.name, "step", step + 1)
+            hook = kill_hook(training.name, "step", step + 1)
             if hook is not None and accelerator.is_main_process:
                 hook()
             if (step + 1) % config.checkpoint_every == 0 and step + 1 < config.steps:
                 self.save(step + 1, consecutive)
 
+    def _end(self, started: float) -> dict:
+        """The main process exports, evaluates and writes metrics.json; every process returns the metrics."""
+        config, accelerator = self.config, self.accelerator
         accelerator.wait_for_everyone()
         metrics: dict = {}
         if accelerator.is_main_process:
-            for part in self.parts:
-                if not all_finite(accelerator.unwrap_model(part.module)):
-                    raise NonFiniteTraining("the trained weights are not finite; nothing was exported")
-            metrics = training.finish(self)
+            check_weights(accelerator, self.parts, "the trained weights are not finite; nothing was exported")
+            metrics = self.training.finish(self)
             metrics.update(
                 train_steps=config.steps, init_from=config.init_from,
                 train_minutes=(time.perf_counter() - started) / 60,
@@ -389,42 +249,7 @@ class Runtime:
             write_json(self.output_dir / "metrics.json", metrics)
             metrics = finite_json(metrics)
         accelerator.wait_for_everyone()  # the export exists for every process once this returns
-        finish_trackers(accelerator)
-        return training.result(self, metrics)
-
-    def _update(self, active: list[OptimisedPart], finite: bool) -> bool:
-        """Clip and step the active parts unless a loss or gradient is non-finite on any process.
-
-        Returns whether the update was skipped. Schedules advance either way (they are functions of the
-        step). Under fp16 the gradient scaler keeps handling its own overflows.
-        """
-        accelerator = self.accelerator
-        if not accelerator.sync_gradients:
-            raise RuntimeError("gradient accumulation is out of step with the optimiser steps")
-        skip = self._any_process(not finite)
-        if not skip:
-            norms = []
-            for part in active:
-                parameters = [p for p in part.module.parameters() if p.grad is not None]
-                if self.config.grad_clip > 0:
-                    norms.append(accelerator.clip_grad_norm_(parameters, self.config.grad_clip))
-                elif parameters:
-                    norms.append(torch.linalg.vector_norm(torch.stack(
-                        [torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters])))
-            finite_grads = all(bool(torch.isfinite(torch.as_tensor(n)).all()) for n in norms)
-            skip = accelerator.scaler is None and self._any_process(not finite_grads)
-        for part in active:
-            if not skip:
-                part.optimizer.step()
-            part.optimizer.zero_grad(set_to_none=True)
-            part.scheduler.step()
-        return skip
-
-    def _any_process(self, flag: bool) -> bool:
-        if self.accelerator.num_processes == 1:
-            return flag
-        total = self.accelerator.reduce(torch.tensor([float(flag)], device=self.device), "sum")
-        return bool(total.item() > 0)
+        return metrics
 
     def _log(self, step: int, losses: dict[str, torch.Tensor], items_per_s: float, progress: tqdm) -> None:
         accelerator = self.accelerator
@@ -446,14 +271,13 @@ class Runtime:
 
     def save(self, step: int, consecutive_skips: int = 0) -> None:
         """Checkpoint at `step`. The weights are finite here: non-finite updates are never applied."""
-        for part in self.parts:
-            if not all_finite(self.accelerator.unwrap_model(part.module)):
-                raise NonFiniteTraining(f"step {step}: the weights are not finite; the checkpoint was not written")
+        check_weights(self.accelerator, self.parts,
+                      f"step {step}: the weights are not finite; the checkpoint was not written")
         state = {**finite_json(self.history), "consecutive_skips": consecutive_skips,
                  "mixed_precision": self.accelerator.mixed_precision}
         save_checkpoint(self.accelerator, self.output_dir, step, self.config.keep_checkpoints, self.registered,
-                        state, before_publish=_kill_hook(self.training.name, "checkpoint", step),
-                        after_rotation=_kill_hook(self.training.name, "rotation", step))
+                        state, before_publish=kill_hook(self.training.name, "checkpoint", step),
+                        after_rotation=kill_hook(self.training.name, "rotation", step))
 
     def _skipped_inputs(self) -> dict[str, int]:
         """Bad inputs skipped by the training data and the held-out data, by reason, over every process (an
