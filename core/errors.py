@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TypeVar
 
@@ -40,9 +42,24 @@ def original_message(message: str) -> str:
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print `error: message` (on one line; an error from a DataLoader worker without the worker's traceback)
-    to stderr and exit with `code`."""
-    print(f"error: {' '.join(original_message(message).split())}", file=sys.stderr)
+    to stderr and exit with `code`. Under a torch launcher (`accelerate launch`, torchrun) the line is also
+    its error file, so the launcher's failure summary names it rather than "To enable traceback see ..."."""
+    line = f"error: {' '.join(original_message(message).split())}"
+    print(line, file=sys.stderr)
+    tell_launcher(line)
     raise SystemExit(code)
+
+
+def tell_launcher(line: str) -> None:
+    """Write `line` to the error file a torch elastic launcher reads for this process, if there is one."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    try:
+        with open(path, "w") as handle:
+            json.dump({"message": line, "timestamp": int(time.time())}, handle)
+    except OSError:
+        pass
 
 
 _BOX = re.compile(r"[\u2500-\u257f\u2580-\u259f]+")

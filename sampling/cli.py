@@ -7,14 +7,17 @@ nextscale-sample --checkpoint var-d16 --class-label 207 --class-label 980   (a c
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from tyro.conf import OmitArgPrefixes, UseAppendAction
+from tyro.conf import OmitArgPrefixes, Suppress, UseAppendAction
 
 from nextscale.devices import resolve_device
 from nextscale.errors import run_cli
@@ -108,6 +111,30 @@ class SampleArgs:
             top_p=chosen["top_p"] if self.top_p is None else self.top_p,
             temperature=self.temperature,
         )
+
+
+@dataclass(frozen=True)
+class PlainSampleArgs(SampleArgs):
+    # sample.py's options without editing, per-scale prompts and zoom (`args_class`); the docstring is SampleArgs'
+    editing: Suppress[EditArgs] = EditArgs()
+    zooming: Suppress[ZoomArgs] = ZoomArgs()
+
+
+PlainSampleArgs.__doc__ = SampleArgs.__doc__
+
+EDIT_FLAGS = frozenset(f"--{prefix}{field.name.replace('_', '-')}" for cls in (EditArgs, ZoomArgs)
+                       for field in dataclasses.fields(cls) for prefix in ("", "no-"))
+"""The options of editing, per-scale prompts and zoom (and the --no- forms of their flags)."""
+
+
+def args_class(argv: Sequence[str]) -> type[SampleArgs]:
+    """What sample.py parses `argv` into: `SampleArgs` when an editing, per-scale prompt or zoom option is
+    given (or --help, which lists them), else `PlainSampleArgs`, which has none of them to parse."""
+    for arg in argv:
+        if arg in ("-h", "--help") or (arg.startswith("--") and
+                                       "--" + arg[2:].split("=", 1)[0].replace("_", "-") in EDIT_FLAGS):
+            return SampleArgs
+    return PlainSampleArgs
 
 
 DEFAULT_SETTINGS = {"cfg_scale": DEFAULTS.cfg_scale, "top_k": DEFAULTS.top_k, "top_p": DEFAULTS.top_p}
@@ -234,7 +261,9 @@ def check_condition_kind(args: SampleArgs, pipeline: Pipeline) -> None:
 def main(args: SampleArgs) -> list[Path]:
     """Generate `num_images` per prompt, write PNGs, grid.png and (optionally) progressions; return the paths."""
     prompts = validate(args)
-    check_edit_args(args.editing, args.zooming)
+    edits = args.editing != EditArgs() or args.zooming != ZoomArgs()  # a plain run checks no editing option
+    if edits:
+        check_edit_args(args.editing, args.zooming)
     if args.save_progression and (args.editing.editing or args.editing.mixing or args.zooming.zoom):
         raise usage_error("--save-progression is for plain text-to-image sampling: drop it for edits, per-scale "
                           "prompts and zooms")
@@ -244,7 +273,8 @@ def main(args: SampleArgs) -> list[Path]:
     check_condition_kind(args, pipeline)
     if args.compile:
         pipeline.transformer.compile_blocks()
-    check_edit_args(args.editing, args.zooming, pipeline.transformer.config.num_scales)
+    if edits:
+        check_edit_args(args.editing, args.zooming, pipeline.transformer.config.num_scales)
     config = args.sampling_config(pipeline.recommended)
     note = settings_note(args, pipeline.recommended, config)
     if note:
@@ -277,8 +307,10 @@ def main(args: SampleArgs) -> list[Path]:
 
 def cli() -> None:
     """The `nextscale-sample` console script: mistakes end with one `error: ...` line (exit 2; --debug shows
-    the traceback)."""
-    run_cli(SampleArgs, main)
+    the traceback). The editing, per-scale prompt and zoom options are parsed only when one is given
+    (`args_class`)."""
+    argv = sys.argv[1:]
+    run_cli(args_class(argv), main, argv)
 
 
 if __name__ == "__main__":

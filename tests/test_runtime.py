@@ -282,3 +282,21 @@ def test_a_fresh_run_into_the_folder_of_another_run_refuses_unless_told(tmp_path
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "--overwrite" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_process_that_loses_its_peer_ends_with_one_line_and_no_traceback(tmp_path):
+    """kill -9 of one of two processes: the survivor printed gloo's "Connection reset by peer" traceback. Now
+    it ends with one line, which the launcher's failure summary repeats (its own ChildFailedError traceback
+    remains: accelerate launch raises it for any child that failed, the killed one included)."""
+    started = time.monotonic()
+    done = run_script([str(TESTS / "toy_training.py"), "--output-dir", str(tmp_path / "run"), "--steps", "6",
+                       "--batch-size", "4", "--mixed-precision", "no", "--tracker", "none", "--die-step", "2"],
+                      processes=2, timeout=120)
+    assert done.returncode != 0 and time.monotonic() - started < 60
+    lines = done.stderr.splitlines()
+    assert any(line.startswith("error: another process of this run died") for line in lines), done.stderr[-3000:]
+    assert "traceback : error: another process of this run died" in done.stderr  # the launcher's summary
+    # the only traceback is the launcher's own (accelerate's launch.py raising ChildFailedError)
+    assert done.stderr.count("Traceback (most recent call last)") <= 1, done.stderr[-3000:]
+    assert "[rank0]" not in done.stderr and "Connection closed by peer. This is typically" not in done.stderr

@@ -1,5 +1,5 @@
 """A toy training for the runtime's own tests: a linear regression whose loss can be made non-finite,
-whose weights can be poisoned, and whose process 1 can freeze, at chosen steps.
+whose weights can be poisoned, and whose process 1 can freeze or die, at chosen steps.
 
 Usage (as a script, under `accelerate launch`): python tests/toy_training.py --output-dir DIR [options]
 (every ToyConfig field is an option).
@@ -7,6 +7,8 @@ Usage (as a script, under `accelerate launch`): python tests/toy_training.py --o
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from torch import nn
 
 from nextscale.train.errors import run_cli
 from nextscale.train.run_config import RunConfig
-from nextscale.train.runtime import Runtime, TrainResult
+from nextscale.train.runtime import Runtime, TrainResult, close_process_group
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class ToyConfig(RunConfig):
     """After this 0-based step, set a weight to NaN (what a bug in an objective could do)."""
     freeze_step: int | None = None
     """Process 1 sleeps a minute at this step (a frozen peer)."""
+    die_step: int | None = None
+    """Process 1 kills itself with SIGKILL at this step (a peer that dies: kill -9, the OOM killer)."""
     items: int = 64
     """Training items."""
 
@@ -60,6 +64,8 @@ class ToyTraining:
         config, rank = self.config, runtime.accelerator.process_index
         if config.freeze_step == step and rank == 1:
             time.sleep(60)
+        if config.die_step == step and rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
         inputs, targets = batch
         loss = nn.functional.mse_loss(self.module(inputs), targets)
         if step in config.nan_steps and config.nan_rank in (None, rank):
@@ -84,4 +90,7 @@ def train_toy(config: ToyConfig) -> TrainResult:
 
 
 if __name__ == "__main__":
-    run_cli(ToyConfig, train_toy, sys.argv[1:])
+    try:  # as the trainings' command lines do
+        run_cli(ToyConfig, train_toy, sys.argv[1:])
+    finally:
+        close_process_group()

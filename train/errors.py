@@ -25,6 +25,27 @@ def collective_timeout(error: BaseException) -> str | None:
             "see its log, then resume with --resume latest (--collective-timeout sets the wait)")
 
 
+PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "remote worker crashing",
+             "failed to recv", "recvvalue", "socket closed")
+"""How a collective (gloo, the TCP store) says that the process at the other end is gone."""
+
+
+def lost_peer(error: BaseException) -> str | None:
+    """The one-line message of a collective whose peer process died (kill -9, the OOM killer), else None."""
+    text = str(error)
+    if not isinstance(error, RuntimeError) or not any(sign in text.lower() for sign in PEER_LOST):
+        return None
+    first = text.splitlines()[0] if text else type(error).__name__
+    detail = first.split("] ", 1)[-1].split(". This is typically")[0][:160]  # gloo's message without its source line
+    return (f"another process of this run died ({detail}): see its log (killed, out of memory?), then resume "
+            "with --resume latest")
+
+
+def process_failure(error: BaseException) -> str | None:
+    """The one line of a run that another process failed (it died, or froze past the collective timeout)."""
+    return lost_peer(error) or collective_timeout(error)
+
+
 def run_cli(config_class: type[T], main: Callable[[T], Any], argv: list[str] | None = None,
             defaults: Callable[[list[str]], T | None] | None = None) -> Any:
     """Parse a training config from the command line and run it, turning mistakes into one line.
@@ -45,4 +66,4 @@ def run_cli(config_class: type[T], main: Callable[[T], Any], argv: list[str] | N
     extra_help = presets.help_entries() if presets.resolver_of(config_class) is not None else ()
     return run_any_cli(config_class, main, presets.parser_arguments(given),
                        user_errors=(TooManyBadFiles, CheckpointError), failures=(NonFiniteTraining,),
-                       explain=collective_timeout, defaults=resolved, extra_help=extra_help)
+                       explain=process_failure, defaults=resolved, extra_help=extra_help)
