@@ -81,6 +81,42 @@ def write_tiny_bert(directory: Path, words: list[str], num_layers: int = 1, max_
     return directory
 
 
+def write_tiny_clip(directory: Path, words: list[str], max_positions: int = 48) -> Path:
+    """Save a tiny random CLIP text encoder (width 32) with a byte-level BPE vocabulary in which every word of
+    `words` is one token (CLIP's reversible byte -> unicode table, GPT-2's `bytes_to_unicode`)."""
+    import json
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [byte for byte in range(256) if byte not in printable]
+    alphabet = [chr(c) for c in printable] + [chr(256 + index) for index in range(len(extra))]
+    vocab = {symbol: index for index, symbol in enumerate(alphabet + [s + "</w>" for s in alphabet])}
+    merges: list[str] = []
+    for word in words:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merge = f"{pieces[0]} {pieces[1]}"
+            if merge not in merges:
+                merges.append(merge)
+                vocab[pieces[0] + pieces[1]] = len(vocab)
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.json").write_text(json.dumps(vocab))
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = CLIPTokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"))
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=TINY_TEXT_WIDTH, intermediate_size=64,
+                            num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=max_positions,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    CLIPTextModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The text encoder of the tiny pipelines: one layer, the portrait words."""
