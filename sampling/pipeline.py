@@ -26,6 +26,7 @@ import torch
 
 import nextscale
 from nextscale.checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_write_dir, read_json_object, resolve_model_dir
+from nextscale.sampling import precision
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.transformer import NextScaleTransformer
 from nextscale.transformer.text import TextEncoder
@@ -216,12 +217,19 @@ def recommended_sampling(name_or_path: str | os.PathLike | None = None) -> dict 
 def load_pipeline(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     adapter: str | os.PathLike | None = None,
     adapter_scale: float = 1.0,
+    decoder_dtype: str | torch.dtype | None = None,
 ) -> Pipeline:
     """Load a pipeline directory (None: the bundled demo model) onto `device` in `dtype`, with the LoRA adapter
-    at `adapter` (a directory written by `train_var.py --lora.rank N`) on its transformer at `adapter_scale`."""
+    at `adapter` (a directory written by `train_var.py --lora.rank N`) on its transformer at `adapter_scale`.
+
+    `dtype="int8"`: float32 weights whose transformer linear layers are then quantised to int8 (a CPU path,
+    `nextscale.sampling.precision`). `decoder_dtype`: None keeps the decoder in `dtype`; "auto" runs it in
+    bf16 channels-last on a CPU with native bf16 (`sample.py`'s default); "float32", "bfloat16" or a
+    torch.dtype force one."""
+    precision.check_precision(dtype, torch.device(device))
     directory = Path(name_or_path) if name_or_path is not None else DEMO_PIPELINE
     if name_or_path is None and not (directory / PIPELINE_FILE).is_file():
         raise FileNotFoundError(
@@ -247,4 +255,5 @@ def load_pipeline(
         from nextscale.sampling.adapters import load_adapter
 
         load_adapter(transformer, adapter, adapter_scale)  # before the cast: the base is checked as stored
-    return Pipeline(tokenizer.to(dtype), transformer.to(dtype), text_encoder, directory, spec.get("sampling"))
+    tokenizer, transformer = precision.apply_precision(tokenizer, transformer, dtype, decoder_dtype)
+    return Pipeline(tokenizer, transformer, text_encoder, directory, spec.get("sampling"))

@@ -81,8 +81,15 @@ class MultiScaleVQVAE(nn.Module, PretrainedMixin):
         return self.quantizer(self.encoder(images)).codes
 
     def decode_latent(self, accumulated: torch.Tensor) -> torch.Tensor:
-        """Accumulated latent (b, C, h, w) -> images (b, 3, H, W) clamped to [-1, 1]."""
-        return self.decoder(accumulated).clamp(-1, 1)
+        """Accumulated latent (b, C, h, w) -> images (b, 3, H, W) clamped to [-1, 1], in the latent's dtype.
+
+        The decoder runs in its own dtype and memory format, which may differ from the quantizer's (a bf16
+        channels-last decoder beside a float32 latent: `nextscale.sampling.precision.set_decoder_dtype`)."""
+        weight = self.decoder.stem.weight
+        latent = accumulated.to(weight.dtype)
+        if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+            latent = latent.contiguous(memory_format=torch.channels_last)
+        return self.decoder(latent).clamp(-1, 1).to(accumulated.dtype).contiguous()
 
     @torch.no_grad()
     def decode(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
