@@ -45,6 +45,7 @@ from nextscale.portraits.captions import caption_from_attributes
 from nextscale.portraits.judge import AttributeJudge, attribute_indices, reconstruct
 from nextscale.portraits.render import render_portrait
 from nextscale.sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline, record_sampling
+from nextscale.sampling.precision import DTYPES, apply_precision
 from nextscale.sampling.sampler import SamplingConfig, generate
 
 PROGRESSION_PROMPTS = (
@@ -94,8 +95,11 @@ class EvaluationConfig:
     table); needs a judge trained on those levels (`--zoom-judge`); () skips it."""
     guidance_off_last: int = 0
     """Switch guidance off for the last N scales (the guidance window measured for adherence and FD)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Weights and activations dtype of the sampled pipeline (the judge stays float32)."""
+    dtype: Literal["float32", "bfloat16", "int8"] = "float32"
+    """Weights and activations dtype of the sampled pipeline (the judge stays float32); int8: the transformer's
+    linear layers in int8 on the CPU (`nextscale.sampling.precision`)."""
+    decoder_dtype: Literal["float32", "bfloat16"] | None = None
+    """The decoder's dtype while sampling (None: the pipeline's); the baselines decode in float32."""
 
     def sampling(self, cfg_scale: float) -> SamplingConfig:
         return SamplingConfig(cfg_scale=cfg_scale, guidance_off_last=self.guidance_off_last, top_k=self.top_k,
@@ -255,8 +259,7 @@ def evaluate(config: EvaluationConfig) -> dict:
     reconstructed = from_uint8(reconstruct(pipeline.tokenizer, to_uint8(real_again)))
     reconstructed_pred, reconstructed_features = judge_images(judge, reconstructed)
     # the baselines above use the float32 tokenizer; sampling runs in the dtype asked for
-    pipeline.tokenizer.to(getattr(torch, config.dtype))
-    pipeline.transformer.to(getattr(torch, config.dtype))
+    apply_precision(pipeline.tokenizer, pipeline.transformer, DTYPES[config.dtype], config.decoder_dtype)
     unconditional = sample_prompts(pipeline, [""] * len(prompts), config, 0.0, config.seed)
     uncond_pred, _ = judge_images(judge, unconditional)
 
@@ -329,7 +332,7 @@ def save_progression_figure(pipeline: Pipeline, path: Path, cfg_scale: float, co
 
 
 def markdown_report(report: dict) -> str:
-    """The evaluation as markdown tables (README-ready)."""
+    """The evaluation as markdown tables (for its experiment page)."""
     names = list(report["real"]["single"]["per_attribute"])
     header = "| | " + " | ".join(names) + " | mean | 3-attr all correct | FD | diversity |"
     lines = [header, "|" + "---|" * (len(names) + 5)]

@@ -25,9 +25,10 @@ from nextscale.images import grid_columns, save_grid
 from nextscale.sampling.edit_cli import EditArgs, ZoomArgs, check_edit_args, run_edits, run_zoom, usage_error
 from nextscale.sampling.outputs import image_stem, save_images, save_progression
 from nextscale.sampling.pipeline import Pipeline, load_pipeline
+from nextscale.sampling.precision import DTYPES as PRECISIONS
 from nextscale.sampling.sampler import SamplingConfig, generate
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = PRECISIONS  # the names --dtype takes ("int8" included)
 DEFAULTS = SamplingConfig()
 
 
@@ -68,8 +69,13 @@ class SampleArgs:
     demo model at checkpoints/demo."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to run; auto = cuda when available."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weights and activations dtype (the sampling arithmetic stays float32)."""
+    dtype: Literal["float32", "bfloat16", "float16", "int8"] = "float32"
+    """Weights and activations dtype (the sampling arithmetic stays float32). int8: the transformer's linear
+    layers in int8, a CPU path, the fastest there at a small cost in quality
+    (docs/experiments/int8-and-fast-decoder.md)."""
+    decoder_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """The tokenizer decoder's dtype. auto: bf16 (channels-last) on a CPU with native bf16 when --dtype is
+    float32 or int8, else --dtype; float32 gives the reference pixels (docs/experiments/int8-and-fast-decoder.md)."""
     adapter: str | None = None
     """A LoRA adapter directory (train_var.py --lora.rank N writes output_dir/adapter) to put on the pipeline's
     transformer; it must have been trained on this pipeline's transformer."""
@@ -219,7 +225,7 @@ def open_pipeline(args: SampleArgs) -> Pipeline:
     """load_pipeline with its errors (missing checkpoint, parts that do not fit) as one ValueError."""
     try:
         return load_pipeline(args.checkpoint, resolve_device(args.device), DTYPES[args.dtype], adapter=args.adapter,
-                             adapter_scale=args.adapter_scale)
+                             adapter_scale=args.adapter_scale, decoder_dtype=args.decoder_dtype)
     except (FileNotFoundError, ValueError) as error:
         raise ValueError(f"cannot load the checkpoint: {error}") from error
 

@@ -180,8 +180,9 @@ def test_greedy_guided_sampling_writes_the_reference_images(converted_pipeline, 
         assert torch.equal(code, reference[f"sample.codes.{scale}"]), f"scale {scale}"
     torch.testing.assert_close(result.images * 0.5 + 0.5, reference["sample.images"], atol=1e-3, rtol=0)
 
+    # the reference's pixels come from a float32 decoder (sample.py's default decoder may run in bf16)
     paths = sample_main(SampleArgs(class_label=(207, 980), cfg=4.0, top_k=1, checkpoint=str(converted_pipeline),
-                                   out=tmp_path, progress=False, grid=False))
+                                   out=tmp_path, progress=False, grid=False, decoder_dtype="float32"))
     assert [path.name for path in paths] == ["0000-class-207.png", "0001-class-980.png"]  # --no-grid: no grid.png
     written = torch.stack([torch.from_numpy(np.array(Image.open(path))) for path in paths])  # (2, H, W, 3)
     expected = (reference["sample.images"].permute(0, 2, 3, 1) * 255).round()

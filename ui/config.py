@@ -35,8 +35,9 @@ class UIConfig:
     """The pipeline shown first: a directory written by train_var.py or a hub id; default: the bundled demo."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the models run; auto = cuda when available."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Weights and activations dtype."""
+    dtype: Literal["float32", "bfloat16", "float16", "int8"] = "float32"
+    """Weights and activations dtype; int8: the transformer's linear layers in int8, a CPU path
+    (docs/experiments/int8-and-fast-decoder.md). The decoder runs as sample.py's --decoder-dtype auto."""
     threads: int = 1
     """torch's intra-op CPU threads; 0: torch's default (one per core). One is the default: on a small CPU
     shared with other busy processes, spinning threads compete (docs/experiments/web-ui-load.md)."""

@@ -15,8 +15,9 @@ import torch
 
 from nextscale import devices
 from nextscale.sampling.pipeline import DEMO_PIPELINE, Pipeline, load_pipeline
+from nextscale.sampling.precision import DTYPES as PRECISIONS
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = PRECISIONS  # the dtype names sample.py's --dtype takes ("int8" included)
 DEMO_NAME = "demo"
 
 
@@ -163,7 +164,7 @@ class ModelRegistry:
                 return self._models[key]
             try:
                 pipeline = load_pipeline(checkpoint, self.device, DTYPES[self.dtype], adapter=adapter,
-                                         adapter_scale=scale)
+                                         adapter_scale=scale, decoder_dtype="auto")  # as sample.py decodes
             except (FileNotFoundError, ValueError, OSError) as error:
                 raise ModelError(f"cannot load {name or DEMO_NAME!r}: {error}") from error
             model = LoadedModel(checkpoint, pipeline, self.dtype, threading.BoundedSemaphore(self.concurrency),
