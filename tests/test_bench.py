@@ -84,3 +84,21 @@ def test_loading_bench_compares_two_loads_of_the_same_weights(tmp_path: Path) ->
     assert set(report["seconds"]) == set(report["peak_bytes"]) == {"from_pretrained", "build, then copy"}
     assert all(seconds > 0 for seconds in report["seconds"].values())
     assert all(rise >= 0 for rise in report["peak_bytes"].values())  # a tiny model may fit in memory already held
+
+
+def test_precision_bench_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    """`python -m bench.precision` on the bundled model and a tiny VAR-shaped one: every variant is timed
+    against float32, the reference's own difference is nil, and the file is written."""
+    from bench.precision import PrecisionBenchConfig
+    from bench.precision import main as precision_main
+
+    config = PrecisionBenchConfig(batches=(1,), repeats=1, variants=("float32", "int8"), var_depth=1, var_width=64,
+                                  var_scales=(1, 2, 4), var_decoder_channels=32, out=tmp_path)
+    results = precision_main(config)
+    assert set(results["models"]) == {"demo", "var"}
+    for entry in results["models"].values():
+        reference, int8 = entry["rows"]
+        assert (reference["variant"], int8["variant"]) == ("float32", "int8")
+        assert reference["ratio"] == 1.0 and reference["equal_codes"] == 1.0 and reference["max_abs"] == 0.0
+        assert int8["seconds"] > 0 and 0.0 <= int8["equal_codes"] <= 1.0
+    assert json.loads((tmp_path / "precision.json").read_text())["machine"]["clock"] == "cpu"
