@@ -16,7 +16,7 @@ from conftest import TINY_TEXT_MAX_LENGTH
 from PIL import Image
 
 from nextscale.data import DataConfig
-from nextscale.sampling.adapters import ADAPTER_WEIGHTS, load_adapter, merge_command
+from nextscale.sampling.adapters import ADAPTER_WEIGHTS, load_adapter, lora_layers, merge_command
 from nextscale.sampling.pipeline import load_pipeline
 from nextscale.train.lora import LoraOptions
 from nextscale.train.preview import PreviewConfig
@@ -153,3 +153,15 @@ def test_an_adapter_of_another_base_is_refused_in_one_line(trained, write_tiny_p
                            "cpu"], cwd=ROOT, capture_output=True, text=True,
                           env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert proc.returncode != 0 and "depth: 2 there, 3 here" in proc.stderr
+
+
+def test_the_web_uis_model_registry_loads_a_pipeline_with_an_adapter(trained, tiny_pipeline_dir):
+    from nextscale.ui.models import ModelRegistry, split_adapter, with_adapter
+
+    output, _ = trained
+    name = with_adapter(str(tiny_pipeline_dir), str(output / "adapter"), 0.5)
+    assert split_adapter(name) == (str(tiny_pipeline_dir), str((output / "adapter").resolve()), 0.5)
+    model = ModelRegistry("cpu", "float32", 1, 2).get(name)
+    assert model.adapter == str((output / "adapter").resolve()) and model.name == name
+    assert "at scale 0.5" in model.info()["adapter"]
+    assert {m.scaling["default"] for _, m in lora_layers(model.pipeline.transformer)} == {0.5 * 8.0 / 4}
