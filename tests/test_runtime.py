@@ -300,3 +300,17 @@ def test_a_process_that_loses_its_peer_ends_with_one_line_and_no_traceback(tmp_p
     # the only traceback is the launcher's own (accelerate's launch.py raising ChildFailedError)
     assert done.stderr.count("Traceback (most recent call last)") <= 1, done.stderr[-3000:]
     assert "[rank0]" not in done.stderr and "Connection closed by peer. This is typically" not in done.stderr
+
+
+@pytest.mark.slow
+def test_work_of_the_main_process_alone_is_waited_for_past_the_collective_timeout(tmp_path):
+    """The collective timeout is short (a frozen peer is noticed in a minute, not five), so what the main
+    process does alone (a preview after a step, the export and evaluation) is waited for without it."""
+    from nextscale.train.run_config import RunConfig
+
+    assert RunConfig.collective_timeout == 60.0
+    done = run_script([str(TESTS / "toy_training.py"), "--output-dir", str(tmp_path / "run"), "--steps", "4",
+                       "--batch-size", "4", "--mixed-precision", "no", "--tracker", "none", "--checkpoint-every", "2",
+                       "--collective-timeout", "3", "--main-work", "6"], processes=2, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert strict_json(tmp_path / "run" / "metrics.json")["train_steps"] == 4

@@ -36,6 +36,8 @@ class ToyConfig(RunConfig):
     """Process 1 sleeps a minute at this step (a frozen peer)."""
     die_step: int | None = None
     """Process 1 kills itself with SIGKILL at this step (a peer that dies: kill -9, the OOM killer)."""
+    main_work: float = 0.0
+    """Seconds of work the main process does alone after step 1 and in `finish` (an export, a preview)."""
     items: int = 64
     """Training items."""
 
@@ -73,12 +75,18 @@ class ToyTraining:
         runtime.accelerator.backward(loss)
         return {"loss": loss.detach()}
 
+    def main_work_at(self, step: int) -> bool:
+        return step == 1
+
     def after_step(self, runtime: Runtime, step: int, skipped: bool) -> None:
+        if step == 1 and runtime.accelerator.is_main_process:
+            time.sleep(self.config.main_work)
         if self.config.poison_step == step:
             with torch.no_grad():
                 self.model.weight[0, 0] = float("nan")
 
     def finish(self, runtime: Runtime) -> dict:
+        time.sleep(self.config.main_work)
         return {"weight": self.model.weight.detach().flatten().tolist()}
 
     def result(self, runtime: Runtime, metrics: dict) -> TrainResult:

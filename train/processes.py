@@ -1,11 +1,19 @@
 """The processes of a training run: the Accelerator they share, the device they train on, the trackers,
-and the end of the process group when a command ends (the runtime, `nextscale.train.runtime`, uses these)."""
+the waits for work one process does alone, and the end of the process group when a command ends (the
+runtime, `nextscale.train.runtime`, uses these).
+
+Two kinds of wait: the collectives of the steps (gradient all-reduce, the joint skip decision, logs)
+time out after --collective-timeout, so that a frozen or dead peer ends the run within a minute; work
+that one process does alone while the others wait (export and evaluation, building a cache, previews,
+publishing a checkpoint) takes as long as it takes, and is waited for in a group of its own
+(`wait_for_main`, `main_process_first`)."""
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -49,6 +57,38 @@ def make_accelerator(config: RunConfig, tracker: str | None) -> Accelerator:
     )
 
 
+MAIN_WORK_TIMEOUT = timedelta(hours=24)
+"""How long processes wait for work one process does alone (`wait_for_main`)."""
+_main_work: list = []
+"""The gloo group of `wait_for_main`, once the process group exists (one per process group)."""
+
+
+def start_main_work(accelerator: Accelerator) -> None:
+    """Make the group `wait_for_main` waits in (every process calls this at the same point: a new Runtime)."""
+    if accelerator.num_processes > 1 and not _main_work and torch.distributed.is_initialized():
+        _main_work.append(torch.distributed.new_group(backend="gloo", timeout=MAIN_WORK_TIMEOUT))
+
+
+def wait_for_main() -> None:
+    """Wait until every process gets here, for as long as work that one process does alone takes (an export
+    and its evaluation, a cache built once, a preview, a checkpoint published): such waits go through a
+    group of their own that waits up to `MAIN_WORK_TIMEOUT`, so that the collectives of the steps can time
+    out soon (--collective-timeout) when a peer froze or died. Nothing to wait for with one process."""
+    if _main_work:
+        torch.distributed.barrier(group=_main_work[0])
+
+
+@contextmanager
+def main_process_first(accelerator: Accelerator) -> Iterator[None]:
+    """`accelerator.main_process_first()` waiting as `wait_for_main` does: the main process does the work
+    (builds a cache) while the others wait for it however long it takes, then they do theirs (load it)."""
+    if not accelerator.is_main_process:
+        wait_for_main()
+    yield
+    if accelerator.is_main_process:
+        wait_for_main()
+
+
 def launch_device() -> torch.device:
     """The kind of device the Accelerator will train on, known before it is built (building Accelerate's
     process state early would lose the launcher's CPU processes): the CPU when `accelerate launch --cpu`
@@ -66,6 +106,7 @@ def close_process_group() -> None:
     """End the distributed process group when a training command ends (the trainings themselves keep it,
     since one process may run several). Left to interpreter shutdown, a gloo group can abort the process
     ("terminate called without an active exception") after the run has finished."""
+    _main_work.clear()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

@@ -68,9 +68,11 @@ class RunConfig:
     max_nonfinite_steps: int = 20
     """Stop with an error after this many consecutive optimiser steps skipped for a non-finite loss or
     gradient (each skip is logged and counted in metrics.json)."""
-    collective_timeout: float = 300.0
-    """Seconds a process waits for the others at a collective (gradient all-reduce, barrier) before the
-    run stops with an error, e.g. when a peer froze or died (PyTorch's default is 30 minutes)."""
+    collective_timeout: float = 60.0
+    """Seconds a process waits for the others at a collective of the steps (gradient all-reduce, the joint
+    skip decision, logs) before the run stops with one line, when a peer froze or died (PyTorch's default
+    is 30 minutes). Work one process does alone while the others wait (export and evaluation, a cache
+    built once, previews, publishing a checkpoint) is waited for however long it takes."""
     overwrite: bool = False
     """Replace the run already in --output-dir: its checkpoints, export, samples and metrics.json are removed
     first (other files there are kept). Without it, a fresh run into the folder of another run is refused."""

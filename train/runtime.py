@@ -47,15 +47,19 @@ from nextscale.train.processes import (
     finish_trackers,
     kill_hook,
     launch_device,
+    main_process_first,
     make_accelerator,
     resolve_tracker,
+    start_main_work,
+    wait_for_main,
 )
 from nextscale.train.run_config import TENSORBOARD_DIR, RunConfig, precision_note
 from nextscale.train.run_folder import check_run_folder, clear_run_folder
 from nextscale.train.state import Stateful, check_resume_argument, resume_checkpoint, save_checkpoint
 
 __all__ = ["KILL_HOOK", "NonFiniteTraining", "OptimisedPart", "Runtime", "TrainResult", "Training",
-           "close_process_group", "endless_batches", "finite_json", "launch_device", "set_data_epoch"]
+           "close_process_group", "endless_batches", "finite_json", "launch_device", "main_process_first",
+           "set_data_epoch"]
 """Besides the runtime itself, what trainings and tests import from here (defined beside it: the processes
 in `processes`, the batches in `batches`, the non-finite handling in `nonfinite`)."""
 
@@ -93,7 +97,9 @@ class Training(Protocol):
         """Forward and `accelerator.backward` of one micro-batch; return its scalar losses (key "loss")."""
 
     def after_step(self, runtime: Runtime, step: int, skipped: bool) -> None:
-        """After the update of `step` (0-based): EMA, codebook restarts, sample grids."""
+        """After the update of `step` (0-based): EMA, codebook restarts, sample grids. A training whose main
+        process works alone there (a preview) says at which steps with `main_work_at(step) -> bool`: the
+        other processes then wait for it however long it takes (`processes.wait_for_main`)."""
 
     def finish(self, runtime: Runtime) -> dict:
         """Main process: export and evaluate; return the metrics."""
@@ -111,6 +117,7 @@ class Runtime:
         self.output_dir = Path(config.output_dir)
         self.tracker = resolve_tracker(config.tracker)
         self.accelerator = make_accelerator(config, self.tracker)
+        start_main_work(self.accelerator)
         self.parts: list[OptimisedPart] = []
         self.registered: dict[str, Stateful] = {}
         self.loader: Any = None
@@ -200,7 +207,7 @@ class Runtime:
                                   self.source)
         progress = tqdm(range(start, config.steps), initial=start, total=config.steps,
                         disable=not accelerator.is_main_process, desc=training.name, dynamic_ncols=True)
-        items_seen = 0
+        items_seen, main_work_at = 0, getattr(training, "main_work_at", lambda step: False)
         for step in progress:
             for part in self.parts:
                 part.module.train()
@@ -216,6 +223,8 @@ class Runtime:
             consecutive = (count_skip(self.history, consecutive, step, config.max_nonfinite_steps, accelerator.print)
                            if skipped else 0)
             training.after_step(self, step, skipped)
+            if main_work_at(step):
+                wait_for_main()  # however long the main process's own work there took (a preview, a grid)
             if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
                 self._log(step, losses, items_seen / (time.perf_counter() - started), progress)
             hook = kill_hook(training.name, "step", step + 1)
@@ -241,6 +250,7 @@ class Runtime:
             )
             if self.split is not None:
                 metrics["held_out_split"] = self.split.record()
+        wait_for_main()  # however long the export and evaluation took
         skipped_inputs = self._skipped_inputs()
         if accelerator.is_main_process:
             metrics["skipped_inputs"] = skipped_inputs

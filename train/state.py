@@ -30,6 +30,8 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from nextscale.train.processes import wait_for_main
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
@@ -174,7 +176,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     save_run_state(tmp, accelerator.process_index, registered)
-    accelerator.wait_for_everyone()
+    wait_for_main()  # the main process writes the largest files (weights, optimiser states)
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps({"step": step, **trainer_state}, allow_nan=False) + "\n")
         _fsync_tree(tmp)
@@ -187,7 +189,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
             shutil.rmtree(old, ignore_errors=True)
         if after_rotation is not None:
             after_rotation()
-    accelerator.wait_for_everyone()
+    wait_for_main()
     return final
 
 

@@ -215,6 +215,10 @@ class TokenizerTraining:
             losses.update(self.adversary.train_step(images, reconstruction.detach()))
         return {key: value.detach() for key, value in losses.items()}
 
+    def main_work_at(self, step: int) -> bool:
+        """Whether the main process works alone after `step` (a reconstruction grid): the others wait for it."""
+        return (step + 1) % self.config.sample_every == 0 or step + 1 == self.config.steps
+
     def after_step(self, runtime: Runtime, step: int, skipped: bool) -> None:
         if not skipped:
             restart_dead_codes(runtime.accelerator, self.model, self.latent, self.restarts)

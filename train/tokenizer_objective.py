@@ -30,6 +30,7 @@ from nextscale.tokenizer.losses.discriminator import (
     generator_loss,
 )
 from nextscale.train.optim import adamw_with_schedule
+from nextscale.train.processes import main_process_first
 
 if TYPE_CHECKING:
     from nextscale.train.tokenizer_loop import TokenizerTrainConfig
@@ -157,7 +158,7 @@ def prepare_teacher_cache(
         return None
     if config.data.random_crop:
         raise ValueError("teacher features are cached per image and crop: drop --data.random-crop or the cache")
-    with accelerator.main_process_first():
+    with main_process_first(accelerator):  # however long the main process takes to build it
         if not TeacherFeatureCache.is_complete(directory):
             loader = make_dataloader(config.data, batch_size=64, shuffle=False, num_workers=0, drop_last=False)
             batches = ((b["image"].to(accelerator.device), b["index"])

@@ -19,6 +19,7 @@ from nextscale.train.lora import LoraOptions, attach_training_adapter, check_lor
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.presets import check_tokenizer_size
 from nextscale.train.preview import PreviewConfig, preview_prompts, recommended_sampling, write_preview
+from nextscale.train.processes import main_process_first
 from nextscale.train.run_config import RunConfig
 from nextscale.train.runtime import Runtime, TrainResult, close_process_group
 from nextscale.train.state import GeneratorState, load_initial_weights
@@ -189,7 +190,7 @@ class VarTraining:
         self.cached = config.cache and self.text_encoder is not None  # class models encode on the fly
         if self.cached:
             cache_dir = Path(config.cache_dir or runtime.output_dir / "cache")
-            with accelerator.main_process_first():
+            with main_process_first(accelerator):  # however long the main process takes to build it
                 build_cache(cache_dir, tokenizer, config.tokenizer, self.text_encoder, config.data, self.split.train,
                             config.cache_images, progress=accelerator.is_local_main_process,
                             mixing=config.mixing > 0)
@@ -262,6 +263,11 @@ class VarTraining:
     def extra_logs(self, reduced: dict[str, float]) -> dict[str, float]:
         logits, codes = self.last
         return per_scale_metrics(logits, codes, self.model_config.scale_sizes)
+
+    def main_work_at(self, step: int) -> bool:
+        """Whether the main process works alone after `step` (a preview): the others wait for it."""
+        every = self.config.preview.every
+        return bool(every) and ((step + 1) % every == 0 or step + 1 == self.config.steps)
 
     def after_step(self, runtime: Runtime, step: int, skipped: bool) -> None:
         every = self.config.preview.every
