@@ -67,6 +67,9 @@ class PrecisionBenchConfig:
     """Images per call."""
     repeats: int = 3
     """Timed calls per variant and batch after the warm-up; the median is reported."""
+    warmup: bool = True
+    """One untimed call per variant and batch first; --no-warmup times that call too (one repeat is then
+    one call: for long runs after a smaller batch has warmed the kernels)."""
     threads: int = 1
     """torch.set_num_threads (1 on a CPU shared with other jobs)."""
     clock: Literal["wall", "cpu"] = "cpu"
@@ -130,17 +133,20 @@ def difference(reference: SamplingResult, result: SamplingResult) -> dict[str, f
 
 
 def measure(pipelines: dict[str, Pipeline], sampling: SamplingConfig, jobs: list, batch: int,
-            repeats: int) -> list[dict[str, Any]]:
-    """One warm-up call per variant (kept for the quality), then `repeats` interleaved timed calls."""
+            repeats: int, warmup: bool = True) -> list[dict[str, Any]]:
+    """One warm-up call per variant (kept for the quality; with `warmup` False, timed as the first repeat),
+    then the `repeats` interleaved timed calls."""
     batch_jobs = [jobs[index % len(jobs)] for index in range(batch)]
-    first = {name: generate(pipeline, batch_jobs, 0, sampling) for name, pipeline in pipelines.items()}
+    first = {name: generate(pipeline, batch_jobs, 0, sampling) for name, pipeline in pipelines.items()} if warmup \
+        else {}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in pipelines}
     for _ in range(repeats):
         for name, pipeline in pipelines.items():
             with timed_parts(torch.device("cpu")) as parts:
                 start = now()
-                generate(pipeline, batch_jobs, 0, sampling)
+                result = generate(pipeline, batch_jobs, 0, sampling)
                 seconds = now() - start
+            first.setdefault(name, result)
             runs[name].append({"total": seconds, **parts})
     reference = next(iter(pipelines))
     rows = []
@@ -182,7 +188,7 @@ def main(config: PrecisionBenchConfig) -> dict[str, Any]:
         pipelines, sampling, jobs = variants_of(model, config)
         rows = []
         for batch in config.batches:
-            rows += measure(pipelines, sampling, jobs, batch, config.repeats)
+            rows += measure(pipelines, sampling, jobs, batch, config.repeats, config.warmup)
             print("\n".join(format_rows(model, [row for row in rows if row["batch"] == batch])), flush=True)
         results["models"][model] = {"sampling": asdict(sampling), "rows": rows}
         lines += format_rows(model, rows)
