@@ -54,8 +54,9 @@ class BadInputTracker:
         self.min_attempts = min_attempts
         self.max_warnings = max_warnings
         # column 0: inputs tried, then one column per reason; rows: the main process, then each worker
-        self._rows = torch.zeros((MAX_READERS + 1, 1 + len(REASONS)), dtype=torch.int64).share_memory_()
-        self._tally = torch.zeros_like(self._rows).share_memory_()
+        counts = torch.zeros((2, MAX_READERS + 1, 1 + len(REASONS)), dtype=torch.int64).share_memory_()
+        self._rows = counts[0]
+        self._tally = counts[1]
         """Items' first records as each reader saw them: a quick running count for the threshold, which two
         readers meeting one item at once could both add to (the reported counts come from `_items`)."""
         self._items = torch.zeros(max(items, 1), dtype=torch.int8).share_memory_()
