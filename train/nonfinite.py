@@ -13,6 +13,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from nextscale.train.distributed import local_tensor
 from nextscale.train.processes import any_process
 
 
@@ -36,7 +37,10 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def all_finite(module: nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+    """Whether every floating-point tensor of `module`'s state is finite (under FSDP: this process's shards,
+    checked without a collective)."""
+    return all(bool(torch.isfinite(local_tensor(t)).all()) for t in module.state_dict().values()
+               if t.is_floating_point())
 
 
 def check_weights(accelerator: Accelerator, parts: list, message: str) -> None:

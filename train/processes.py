@@ -26,6 +26,7 @@ from accelerate.utils import (
     parse_flag_from_env,
 )
 
+from nextscale.train.distributed import accelerator_options, enable_fsdp_on_cpu
 from nextscale.train.run_config import RunConfig, has_native_bf16, resolve_precision
 
 KILL_HOOK = "NEXTSCALE_TEST_KILL_AT"
@@ -45,8 +46,11 @@ def make_accelerator(config: RunConfig, tracker: str | None) -> Accelerator:
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     device = launch_device()
-    return Accelerator(
-        mixed_precision=resolve_precision(config.mixed_precision, device.type, has_native_bf16(device)),
+    precision = resolve_precision(config.mixed_precision, device.type, has_native_bf16(device))
+    strategy = getattr(config, "distributed", "ddp")  # the transformer training's --distributed
+    checkpointed = config.activation_checkpointing
+    accelerator = Accelerator(
+        mixed_precision=precision,
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=config.gradient_accumulation, sync_with_dataloader=False),
         step_scheduler_with_optimizer=False,
@@ -54,7 +58,10 @@ def make_accelerator(config: RunConfig, tracker: str | None) -> Accelerator:
         project_dir=config.output_dir,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=config.collective_timeout))],
+        **accelerator_options(strategy, precision, checkpointed),
     )
+    enable_fsdp_on_cpu(accelerator, strategy, checkpointed)
+    return accelerator
 
 
 MAIN_WORK_TIMEOUT = timedelta(hours=24)

@@ -14,6 +14,7 @@ from nextscale.data.split import evaluation_split
 from nextscale.sampling.pipeline import write_pipeline
 from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.checkpointing import checkpoint_transformer
+from nextscale.train.distributed import full_state_dict, is_fsdp
 from nextscale.train.errors import run_cli
 from nextscale.train.lora import LoraOptions, attach_training_adapter, check_lora_run
 from nextscale.train.optim import adamw_with_schedule
@@ -121,11 +122,18 @@ class VarTrainConfig(RunConfig):
     lora: LoraOptions = field(default_factory=LoraOptions)
     """--lora.rank N: train a LoRA adapter on the frozen --init-from model instead of the whole transformer; the
     run exports output_dir/adapter (`sample.py --adapter`) instead of a model and a pipeline."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """How the processes of `accelerate launch` share the transformer: ddp keeps all of it on each one; fsdp
+    shards its weights, gradients and optimiser states over them (FSDP2, one unit per block; the export
+    gathers them). train/distributed.py; docs/scale-out.md."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.eval_data.resolve(self.data)  # a held-out source without its path fails here, not after training
         check_lora_run(self.lora, self.init_from)
+        if self.distributed == "fsdp" and self.lora.enabled:
+            raise ValueError("--distributed fsdp shards the whole transformer; a LoRA adapter (--lora.rank) trains "
+                             "with --distributed ddp")
         if not 0.0 <= self.cond_drop < 1.0:
             raise ValueError(f"--cond-drop is a probability in [0, 1), got {self.cond_drop}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -152,6 +160,8 @@ class VarTraining:
 
     def __init__(self, config: VarTrainConfig) -> None:
         self.config = config
+        self.gathered: NextScaleTransformer | None = None
+        """Under FSDP, on the main process: a plain copy with the full weights, made for previews and the export."""
 
     def setup(self, runtime: Runtime) -> None:
         config, accelerator = self.config, runtime.accelerator
@@ -270,16 +280,32 @@ class VarTraining:
         return bool(every) and ((step + 1) % every == 0 or step + 1 == self.config.steps)
 
     def after_step(self, runtime: Runtime, step: int, skipped: bool) -> None:
-        every = self.config.preview.every
-        if runtime.accelerator.is_main_process and every and ((step + 1) % every == 0 or step + 1 == self.config.steps):
-            path = write_preview(self.config.preview, self.preview_prompts, self.tokenizer, self.model,
+        preview, last = self.main_work_at(step), step + 1 == self.config.steps
+        if is_fsdp(runtime.accelerator) and (preview or last):  # a collective: every process gathers
+            self.gathered = self.gather(runtime)
+        if runtime.accelerator.is_main_process and preview:
+            path = write_preview(self.config.preview, self.preview_prompts, self.tokenizer, self.trained,
                                  self.text_encoder,
                                  runtime.output_dir / "previews" / f"step_{step + 1:06d}.png")
             runtime.accelerator.print(f"preview: {path}")
 
+    def gather(self, runtime: Runtime) -> NextScaleTransformer | None:
+        """Under FSDP: the full weights in a plain transformer on the main process (None on the others)."""
+        state = full_state_dict(runtime.accelerator, self.objective, "model.")
+        if not runtime.accelerator.is_main_process:
+            return None
+        model = NextScaleTransformer(self.model_config).to(runtime.device)
+        model.load_state_dict(state)
+        return model
+
+    @property
+    def trained(self) -> NextScaleTransformer:
+        """The transformer with every weight: the trained module, or under FSDP its gathered copy."""
+        return self.gathered if self.gathered is not None else self.model
+
     def finish(self, runtime: Runtime) -> dict:
         config, output_dir = self.config, runtime.output_dir
-        self.model.eval()
+        self.model = self.trained.eval()
         metrics: dict = {"held_out_source": self.split.description, "parameters": self.model.num_parameters()}
         if self.adapter is not None:
             metrics.update(self.adapter.export(self.model, output_dir,

@@ -210,6 +210,11 @@ class SelfAttention(nn.Module):
         return F.linear(x, self.qkv.weight, bias)
 
 
+class TextKeyValue(nn.Linear):
+    """The projection of the text tokens to one block's cross-attention keys and values. It runs before the
+    blocks, once per prompt, so a training that shards each block (FSDP) makes it a unit of its own."""
+
+
 class CrossAttention(nn.Module):
     """Multi-head attention from image tokens to text tokens, masking the text's padding.
 
@@ -233,7 +238,7 @@ class CrossAttention(nn.Module):
         self.attention_dropout = attention_dropout
         self.backend = backend
         self.query = nn.Linear(width, width)
-        self.key_value = nn.Linear(text_width, 2 * width)
+        self.key_value = TextKeyValue(text_width, 2 * width)
         self.qk_norm = QKNorm(num_heads) if qk_norm else None
         self.output = nn.Linear(width, width)
         self.output_dropout = nn.Dropout(dropout)
