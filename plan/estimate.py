@@ -57,8 +57,10 @@ def frozen_bytes(model: PlannedModel) -> tuple[int, int]:
 def memory_at(plan_inputs: tuple[PlanConfig, PlannedModel, Parameters, int], strategy: str, checkpointing: bool,
               batch: int) -> DeviceMemory:
     config, model, parameters, frozen = plan_inputs
-    activation = activations(model.shape, model.text_length, batch, config.precision, parameters, checkpointing)
-    return device_memory(strategy, config.gpus, parameters, frozen, activation)
+    copies = strategy != "fsdp"  # FSDP gathers the blocks in the autocast dtype: no autocast weight copies
+    activation = activations(model.shape, model.text_length, batch, config.precision, parameters, checkpointing,
+                             weight_copies=copies)
+    return device_memory(strategy, config.gpus, parameters, frozen, activation, config.precision)
 
 
 def largest_batch(plan_inputs: tuple[PlanConfig, PlannedModel, Parameters, int], strategy: str,
@@ -82,7 +84,8 @@ def make_plan(config: PlanConfig, model: PlannedModel) -> Plan:
     inputs = (config, model, parameters, frozen)
     forward = forward_flops(model.shape, model.text_length)
     usable = config.gpu_memory_gb * 1e9 * (1 - config.memory_margin)
-    keys = [(strategy, checkpointing) for strategy in STRATEGIES for checkpointing in (False, True)]
+    strategies = STRATEGIES if config.gpus > 1 else ("single",)  # one device: no gradient buckets, no shards
+    keys = [(strategy, checkpointing) for strategy in strategies for checkpointing in (False, True)]
     return Plan(
         config=config, model=model, parameters=parameters, tokenizer_parameters=tokenizer_parameters,
         frozen_bytes=frozen, train_flops=training_flops(model.shape, model.text_length),

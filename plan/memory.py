@@ -132,13 +132,15 @@ class Activations:
 
 
 def activations(shape: TransformerConfig, text_length: int, batch: int, precision: str,
-                parameters: Parameters, checkpointing: bool) -> Activations:
-    """The activations of micro-batch `batch` under `precision` ("no": fp32, "bf16"/"fp16": autocast)."""
+                parameters: Parameters, checkpointing: bool, weight_copies: bool = True) -> Activations:
+    """The activations of micro-batch `batch` under `precision` ("no": fp32, "bf16"/"fp16": autocast), with
+    autocast's copies of the weights (`weight_copies`; FSDP gathers the weights in that dtype instead)."""
     act = 2 if precision in ("bf16", "fp16") else FP32
     block = block_bytes(shape, text_length, batch, act)
     outside = outside_bytes(shape, text_length, batch, act)
-    copies = 2 * parameters.matrices if act == 2 else 0  # autocast's bf16 weights, saved for backward
-    block_copies = 2 * parameters.block_matrices if act == 2 else 0
+    copied = act == 2 and weight_copies
+    copies = 2 * parameters.matrices if copied else 0  # autocast's bf16 weights, saved for backward
+    block_copies = 2 * parameters.block_matrices if copied else 0
     common = dict(logits=logits_bytes(shape, batch), gradients=FP32 * parameters.total,
                   block_gradients=FP32 * parameters.block, depth=shape.depth)
     if not checkpointing:
@@ -173,10 +175,11 @@ class DeviceMemory:
 
 
 def device_memory(strategy: str, devices: int, parameters: Parameters, frozen: int,
-                  activation: Activations) -> DeviceMemory:
+                  activation: Activations, precision: str = "no") -> DeviceMemory:
     """`strategy` "single" (one process), "ddp" (every device holds everything, plus DDP's gradient buckets)
     or "fsdp" (FSDP2: weights, gradients and AdamW's
-    two moments sharded over `devices`, one block gathered at a time and the next one prefetched)."""
+    two moments sharded over `devices`, one block gathered at a time and the next one prefetched, in the
+    autocast dtype under `precision` bf16 or fp16, with one block's fp32 gradients before their reduction)."""
     total = parameters.total
     if strategy in ("single", "ddp"):
         buckets = FP32 * total if strategy == "ddp" else 0
@@ -184,6 +187,7 @@ def device_memory(strategy: str, devices: int, parameters: Parameters, frozen: i
     if strategy != "fsdp":
         raise ValueError(f"strategy must be single, ddp or fsdp, got {strategy!r}")
     shard = math.ceil(total / devices)
-    gathered = FP32 * (2 * parameters.block + parameters.block)  # two blocks' weights, one block's gradients
+    gathered_bytes = 2 if precision in ("bf16", "fp16") else FP32
+    gathered = 2 * gathered_bytes * parameters.block + FP32 * parameters.block  # two blocks, one's gradients
     sharded = replace(activation, gradients=FP32 * shard)
     return DeviceMemory(FP32 * shard, FP32 * shard, 2 * FP32 * shard, frozen, gathered, sharded)

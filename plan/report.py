@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nextscale.plan.estimate import STRATEGIES, Plan
+from nextscale.plan.estimate import Plan
 
 GB = 1e9
 
@@ -28,10 +28,9 @@ def describe_model(plan: Plan) -> str:
 
 
 def columns(plan: Plan) -> list[tuple[str, tuple[str, bool]]]:
-    gpus = plan.config.gpus
-    names = {"ddp": "DDP", "fsdp": f"FSDP/{gpus}"}
+    names = {"single": "1 GPU", "ddp": "DDP", "fsdp": f"FSDP/{plan.config.gpus}"}
     return [(names[strategy] + (" +ckpt" if checkpointing else ""), (strategy, checkpointing))
-            for strategy in STRATEGIES for checkpointing in (False, True)]
+            for strategy, checkpointing in plan.memory]
 
 
 def memory_table(plan: Plan) -> list[str]:
