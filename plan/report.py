@@ -86,7 +86,8 @@ def format_plan(plan: Plan, source: str) -> str:
         f"training FLOPs per image: {flops_text(plan.train_flops)} (forward + backward; activation "
         f"checkpointing adds {flops_text(plan.recompute_flops)})",
         f"sampling FLOPs per image: {flops_text(plan.sampling_flops)} (KV cache, guidance on every scale)",
-        f"global batch: {config.global_batch:,} = {config.batch_size} per GPU x {config.gpus} GPUs x "
+        f"global batch: {config.global_batch:,} = {config.batch_size} per GPU x {config.gpus} "
+        f"GPU{'s' if config.gpus > 1 else ''} x "
         f"{config.gradient_accumulation} accumulated",
         f"run: {run}",
         "",
