@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from PIL import Image
 
 from nextscale.data.decode import IMAGE_SUFFIXES
 from nextscale.devices import resolve_device
+from nextscale.errors import fail
 
 Extractor = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """uint8 images (b, 3, H, W) -> (pool features (b, d), class logits (b, classes))."""
@@ -164,8 +164,7 @@ def main(args: FidArgs, extractor: Extractor | None = None) -> dict[str, float]:
         metrics = evaluate_folders(args.samples, args.reference, extractor or inception_extractor(device),
                                    args.batch_size, args.splits)
     except (FileNotFoundError, ImportError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(error))
     print(f"FID {metrics['fid']:.3f} ({metrics['samples']} samples vs {metrics['reference']} reference images), "
           f"IS {metrics['inception_score']:.2f} ± {metrics['inception_score_std']:.2f}")
     if args.out is not None:

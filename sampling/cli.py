@@ -20,9 +20,9 @@ import torch
 from tyro.conf import OmitArgPrefixes, Suppress, UseAppendAction
 
 from nextscale.devices import resolve_device
-from nextscale.errors import run_cli
+from nextscale.errors import fail, run_cli
 from nextscale.images import grid_columns, save_grid
-from nextscale.sampling.edit_cli import EditArgs, ZoomArgs, check_edit_args, run_edits, run_zoom, usage_error
+from nextscale.sampling.edit_cli import EditArgs, ZoomArgs, check_edit_args, run_edits, run_zoom
 from nextscale.sampling.outputs import image_stem, save_images, save_progression
 from nextscale.sampling.pipeline import Pipeline, load_pipeline
 from nextscale.sampling.precision import DTYPES as PRECISIONS
@@ -83,7 +83,7 @@ class SampleArgs:
     """Strength of --adapter: 0 samples the base model, 1 the adapter as trained."""
     compile: bool = False
     """torch.compile the transformer's blocks: minutes of compilation first, then faster scales; pays
-    only for many images (README "Performance")."""
+    only for many images (docs/experiments/performance-suite-cpu.md)."""
     batch_size: int = 8
     """Images per forward batch (each batch runs 2x rows while guidance is on)."""
     grid: bool = True
@@ -271,10 +271,10 @@ def main(args: SampleArgs) -> list[Path]:
     if edits:
         check_edit_args(args.editing, args.zooming)
     if args.save_progression and (args.editing.editing or args.editing.mixing or args.zooming.zoom):
-        raise usage_error("--save-progression is for plain text-to-image sampling: drop it for edits, per-scale "
+        fail("--save-progression is for plain text-to-image sampling: drop it for edits, per-scale "
                           "prompts and zooms")
     if args.class_label and (args.editing.editing or args.editing.mixing or args.zooming.zoom):
-        raise usage_error("editing, per-scale prompts and zoom take text prompts: drop --class-label")
+        fail("editing, per-scale prompts and zoom take text prompts: drop --class-label")
     pipeline = open_pipeline(args)
     check_condition_kind(args, pipeline)
     if args.compile:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from tyro.conf import UseAppendAction
 
+from nextscale.errors import fail
 from nextscale.images import save_grid
 from nextscale.sampling.condition import Condition
 from nextscale.sampling.editing import (
@@ -34,12 +34,6 @@ from nextscale.sampling.pipeline import Pipeline
 from nextscale.sampling.sampler import SamplingConfig, sample_scales
 from nextscale.sampling.zoom import ZOOM_FACTORS, ZoomOptions, zoom
 from nextscale.sampling.zoom_video import save_zoom
-
-
-def usage_error(message: str) -> SystemExit:
-    """Print `error: message` (one line) and return the SystemExit (code 2) to raise."""
-    print(f"error: {message}", file=sys.stderr)
-    return SystemExit(2)
 
 
 @dataclass(frozen=True)
@@ -97,36 +91,36 @@ def check_edit_args(edit_args: EditArgs, zoom_args: ZoomArgs, num_scales: int | 
     """One-line errors (exit 2) for option combinations that cannot work; the checks that need the model's
     number of scales run only when it is given (so the rest run before the model loads)."""
     if edit_args.mask is not None and edit_args.image is None:
-        raise usage_error("--mask needs --image (the image to inpaint)")
+        fail("--mask needs --image (the image to inpaint)")
     if edit_args.outpaint is not None and edit_args.image is None:
-        raise usage_error("--outpaint needs --image (the image to extend)")
+        fail("--outpaint needs --image (the image to extend)")
     if edit_args.keep_scales and edit_args.image is None:
-        raise usage_error("--keep-scales needs --image (the image whose coarse scales are kept)")
+        fail("--keep-scales needs --image (the image whose coarse scales are kept)")
     for flag, path in (("--image", edit_args.image), ("--mask", edit_args.mask)):
         if path is not None and not path.is_file():
-            raise usage_error(f"{flag} {path} does not exist or is not a file")
+            fail(f"{flag} {path} does not exist or is not a file")
     if edit_args.mask is not None and edit_args.outpaint is not None:
-        raise usage_error("--mask and --outpaint both say what to regenerate: give one of them")
+        fail("--mask and --outpaint both say what to regenerate: give one of them")
     if edit_args.image is not None and edit_args.mask is None and edit_args.outpaint is None \
             and not edit_args.keep_scales:
-        raise usage_error("--image needs --mask (inpaint), --outpaint L T R B or --keep-scales k (variations)")
+        fail("--image needs --mask (inpaint), --outpaint L T R B or --keep-scales k (variations)")
     if edit_args.keep_scales < 0:
-        raise usage_error(f"--keep-scales must be >= 0 (how many of the model's first scales to keep), got "
+        fail(f"--keep-scales must be >= 0 (how many of the model's first scales to keep), got "
                           f"{edit_args.keep_scales}")
     if num_scales is not None and edit_args.keep_scales > num_scales:
-        raise usage_error(f"--keep-scales must be in [0, {num_scales}] (the model's scales), got "
+        fail(f"--keep-scales must be in [0, {num_scales}] (the model's scales), got "
                           f"{edit_args.keep_scales}")
     if edit_args.detail_prompt is not None and edit_args.scale_prompt:
-        raise usage_error("--detail-prompt and --scale-prompt both set per-scale prompts: give one of them")
+        fail("--detail-prompt and --scale-prompt both set per-scale prompts: give one of them")
     if edit_args.switch_scale is not None and edit_args.detail_prompt is None:
-        raise usage_error("--switch-scale needs --detail-prompt")
+        fail("--switch-scale needs --detail-prompt")
     if num_scales is not None and edit_args.scale_prompt and len(edit_args.scale_prompt) != num_scales:
-        raise usage_error(f"--scale-prompt was given {len(edit_args.scale_prompt)} times but this model has "
+        fail(f"--scale-prompt was given {len(edit_args.scale_prompt)} times but this model has "
                           f"{num_scales} scales: give one per scale")
     if zoom_args.zoom and (edit_args.editing or edit_args.mixing):
-        raise usage_error("--zoom takes only --prompt (one per level): drop the editing options")
+        fail("--zoom takes only --prompt (one per level): drop the editing options")
     if zoom_args.zoom_factor not in ZOOM_FACTORS:
-        raise usage_error(f"--zoom-factor must be one of {ZOOM_FACTORS}, got {zoom_args.zoom_factor}")
+        fail(f"--zoom-factor must be one of {ZOOM_FACTORS}, got {zoom_args.zoom_factor}")
 
 
 def prompts_per_scale(edit_args: EditArgs, prompt: str, num_scales: int) -> list[str]:
@@ -138,7 +132,7 @@ def prompts_per_scale(edit_args: EditArgs, prompt: str, num_scales: int) -> list
         try:
             return switch_prompts(prompt, edit_args.detail_prompt, switch, num_scales)
         except ValueError as error:
-            raise usage_error(str(error)) from error
+            fail(str(error))
     return [prompt] * num_scales
 
 
@@ -156,7 +150,7 @@ def read_edit_inputs(edit_args: EditArgs, size: int) -> tuple[torch.Tensor, torc
             return outpaint_canvas(image, edit_args.outpaint)
         return image, None
     except InputError as error:
-        raise usage_error(str(error)) from error
+        fail(str(error))
 
 
 @torch.inference_mode()
@@ -190,10 +184,10 @@ def run_zoom(zoom_args: ZoomArgs, pipeline: Pipeline, prompts: Sequence[str], ch
              config: SamplingConfig, out: Path, progress: bool) -> list[Path]:
     """A zoom stack over the prompts (one level each) for `chains` seeds: PNG per level, GIF (+ MP4), grid."""
     if len(prompts) < 2:
-        raise usage_error("--zoom needs at least two prompts (--prompt P0 --prompt P1 ...), one per level")
+        fail("--zoom needs at least two prompts (--prompt P0 --prompt P1 ...), one per level")
     scales = pipeline.transformer.config.num_scales
     if zoom_args.zoom_keep_scales is not None and not 1 <= zoom_args.zoom_keep_scales <= scales:
-        raise usage_error(f"--zoom-keep-scales must be in [1, {scales}], got {zoom_args.zoom_keep_scales}")
+        fail(f"--zoom-keep-scales must be in [1, {scales}], got {zoom_args.zoom_keep_scales}")
     options = ZoomOptions(factor=zoom_args.zoom_factor, zoom_out=zoom_args.zoom_out,
                           keep_scales=zoom_args.zoom_keep_scales)
     result = zoom(pipeline, prompts, seed, config, options, batch=chains, progress=progress)

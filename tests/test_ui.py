@@ -329,24 +329,26 @@ def test_zoom_writes_levels_gif_and_video_as_the_command_line_does(tiny_pipeline
         ZoomRequest(("one",), 2, False, 0, SamplingConfig()).check()
 
 
-def test_quick_checkpoint_checks_before_anything_loads(tmp_path: Path) -> None:
+def test_quick_checkpoint_checks_before_anything_loads(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for fine in (None, "", "demo", "someone/pipeline"):
         check_checkpoint(fine)
-    with pytest.raises(SystemExit, match="has no pipeline.json"):
-        check_checkpoint(str(tmp_path))
-    with pytest.raises(SystemExit, match="does not exist"):
-        check_checkpoint(str(tmp_path / "missing"))
+    for path, message in ((tmp_path, "has no pipeline.json"), (tmp_path / "missing", "does not exist")):
+        with pytest.raises(SystemExit) as exit_info:
+            check_checkpoint(str(path))
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and error.startswith("error: ") and message in error
+        assert error.count("\n") == 1  # one line
 
 
 def test_the_work_imports_without_gradio_and_the_app_says_how_to_get_it() -> None:
     script = (
         "import sys; sys.modules['gradio'] = None\n"
         "import nextscale.ui.generation, nextscale.ui.edits, nextscale.ui.mix, nextscale.ui.zoom, nextscale.ui.main\n"
-        "try:\n    import nextscale.ui.app\nexcept SystemExit as exit:\n    print(exit.code)\n"
+        "import nextscale.ui.app\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "error: the web UI needs gradio: pip install 'nextscale[ui]'" in result.stdout
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: the web UI needs gradio: pip install 'nextscale[ui]'"), result.stderr
 
 
 def test_control_values_are_checked_with_their_names() -> None:

@@ -9,12 +9,13 @@ import re
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from nextscale.errors import fail
 from nextscale.ui.config import UIConfig
 
 try:
     import gradio as gr
-except ImportError as error:  # the optional extra is missing: one line that says how to add it
-    raise SystemExit("error: the web UI needs gradio: pip install 'nextscale[ui]' (or `make ui`)") from error
+except ImportError:  # the optional extra is missing: one line that says how to add it
+    fail("the web UI needs gradio: pip install 'nextscale[ui]' (or `make ui`)")
 
 from nextscale.ui.edit_tab import build_edit_tab, recent_gallery
 from nextscale.ui.generate_tab import build_generate_tab

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import tyro
 
+from nextscale.errors import fail
 from nextscale.ui.config import UIConfig
 
 if TYPE_CHECKING:
@@ -34,10 +35,10 @@ def check_checkpoint(checkpoint: str | None) -> None:
     path = Path(checkpoint).expanduser()
     looks_like_repo = checkpoint.count("/") == 1 and not checkpoint.startswith((".", "/", "~"))
     if path.exists() and not (path / "pipeline.json").is_file():
-        raise SystemExit(f"error: --checkpoint {checkpoint} has no pipeline.json: expected a sampling pipeline "
+        fail(f"--checkpoint {checkpoint} has no pipeline.json: expected a sampling pipeline "
                          "(tokenizer/, transformer/, pipeline.json) as written by train_var.py")
     if not path.exists() and not looks_like_repo:
-        raise SystemExit(f"error: --checkpoint {checkpoint} does not exist")
+        fail(f"--checkpoint {checkpoint} does not exist")
 
 
 def load_in_background(registry: ModelRegistry, checkpoint: str | None) -> threading.Thread:
@@ -73,4 +74,4 @@ def cli() -> None:
         registry = ModelRegistry(config.device, config.dtype, config.concurrency, config.max_loaded_models)
         serve(config, registry, on_serving=lambda: load_in_background(registry, config.checkpoint))
     except (ValueError, OSError) as error:  # a device that is missing, a port in use: one line, no traceback
-        raise SystemExit(f"error: {error}") from error
+        fail(str(error))
