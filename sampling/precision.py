@@ -76,6 +76,10 @@ class Int8Linear(nn.Module):
         out = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).float(), self.packed, self.reduce_range)
         return out.view(*shape[:-1], self.out_features).to(x.dtype)
 
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        raise ValueError("an int8 model is for sampling and has no float weights to save: save the model loaded "
+                         "in float32 (load_pipeline without dtype=\"int8\")")
+
     def extra_repr(self) -> str:
         bits = 7 if self.reduce_range else 8
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights, {bits}-bit inputs"

@@ -60,6 +60,8 @@ def test_int8_keeps_the_small_embedding_and_folds_no_key_bias_exactly() -> None:
         after = model(inputs, labels=labels)
     assert is_int8(model) and isinstance(model.head, Int8Linear)
     assert isinstance(model.input_embed, torch.nn.Linear)
+    with pytest.raises(ValueError, match="an int8 model is for sampling"):
+        model.state_dict()
     assert float((after.argmax(-1) == before.argmax(-1)).float().mean()) >= 0.8
 
 
