@@ -30,8 +30,9 @@ import torch
 import tyro
 
 from nextscale.data import DataConfig
+from nextscale.eval.fid import frechet_distance
 from nextscale.images import from_uint8
-from nextscale.portraits.adherence import EvaluationConfig, evaluate, frechet_distance
+from nextscale.portraits.adherence import EvaluationConfig, evaluate
 from nextscale.portraits.judge import (
     AttributeJudge,
     attribute_accuracy,
