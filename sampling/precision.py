@@ -1,7 +1,7 @@
 """Inference precisions beyond a plain dtype: int8 weights on CPUs and a bf16 decoder beside an fp32 pipeline.
 
 `int8` (`load_pipeline(dtype="int8")`, `sample.py --dtype int8`): every linear layer of the transformer
-except the small latent embedding holds int8 weights (one scale per output channel) and quantises its
+except the latent embedding and the output head holds int8 weights (one scale per output channel) and quantises its
 input on the fly to uint8 (one scale per call), through torch's dynamic quantisation kernels (fbgemm;
 VNNI dot products where the CPU has them). Everything else (embeddings, norms, attention, the sampling
 arithmetic, the tokenizer and the text encoder) stays float32. It is a CPU path: torch has no such kernels
@@ -28,8 +28,9 @@ DTYPES: dict[str, torch.dtype | str] = {"float32": torch.float32, "bfloat16": to
 """The names the command line, the web UI and the evaluation take for a pipeline's precision."""
 DecoderDtype = Literal["auto", "float32", "bfloat16"]
 DECODER_DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
-KEPT_IN_FLOAT = ("input_embed",)
-"""Linear layers int8 leaves in float: the latent embedding (latent_dim inputs, a negligible cost)."""
+KEPT_IN_FLOAT = ("input_embed", "head")
+"""Linear layers int8 leaves in float: the latent embedding (latent_dim inputs) and the output head, whose
+error lands on the logits unmixed; both are a few percent of the weights."""
 
 
 def has_native_bf16() -> bool:

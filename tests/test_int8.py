@@ -45,7 +45,7 @@ def demo_int8():
 
 
 def test_int8_keeps_the_small_embedding_and_folds_no_key_bias_exactly() -> None:
-    """Every linear layer but the latent embedding becomes int8; VAR's separate query/value biases are
+    """Every linear layer but the latent embedding and the head becomes int8; VAR's separate query/value biases are
     folded into `qkv` first, which alone changes nothing."""
     config = tiny_tokenizer_config()
     model = tiny_transformer(config, num_classes=5, cross_attention=False, qk_norm=True, key_bias=False)
@@ -58,8 +58,8 @@ def test_int8_keeps_the_small_embedding_and_folds_no_key_bias_exactly() -> None:
         torch.testing.assert_close(model(inputs, labels=labels), before, atol=1e-5, rtol=0)
         quantize_int8(model)
         after = model(inputs, labels=labels)
-    assert is_int8(model) and isinstance(model.head, Int8Linear)
-    assert isinstance(model.input_embed, torch.nn.Linear)
+    assert is_int8(model) and isinstance(model.blocks[0].mlp.fc1, Int8Linear)
+    assert isinstance(model.input_embed, torch.nn.Linear) and isinstance(model.head, torch.nn.Linear)
     with pytest.raises(ValueError, match="an int8 model is for sampling"):
         model.state_dict()
     assert float((after.argmax(-1) == before.argmax(-1)).float().mean()) >= 0.8
