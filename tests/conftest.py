@@ -81,7 +81,7 @@ def write_tiny_bert(directory: Path, words: list[str], num_layers: int = 1, max_
     return directory
 
 
-def write_tiny_clip(directory: Path, words: list[str], max_positions: int = 48) -> Path:
+def write_tiny_clip(directory: Path, words: list[str], max_positions: int = 48, layers: int = 1) -> Path:
     """Save a tiny random CLIP text encoder (width 32) with a byte-level BPE vocabulary in which every word of
     `words` is one token (CLIP's reversible byte -> unicode table, GPT-2's `bytes_to_unicode`)."""
     import json
@@ -108,7 +108,7 @@ def write_tiny_clip(directory: Path, words: list[str], max_positions: int = 48) 
     (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
     tokenizer = CLIPTokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"))
     config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=TINY_TEXT_WIDTH, intermediate_size=64,
-                            num_hidden_layers=1, num_attention_heads=4, max_position_embeddings=max_positions,
+                            num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=max_positions,
                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                             pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_tokenizer_config, tiny_transformer
+from test_demo import PROMPTS  # attributes the demo model draws reliably, two per prompt
 
 from nextscale.portraits.judge import AttributeJudge
 from nextscale.sampling.cli import SampleArgs
@@ -25,13 +26,6 @@ from nextscale.sampling.precision import (
 from nextscale.sampling.sampler import SamplingConfig, encode_text, generate
 from nextscale.sampling.zoom import ZoomOptions, zoom
 from nextscale.tokenizer import MultiScaleVQVAE
-
-PROMPTS = {  # as tests/test_demo.py: attributes the demo model draws reliably, two per prompt
-    "a man with a beard on a blue background": {"beard": "yes", "background": "blue"},
-    "a woman with red hair on a green background": {"hair_color": "red", "background": "green"},
-    "a man with glasses on a yellow background": {"glasses": "yes", "background": "yellow"},
-    "a woman with blond hair on a purple background": {"hair_color": "blond", "background": "purple"},
-}
 
 
 @pytest.fixture(scope="module")

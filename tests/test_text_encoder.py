@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -11,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in this file may touch t
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import write_tiny_bert
+from conftest import write_tiny_bert, write_tiny_clip
 
 from nextscale.transformer import text as text_module
 from nextscale.transformer.text import (
@@ -32,49 +31,10 @@ CAPTIONS = [
 WORDS = sorted({word for caption in CAPTIONS for word in caption.split()} | {"photo", "green"})
 
 
-def clip_byte_alphabet() -> list[str]:
-    """CLIP's reversible byte -> unicode table (GPT-2's `bytes_to_unicode`), in byte order of the vocab."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = [byte for byte in range(256) if byte not in printable]
-    return [chr(c) for c in printable] + [chr(256 + index) for index in range(len(extra))]
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    directory = tmp_path_factory.mktemp("clip")
-    alphabet = clip_byte_alphabet()
-    vocab = {symbol: index for index, symbol in enumerate(alphabet + [s + "</w>" for s in alphabet])}
-    merges: list[str] = []  # left-to-right merges that make every word of WORDS one token
-    for word in WORDS:
-        pieces = [*word[:-1], word[-1] + "</w>"]
-        while len(pieces) > 1:
-            merge = f"{pieces[0]} {pieces[1]}"
-            if merge not in merges:
-                merges.append(merge)
-                vocab[pieces[0] + pieces[1]] = len(vocab)
-            pieces = [pieces[0] + pieces[1], *pieces[2:]]
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
-    (directory / "vocab.json").write_text(json.dumps(vocab))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tokenizer = CLIPTokenizer(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"))
-    config = CLIPTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=48,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    CLIPTextModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    """A tiny random CLIP text encoder (two layers) in which every word of WORDS is one token."""
+    return write_tiny_clip(tmp_path_factory.mktemp("clip"), WORDS, layers=2)
 
 
 @pytest.fixture(scope="module")
