@@ -42,12 +42,12 @@ from nextscale.sampling.api_inputs import (
 from nextscale.sampling.editing import EditOptions, EditResult
 from nextscale.sampling.mixing import generate_mixed, switch_prompts
 from nextscale.sampling.pipeline import Pipeline
+from nextscale.sampling.precision import DTYPES
 from nextscale.sampling.sampler import SamplingConfig, generate
 from nextscale.sampling.zoom import ZoomOptions
 from nextscale.sampling.zoom import zoom as zoom_stack
 from nextscale.sampling.zoom_video import zoom_frames
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FALLBACK = SamplingConfig()
 """The settings of a pipeline that recommends none (VAR's demo: cfg 4, top-k 900, top-p 0.95)."""
 
@@ -278,16 +278,21 @@ class ImagePipeline:
 
 
 def load_pipeline(name_or_path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
-                  dtype: str | torch.dtype = "float32") -> ImagePipeline:
+                  dtype: str | torch.dtype = "float32", decoder_dtype: str | torch.dtype | None = None,
+                  adapter: str | os.PathLike | None = None, adapter_scale: float = 1.0) -> ImagePipeline:
     """Load a pipeline directory or hub id (None: the bundled demo model) as an `ImagePipeline`.
 
     `device`: "cpu", "cuda", "auto" (CUDA when available) or a torch.device; `dtype`: "float32",
-    "bfloat16", "float16" or a torch.dtype. (`nextscale.sampling.load_pipeline` gives the bare `Pipeline`
-    the tensor-level functions take; `ImagePipeline(pipeline)` wraps one.)
+    "bfloat16", "float16", "int8" (the transformer's linear layers in int8, a CPU path) or a torch.dtype;
+    `decoder_dtype`: None keeps the decoder in `dtype`, "auto" runs it in bf16 on a CPU that computes bf16
+    natively (as `sample.py` does); `adapter`: a LoRA adapter directory put on the transformer at
+    `adapter_scale`. (`nextscale.sampling.load_pipeline` gives the bare `Pipeline` the tensor-level
+    functions take; `ImagePipeline(pipeline)` wraps one.)
     """
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)} or a torch.dtype, got {dtype!r}")
         dtype = DTYPES[dtype]
     target = device if isinstance(device, torch.device) else resolve_device(device)
-    return ImagePipeline(pipelines.load_pipeline(name_or_path, target, dtype))
+    return ImagePipeline(pipelines.load_pipeline(name_or_path, target, dtype, adapter=adapter,
+                                                 adapter_scale=adapter_scale, decoder_dtype=decoder_dtype))

@@ -247,4 +247,13 @@ def test_nextscale_load_pipeline_samples_the_bundled_demo() -> None:
     np.testing.assert_array_equal(arrays(images), to_arrays(expected.images))
     assert "64 px" in repr(pipe)
     with pytest.raises(ValueError, match="dtype must be one of"):
-        nextscale.load_pipeline(dtype="int8")
+        nextscale.load_pipeline(dtype="int4")
+
+
+def test_the_front_door_loads_int8_and_a_decoder_dtype():
+    """`nextscale.load_pipeline` takes what `sample.py --dtype int8 --decoder-dtype` takes."""
+    from nextscale import load_pipeline as front_door
+
+    quantised = front_door(dtype="int8", decoder_dtype="float32")
+    images = quantised("a man with a beard", num_images=2, seed=0)
+    assert len(images) == 2 and images[0].size == (64, 64)
