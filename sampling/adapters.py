@@ -19,12 +19,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from nextscale.errors import fail
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -211,7 +212,7 @@ def cli(argv: list[str] | None = None) -> None:
     try:
         out = merge_command(args.pipeline, args.adapter, args.out, args.scale)
     except (ValueError, FileNotFoundError) as error:
-        sys.exit(f"error: {error}")
+        fail(str(error))
     print(f"merged {args.adapter} into {args.pipeline}: {out}")
 
 

@@ -165,3 +165,15 @@ def test_the_web_uis_model_registry_loads_a_pipeline_with_an_adapter(trained, ti
     assert model.adapter == str((output / "adapter").resolve()) and model.name == name
     assert "at scale 0.5" in model.info()["adapter"]
     assert {m.scaling["default"] for _, m in lora_layers(model.pipeline.transformer)} == {0.5 * 8.0 / 4}
+
+
+def test_the_merge_command_reports_a_missing_base_in_one_line(tmp_path):
+    """The merge command's mistakes end as every command's do: one `error:` line, exit 2."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "nextscale.sampling.adapters", "merge", "--pipeline",
+                           str(tmp_path / "missing"), "--adapter", str(tmp_path / "adapter"), "--out",
+                           str(tmp_path / "merged")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    assert "Traceback" not in done.stderr and not (tmp_path / "merged").exists()
