@@ -7,7 +7,9 @@ It reads an image's class (a class folder's sub-folder, or a label column of met
 `nextscale.eval.labels`) and scores prompt adherence of a pipeline trained on that data
 (`nextscale.eval.label_adherence`): do samples of a class's prompt show that class as often as held-out
 real images do? It trains on the training part of the data and is validated on the held-out part that
-every training on the same data holds out. Writes `OUT/model` (config.json + model.safetensors, the
+every training on the same data holds out. With `--tokenizer` (the pipeline's) a part of every batch is
+its reconstructions, so that it reads the class of tokenizer-decoded images (samples among them) as it
+reads real ones. Writes `OUT/model` (config.json + model.safetensors, the
 class names inside), `OUT/data.json` (the data it was trained on) and `OUT/metrics.json` (held-out
 accuracy, overall and per class).
 """
@@ -27,6 +29,7 @@ from torch import nn
 from nextscale.checkpoint import PretrainedMixin
 from nextscale.data import DataConfig, loader_over
 from nextscale.eval.labels import LabelledSplit, labelled_split
+from nextscale.tokenizer import MultiScaleVQVAE
 from nextscale.train.errors import run_cli
 from nextscale.train.optim import adamw_with_schedule
 from nextscale.train.run_config import RunConfig
@@ -151,6 +154,11 @@ class LabelJudgeTrainConfig(RunConfig):
     """Held-out images the final accuracy is measured on, at most."""
     max_shift: float = 0.0625
     """Training images are moved by up to this fraction of their side (0: not at all)."""
+    tokenizer: str | None = None
+    """A trained tokenizer (its model/ directory): a part of every batch is its reconstructions, so that the
+    judge reads the class and not the sharpness (samples are decoded by the tokenizer, and blur alike)."""
+    reconstruction_fraction: float = 0.4
+    """Fraction of each batch replaced by the tokenizer's reconstructions (with --tokenizer)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -161,6 +169,8 @@ class LabelJudgeTrainConfig(RunConfig):
             raise ValueError("need --batch-size >= 2 (batch norm)")
         if not 0.0 <= self.max_shift < 0.5:
             raise ValueError(f"--max-shift must be in [0, 0.5), got {self.max_shift}")
+        if not 0.0 <= self.reconstruction_fraction <= 1.0:
+            raise ValueError(f"--reconstruction-fraction must be in [0, 1], got {self.reconstruction_fraction}")
 
 
 class LabelJudgeTraining:
@@ -198,9 +208,21 @@ class LabelJudgeTraining:
         runtime.add_part(self.module, optimizer, scheduler)
         self.generator = torch.Generator().manual_seed(config.seed * 1000 + accelerator.process_index)
         runtime.register("shifts", GeneratorState(self.generator))
+        self.tokenizer = None
+        if config.tokenizer is not None:
+            self.tokenizer = MultiScaleVQVAE.from_pretrained(config.tokenizer, map_location=accelerator.device)
+            if self.tokenizer.config.image_size != config.data.image_size:
+                raise ValueError(f"the tokenizer works at {self.tokenizer.config.image_size} px, the judge reads "
+                                 f"--data.image-size {config.data.image_size}: pass the tokenizer's size")
 
     def micro_step(self, runtime: Runtime, batch: Any, step: int) -> dict[str, torch.Tensor]:
-        images = shift(batch["image"].cpu(), self.generator, self.config.max_shift).to(runtime.device)
+        images = batch["image"].to(runtime.device)
+        if self.tokenizer is not None:  # the first part of the (shuffled) batch as the tokenizer gives it back
+            count = round(len(images) * self.config.reconstruction_fraction)
+            with torch.no_grad():
+                rebuilt = self.tokenizer.decode(self.tokenizer.encode(images[:count]))
+            images = torch.cat([rebuilt, images[count:]])
+        images = shift(images.cpu(), self.generator, self.config.max_shift).to(runtime.device)
         labels = self.split.label_of(batch["index"]).to(runtime.device)
         logits = self.module(images)
         loss = F.cross_entropy(logits, labels, ignore_index=-1)  # -1: an unlabelled image read in a bad one's place

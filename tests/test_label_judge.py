@@ -71,6 +71,14 @@ def test_a_judge_trained_on_a_class_folder_scores_samples_against_held_out_image
     assert "samples cfg 0" in capsys.readouterr().out
     with pytest.raises(ValueError, match="labelled images"):
         LabelJudgeTrainConfig(output_dir=str(tmp_path / "x"))  # the synthetic default has no labels
+    # trained on the pipeline tokenizer's reconstructions too (a part of every batch)
+    again = train_label_judge(judge_run(tmp_path / "judge2", data, steps=10,
+                                        tokenizer=str(tiny_pipeline_dir / "tokenizer")))
+    assert again.metrics["held_out_images"] == 3
+    with pytest.raises(ValueError, match="the tokenizer works at 16 px"):
+        train_label_judge(judge_run(tmp_path / "judge3", DataConfig(source="class-folder", path=data.path,
+                                                                    image_size=8),
+                                    tokenizer=str(tiny_pipeline_dir / "tokenizer")))
 
 
 def test_labels_from_a_metadata_column_and_the_captions_of_each_class(tmp_path):
