@@ -215,9 +215,10 @@ def format_report(report: dict) -> str:
     lines.append(line("FD", [row.get("frechet_distance") for _, row in columns], digits=2))
     real, reconstructed = report["real"]["mean_per_class"], report["reconstructed"]["mean_per_class"]
     chosen = f" at cfg {report['best_cfg_scale']:g}" if len(report["sweep"]) > 1 else ""
-    lines.append(f"samples{chosen} are {report['gap']:.3f} below held-out real images on this judge (the tokenizer's "
-                 f"round trip alone: {real - reconstructed:.3f}); FD: Fréchet distance of judge features to the "
-                 "held-out images")
+    where = "below" if report["gap"] >= 0 else "above"
+    lines.append(f"samples{chosen} are {abs(report['gap']):.3f} {where} held-out real images on this judge (the "
+                 f"tokenizer's round trip alone: {real - reconstructed:.3f} below); FD: Fréchet distance of judge "
+                 "features to the held-out images")
     if "recorded" in report:
         lines.append(f"recorded in the pipeline: cfg {report['recorded']['cfg_scale']:g}")
     return "\n".join(lines)
