@@ -28,6 +28,24 @@ def demo():
     return load_pipeline(None)
 
 
+def assert_follows_the_prompts(images) -> None:
+    """The bundled judge reads what PROMPTS ask for in `images` (one per prompt, in order), but for one slip."""
+    judge = AttributeJudge.from_pretrained(DEMO_PIPELINE / "judge")
+    wrong = [(prompt, name, value, seen[name]) for (prompt, wanted), seen in zip(PROMPTS.items(), judge.predict(images))
+             for name, value in wanted.items() if seen[name] != value]
+    assert len(wrong) <= 1, f"the judge disagrees with the prompt on {wrong}"
+
+
+def teacher_forced_logits(pipeline, teacher_inputs, prompts, dtype):
+    """The pipeline transformer's logits for `teacher_inputs` (cast to `dtype`) with the prompts' text."""
+    import torch
+
+    from nextscale.sampling.sampler import encode_text
+
+    with torch.no_grad():
+        return pipeline.transformer(teacher_inputs.to(dtype), **encode_text(pipeline, prompts, False, dtype))
+
+
 def test_bundled_demo_is_small_and_documented():
     size = sum(path.stat().st_size for path in DEMO_PIPELINE.rglob("*") if path.is_file())
     assert size < 40 * 2**20, f"the bundled demo is {size / 2**20:.1f} MB, over 40 MB"
@@ -36,13 +54,9 @@ def test_bundled_demo_is_small_and_documented():
 
 
 def test_demo_samples_follow_the_prompt(demo):
-    judge = AttributeJudge.from_pretrained(DEMO_PIPELINE / "judge")
     result = generate(demo, list(PROMPTS), seeds=[0, 1, 2, 3], config=SamplingConfig(cfg_scale=4.0))
     assert result.images.shape == (4, 3, 64, 64)
-    judged = judge.predict(result.images)
-    wrong = [(prompt, name, value, seen[name]) for (prompt, wanted), seen in zip(PROMPTS.items(), judged)
-             for name, value in wanted.items() if seen[name] != value]
-    assert len(wrong) <= 1, f"the judge disagrees with the prompt on {wrong}"
+    assert_follows_the_prompts(result.images)
 
 
 def test_sample_script_writes_images_with_the_bundled_model(tmp_path):
@@ -60,19 +74,14 @@ def test_bfloat16_sampling_follows_the_prompt_and_matches_float32_logits(demo):
     measured), and its samples follow the prompts as float32's do."""
     import torch
 
-    from nextscale.sampling.sampler import encode_text
-
     half = load_pipeline(None, dtype=torch.bfloat16)
     prompts = list(PROMPTS)
     result = generate(half, prompts, seeds=[0, 1, 2, 3], config=SamplingConfig(cfg_scale=4.0))
     assert result.images.dtype == torch.float32 and result.images.shape == (4, 3, 64, 64)
-    judge = AttributeJudge.from_pretrained(DEMO_PIPELINE / "judge")
-    wrong = [(prompt, name) for (prompt, wanted), seen in zip(PROMPTS.items(), judge.predict(result.images))
-             for name, value in wanted.items() if seen[name] != value]
-    assert len(wrong) <= 1, f"the judge disagrees with the prompt on {wrong}"
+    assert_follows_the_prompts(result.images)
     with torch.no_grad():
         teacher_inputs = demo.tokenizer.teacher_inputs(result.codes)
-        full = demo.transformer(teacher_inputs, **encode_text(demo, prompts, False, torch.float32))
-        low = half.transformer(teacher_inputs.bfloat16(), **encode_text(half, prompts, False, torch.bfloat16))
+    full = teacher_forced_logits(demo, teacher_inputs, prompts, torch.float32)
+    low = teacher_forced_logits(half, teacher_inputs, prompts, torch.bfloat16)
     assert float((full - low).abs().mean()) <= 0.02 * float(full.std())
     assert float((full.argmax(-1) == low.argmax(-1)).float().mean()) >= 0.9
