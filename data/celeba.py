@@ -197,8 +197,9 @@ def _place(source: Path, target: Path, config: CelebAConfig) -> str:
     if config.size is not None:
         from PIL import Image, ImageOps
 
-        with Image.open(source) as image:
-            square = ImageOps.fit(image.convert("RGB"), (config.size, config.size), Image.Resampling.LANCZOS)
+        from nextscale.decoding import decode_rgb
+
+        square = ImageOps.fit(decode_rgb(source.read_bytes()), (config.size, config.size), Image.Resampling.LANCZOS)
         square.save(target, quality=95)
         return f"resized to {config.size}"
     if not config.copy:
@@ -232,7 +233,7 @@ def convert(config: CelebAConfig) -> None:
             continue
         try:
             how = _place(source, config.out / name, config)
-        except OSError as error:  # PIL's UnidentifiedImageError is an OSError
+        except (OSError, ValueError) as error:  # unreadable files, and bytes that do not decode (UndecodableImage)
             unreadable.append(f"{name} ({error})")
             continue
         records.append({"file_name": name, "text": image_caption(attributes, config.seed, index)})

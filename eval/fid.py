@@ -25,9 +25,9 @@ from typing import Literal
 import numpy as np
 import torch
 import tyro
-from PIL import Image
 
 from nextscale.data.decode import IMAGE_SUFFIXES
+from nextscale.decoding import decode_rgb
 from nextscale.devices import resolve_device
 from nextscale.errors import fail
 
@@ -64,7 +64,7 @@ def image_files(folder: Path) -> list[Path]:
 
 def load_images(paths: list[Path]) -> torch.Tensor:
     """uint8 (b, 3, H, W); every image of a batch must have the same size (resize reference sets once first)."""
-    arrays = [np.asarray(Image.open(path).convert("RGB")) for path in paths]
+    arrays = [np.asarray(decode_rgb(path.read_bytes())) for path in paths]  # every mode, 16-bit included
     sizes = {array.shape for array in arrays}
     if len(sizes) > 1:
         raise ValueError(f"images of different sizes {sorted(sizes)} near {paths[0]}: resize the folder to one size")

@@ -56,3 +56,16 @@ def test_folders_with_an_injected_extractor(tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit) as exit_info:
         main(FidArgs(samples=tmp_path / "missing", reference=reference), tiny_extractor)
     assert exit_info.value.code == 2 and capsys.readouterr().err.startswith("error: ")
+
+
+def test_a_16_bit_png_is_read_at_its_own_brightness(tmp_path):
+    """The FD command reads images through the one decoding path: a mid-grey 16-bit PNG stays mid-grey."""
+    import numpy as np
+
+    from nextscale.eval.fid import load_images
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(path)
+    assert Image.open(path).mode.startswith("I")
+    pixels = load_images([path])
+    assert pixels.shape == (1, 3, 8, 8) and abs(float(pixels.float().mean()) - 128) <= 2
